@@ -1,0 +1,50 @@
+"""The engine: SAM2, LoRA and training on numpy stacks; no Qt, no napari.
+
+Importing this package is cheap; torch and sam2 load when ``Session`` (or another name
+that needs them) is first used.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from napari_sam_lora.engine.errors import (
+    CheckpointError,
+    DownloadError,
+    JobCancelled,
+    ModelError,
+    PromptError,
+    SamLoraError,
+    StackError,
+)
+from napari_sam_lora.engine.prompts import BoxPrompt, MaskPrompt, PointPrompt, Prompt
+
+_LAZY = {
+    "Session": "napari_sam_lora.engine.session",
+    "PropagationStep": "napari_sam_lora.engine.tracking",
+    "LoadedModel": "napari_sam_lora.engine.predictor",
+    "load_model": "napari_sam_lora.engine.predictor",
+    "iter_load_model": "napari_sam_lora.engine.predictor",
+}
+
+__all__ = [
+    "BoxPrompt",
+    "CheckpointError",
+    "DownloadError",
+    "JobCancelled",
+    "MaskPrompt",
+    "ModelError",
+    "PointPrompt",
+    "Prompt",
+    "PromptError",
+    "SamLoraError",
+    "StackError",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'napari_sam_lora.engine' has no attribute {name!r}")
