@@ -25,6 +25,7 @@ from sam2.build_sam import build_sam2_video_predictor
 
 from napari_sam_lora.engine.errors import CheckpointError
 from napari_sam_lora.engine.features import BoundedStore, DecoderInputs
+from napari_sam_lora.engine.jobs import drain
 from napari_sam_lora.engine.models import (
     ModelSpec,
     iter_download,
@@ -240,9 +241,4 @@ def load_model(
     model: str = "sam2.1_hiera_tiny", device: str | None = None, image_size: int | None = None
 ) -> LoadedModel:
     """Build a predictor at once (see :func:`iter_load_model`)."""
-    steps = iter_load_model(model, device, image_size)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as stop:
-            return stop.value
+    return drain(iter_load_model(model, device, image_size))

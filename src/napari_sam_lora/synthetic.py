@@ -1,0 +1,460 @@
+"""Seeded synthetic image stacks with ground-truth labels, for tests, demos and benchmarks.
+
+Every stack is ``(T, H, W)`` and comes with an ``int32`` label stack of the same shape in
+which the tracked object has id ``1`` (``two_objects`` also has id ``2``) and everything
+else, *decoys included*, is ``0``. Decoys are distractors with exactly the object's
+brightness: a model that only separates by intensity segments them too.
+
+Images are ``uint8`` (background ~30, objects ~200, Gaussian noise), except ``noisy16``,
+which is ``uint16`` with a dynamic range well beyond 8 bits, heavy noise and a few saturated
+hot pixels (it exercises robust percentile normalisation).
+
+Only numpy is needed to generate stacks; :func:`write_suite` and :func:`load_suite` also
+use ``tifffile``. Nothing here imports torch or napari.
+
+Examples
+--------
+>>> from napari_sam_lora.synthetic import make_stack
+>>> image, labels = make_stack("decoy", n_frames=4, shape=(64, 64), seed=1)
+>>> image.shape, image.dtype.name, labels.dtype.name
+((4, 64, 64), 'uint8', 'int32')
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "KINDS",
+    "KIND_DESCRIPTIONS",
+    "load_suite",
+    "make_stack",
+    "object_ids",
+    "write_suite",
+]
+
+#: Descriptions of the available kinds, in the order of :data:`KINDS`.
+KIND_DESCRIPTIONS: dict[str, str] = {
+    "moving_disk": "one bright disk moving across the frame (the easy case)",
+    "deforming": "a wobbling blob that moves, grows and changes shape",
+    "decoy": "a moving disk and an equally bright static decoy disk (not labelled)",
+    "moving_decoy": "a moving disk and an equally bright moving decoy disk (not labelled)",
+    "occlusion": "a disk that passes behind an opaque bar, disappears and reappears",
+    "drift": "a moving disk while the brightness and background of the stack drift",
+    "noisy16": "uint16 stack: faint moving disk, heavy noise, offset and hot pixels",
+    "two_objects": "two objects (ids 1 and 2) moving in different directions",
+}
+
+#: Names accepted by :func:`make_stack`.
+KINDS: tuple[str, ...] = tuple(KIND_DESCRIPTIONS)
+
+_MIN_SIZE = 16
+
+# uint8 intensities
+_BACKGROUND = 30.0
+_OBJECT = 200.0
+_NOISE = 8.0
+
+
+class _Canvas:
+    """Coordinate grids and helpers shared by the generators."""
+
+    def __init__(self, n_frames: int, shape: tuple[int, int], rng: np.random.Generator):
+        self.n_frames = n_frames
+        self.height, self.width = shape
+        self.rng = rng
+        self.yy, self.xx = np.mgrid[0 : self.height, 0 : self.width].astype(np.float64)
+        self.size = float(min(shape))
+
+    def t(self, frame: int) -> float:
+        """Frame position in ``[0, 1]``."""
+        return frame / (self.n_frames - 1) if self.n_frames > 1 else 0.5
+
+    def disk(self, cy: float, cx: float, radius: float) -> tuple[np.ndarray, np.ndarray]:
+        """Anti-aliased coverage in ``[0, 1]`` and a boolean mask of a disk."""
+        dist = np.hypot(self.yy - cy, self.xx - cx)
+        return np.clip(radius - dist + 0.5, 0.0, 1.0), dist <= radius
+
+    def blob(
+        self, cy: float, cx: float, radius: float, phase: float, stretch: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A star-shaped blob whose boundary wobbles with ``phase`` and stretches."""
+        dy = (self.yy - cy) / (1.0 + stretch)
+        dx = (self.xx - cx) * (1.0 + stretch)
+        theta = np.arctan2(dy, dx)
+        boundary = radius * (
+            1.0 + 0.22 * np.sin(3.0 * theta + phase) + 0.1 * np.cos(2.0 * theta - 2.0 * phase)
+        )
+        dist = np.hypot(dy, dx)
+        return np.clip(boundary - dist + 0.5, 0.0, 1.0), dist <= boundary
+
+    def box(self, y0: float, x0: float, y1: float, x1: float) -> np.ndarray:
+        """Boolean mask of an axis-aligned rectangle."""
+        return (self.yy >= y0) & (self.yy < y1) & (self.xx >= x0) & (self.xx < x1)
+
+    def lerp(self, a: float, b: float, frame: int) -> float:
+        return a + (b - a) * self.t(frame)
+
+    def jitter(self, amount: float) -> float:
+        """A seeded offset in ``[-amount, amount]`` pixels (relative to the frame size)."""
+        return float(self.rng.uniform(-amount, amount)) * self.size
+
+    def background(self) -> np.ndarray:
+        """Constant background with a faint fixed gradient, as float."""
+        gy = (self.yy / max(self.height - 1, 1) - 0.5) * 6.0
+        return np.full((self.height, self.width), _BACKGROUND) + gy
+
+    def noise(self, sigma: float = _NOISE) -> np.ndarray:
+        return self.rng.normal(0.0, sigma, size=(self.height, self.width))
+
+
+def _paint(frame: np.ndarray, coverage: np.ndarray, value: float) -> None:
+    """Blend ``value`` into ``frame`` in place, weighted by ``coverage``."""
+    frame *= 1.0 - coverage
+    frame += coverage * value
+
+
+def _to_uint8(frames: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(frames), 0, 255).astype(np.uint8)
+
+
+def _moving_disk(c: _Canvas) -> tuple[np.ndarray, np.ndarray]:
+    image, labels = _alloc(c)
+    radius = 0.09 * c.size
+    # Starts at (0.5 H, 0.3125 W), i.e. (64, 40) in a 128x128 frame, whatever the seed.
+    y0, x0 = 0.5 * c.height, 0.3125 * c.width
+    x1 = 0.75 * c.width + c.jitter(0.04)
+    for f in range(c.n_frames):
+        frame = c.background()
+        cov, mask = c.disk(y0 - 0.1 * c.height * np.sin(np.pi * c.t(f)), c.lerp(x0, x1, f), radius)
+        _paint(frame, cov, _OBJECT)
+        image[f] = frame + c.noise()
+        labels[f][mask] = 1
+    return _to_uint8(image), labels
+
+
+def _deforming(c: _Canvas) -> tuple[np.ndarray, np.ndarray]:
+    image, labels = _alloc(c)
+    phase0 = float(c.rng.uniform(0, 2 * np.pi))
+    y0, y1 = 0.35 * c.height + c.jitter(0.04), 0.62 * c.height + c.jitter(0.04)
+    x0, x1 = 0.32 * c.width + c.jitter(0.04), 0.66 * c.width + c.jitter(0.04)
+    for f in range(c.n_frames):
+        t = c.t(f)
+        frame = c.background()
+        radius = c.size * (0.09 + 0.05 * t)
+        cov, mask = c.blob(
+            c.lerp(y0, y1, f),
+            c.lerp(x0, x1, f),
+            radius,
+            phase=phase0 + 2.0 * np.pi * t,
+            stretch=0.35 * np.sin(np.pi * t),
+        )
+        _paint(frame, cov, _OBJECT)
+        image[f] = frame + c.noise()
+        labels[f][mask] = 1
+    return _to_uint8(image), labels
+
+
+def _decoy_stack(c: _Canvas, moving: bool) -> tuple[np.ndarray, np.ndarray]:
+    image, labels = _alloc(c)
+    radius = 0.09 * c.size
+    oy = 0.3 * c.height + c.jitter(0.03)
+    ox0, ox1 = 0.2 * c.width + c.jitter(0.03), 0.75 * c.width + c.jitter(0.03)
+    dy = 0.72 * c.height + c.jitter(0.03)
+    dx0 = 0.7 * c.width + c.jitter(0.03)
+    dx1 = 0.3 * c.width + c.jitter(0.03) if moving else dx0
+    for f in range(c.n_frames):
+        frame = c.background()
+        # decoy first, object on top: the object is always fully visible and labelled
+        dcov, _ = c.disk(dy, c.lerp(dx0, dx1, f), radius)
+        _paint(frame, dcov, _OBJECT)
+        cov, mask = c.disk(oy, c.lerp(ox0, ox1, f), radius)
+        _paint(frame, cov, _OBJECT)
+        image[f] = frame + c.noise()
+        labels[f][mask] = 1
+    return _to_uint8(image), labels
+
+
+def _decoy(c: _Canvas) -> tuple[np.ndarray, np.ndarray]:
+    return _decoy_stack(c, moving=False)
+
+
+def _moving_decoy(c: _Canvas) -> tuple[np.ndarray, np.ndarray]:
+    return _decoy_stack(c, moving=True)
+
+
+def _occlusion(c: _Canvas) -> tuple[np.ndarray, np.ndarray]:
+    image, labels = _alloc(c)
+    radius = 0.08 * c.size
+    cy = 0.5 * c.height + c.jitter(0.04)
+    x0, x1 = 0.12 * c.width, 0.88 * c.width
+    step = (x1 - x0) / max(c.n_frames - 1, 1)
+    # Bar centred where the object is half-way; wide enough that the frame nearest the
+    # middle has the object fully hidden, whatever the number of frames.
+    bar_centre = 0.5 * (x0 + x1)
+    half_width = radius + 0.5 * step + 2.0
+    bar = c.box(-1, bar_centre - half_width, c.height + 1, bar_centre + half_width)
+    bar_value = 0.45 * _OBJECT
+    for f in range(c.n_frames):
+        frame = c.background()
+        cov, mask = c.disk(cy, c.lerp(x0, x1, f), radius)
+        _paint(frame, cov, _OBJECT)
+        frame[bar] = bar_value  # opaque occluder in front of the object
+        image[f] = frame + c.noise()
+        labels[f][mask & ~bar] = 1
+    return _to_uint8(image), labels
+
+
+def _drift(c: _Canvas) -> tuple[np.ndarray, np.ndarray]:
+    image, labels = _alloc(c)
+    radius = 0.1 * c.size
+    y0, y1 = 0.6 * c.height + c.jitter(0.04), 0.4 * c.height + c.jitter(0.04)
+    x0, x1 = 0.3 * c.width + c.jitter(0.04), 0.7 * c.width + c.jitter(0.04)
+    for f in range(c.n_frames):
+        t = c.t(f)
+        gain = 1.2 - 0.7 * t  # object fades from bright to dim (bleaching)
+        offset = 40.0 * t  # background rises
+        frame = c.background() + offset
+        cov, mask = c.disk(c.lerp(y0, y1, f), c.lerp(x0, x1, f), radius)
+        _paint(frame, cov, _BACKGROUND + offset + gain * (_OBJECT - _BACKGROUND))
+        image[f] = frame + c.noise()
+        labels[f][mask] = 1
+    return _to_uint8(image), labels
+
+
+def _noisy16(c: _Canvas) -> tuple[np.ndarray, np.ndarray]:
+    image, labels = _alloc(c)
+    background, contrast, sigma = 2000.0, 1500.0, 450.0
+    radius = 0.11 * c.size
+    y0 = 0.5 * c.height + c.jitter(0.05)
+    x0, x1 = 0.3 * c.width + c.jitter(0.04), 0.7 * c.width + c.jitter(0.04)
+    n_hot = max(1, (c.height * c.width) // 2000)
+    for f in range(c.n_frames):
+        frame = np.full((c.height, c.width), background)
+        cov, mask = c.disk(y0, c.lerp(x0, x1, f), radius)
+        frame += cov * contrast
+        frame += c.rng.normal(0.0, sigma, size=frame.shape)
+        hot_y = c.rng.integers(0, c.height, n_hot)
+        hot_x = c.rng.integers(0, c.width, n_hot)
+        frame[hot_y, hot_x] = 65535.0
+        image[f] = frame
+        labels[f][mask] = 1
+    return np.clip(np.rint(image), 0, 65535).astype(np.uint16), labels
+
+
+def _two_objects(c: _Canvas) -> tuple[np.ndarray, np.ndarray]:
+    image, labels = _alloc(c)
+    r1, r2 = 0.08 * c.size, 0.1 * c.size
+    a = (0.25 * c.height + c.jitter(0.03), 0.2 * c.width + c.jitter(0.03))
+    b = (0.3 * c.height + c.jitter(0.03), 0.75 * c.width + c.jitter(0.03))
+    a_end = (0.3 * c.height, 0.75 * c.width)
+    b_end = (0.75 * c.height, 0.6 * c.width)
+    for f in range(c.n_frames):
+        frame = c.background()
+        cov1, mask1 = c.disk(c.lerp(a[0], a_end[0], f), c.lerp(a[1], a_end[1], f), r1)
+        half = r2 * (1.0 + 0.25 * np.sin(np.pi * c.t(f)))
+        by, bx = c.lerp(b[0], b_end[0], f), c.lerp(b[1], b_end[1], f)
+        mask2 = c.box(by - half, bx - half, by + half, bx + half)
+        _paint(frame, mask2.astype(np.float64), _OBJECT)
+        _paint(frame, cov1, _OBJECT)  # object 1 in front where they touch
+        image[f] = frame + c.noise()
+        labels[f][mask2] = 2
+        labels[f][mask1] = 1
+    return _to_uint8(image), labels
+
+
+def _alloc(c: _Canvas) -> tuple[np.ndarray, np.ndarray]:
+    shape = (c.n_frames, c.height, c.width)
+    return np.zeros(shape, dtype=np.float64), np.zeros(shape, dtype=np.int32)
+
+
+_GENERATORS: dict[str, Callable[[_Canvas], tuple[np.ndarray, np.ndarray]]] = {
+    "moving_disk": _moving_disk,
+    "deforming": _deforming,
+    "decoy": _decoy,
+    "moving_decoy": _moving_decoy,
+    "occlusion": _occlusion,
+    "drift": _drift,
+    "noisy16": _noisy16,
+    "two_objects": _two_objects,
+}
+assert tuple(_GENERATORS) == KINDS
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in _GENERATORS:
+        raise ValueError(f"unknown synthetic kind {kind!r}; valid kinds are: {', '.join(KINDS)}")
+
+
+def object_ids(kind: str) -> tuple[int, ...]:
+    """Object ids present in the labels of ``kind``.
+
+    Parameters
+    ----------
+    kind : str
+        One of :data:`KINDS`.
+
+    Returns
+    -------
+    tuple of int
+        ``(1, 2)`` for ``two_objects``, ``(1,)`` otherwise.
+    """
+    _check_kind(kind)
+    return (1, 2) if kind == "two_objects" else (1,)
+
+
+def make_stack(
+    kind: str,
+    n_frames: int = 8,
+    shape: tuple[int, int] = (128, 128),
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Generate a synthetic stack and its ground-truth labels.
+
+    Parameters
+    ----------
+    kind : str
+        One of :data:`KINDS` (see :data:`KIND_DESCRIPTIONS`).
+    n_frames : int
+        Number of frames ``T`` (``>= 1``).
+    shape : tuple of int
+        Frame size ``(H, W)``, each ``>= 16``.
+    seed : int
+        Seed of the noise and of small random offsets of the trajectories. The same
+        ``(kind, n_frames, shape, seed)`` always gives the same arrays.
+
+    Returns
+    -------
+    image : np.ndarray
+        ``(T, H, W)``; ``uint16`` for ``noisy16``, ``uint8`` for every other kind.
+    labels : np.ndarray
+        ``(T, H, W)`` ``int32``; object id ``1`` (and ``2`` for ``two_objects``), ``0``
+        elsewhere. Decoys and occluders are not labelled; an occluded object is labelled
+        only where it is visible.
+
+    Raises
+    ------
+    ValueError
+        If ``kind`` is unknown (the message lists the valid kinds) or the size is invalid.
+    """
+    _check_kind(kind)
+    n_frames = int(n_frames)
+    if n_frames < 1:
+        raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+    if len(shape) != 2:
+        raise ValueError(f"shape must be (height, width), got {shape!r}")
+    height, width = (int(s) for s in shape)
+    if min(height, width) < _MIN_SIZE:
+        raise ValueError(f"frames must be at least {_MIN_SIZE}x{_MIN_SIZE}, got {height}x{width}")
+    # Each kind gets its own stream, so kinds are independent for a given seed.
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(kind.encode())])
+    canvas = _Canvas(n_frames, (height, width), rng)
+    return _GENERATORS[kind](canvas)
+
+
+def write_suite(
+    outdir: str | Path,
+    kinds: Iterable[str] = KINDS,
+    n_frames: int = 8,
+    shape: tuple[int, int] = (128, 128),
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Write synthetic stacks as TIFF files plus a ``suite.json`` index.
+
+    For each kind, ``<kind>_image.tif`` and ``<kind>_labels.tif`` (axes ``TYX``) are
+    written to ``outdir``, which is created if needed. Existing files are overwritten.
+
+    Parameters
+    ----------
+    outdir : str or Path
+        Output folder.
+    kinds : iterable of str
+        Kinds to write; default all of :data:`KINDS`.
+    n_frames, shape, seed
+        As in :func:`make_stack`; the same for every kind.
+
+    Returns
+    -------
+    dict
+        The content of ``suite.json``: ``generator``, ``n_frames``, ``shape``, ``seed`` and
+        ``stacks``, a list of ``{"kind", "description", "image", "labels", "dtype",
+        "shape", "object_ids"}`` with file names relative to ``outdir``.
+
+    Raises
+    ------
+    ValueError
+        If a kind is unknown or no kinds are given.
+    OSError
+        If the files cannot be written.
+    """
+    import tifffile
+
+    kinds = list(kinds)
+    if not kinds:
+        raise ValueError(f"no kinds given; valid kinds are: {', '.join(KINDS)}")
+    for kind in kinds:
+        _check_kind(kind)
+    out = Path(outdir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    stacks = []
+    for kind in kinds:
+        image, labels = make_stack(kind, n_frames=n_frames, shape=shape, seed=seed)
+        image_name, labels_name = f"{kind}_image.tif", f"{kind}_labels.tif"
+        # minisblack: a stack of 3 or 4 frames must not be read as RGB(A)
+        tiff = {"photometric": "minisblack", "metadata": {"axes": "TYX"}}
+        tifffile.imwrite(out / image_name, image, **tiff)
+        tifffile.imwrite(out / labels_name, labels, compression="zlib", **tiff)
+        stacks.append(
+            {
+                "kind": kind,
+                "description": KIND_DESCRIPTIONS[kind],
+                "image": image_name,
+                "labels": labels_name,
+                "dtype": image.dtype.name,
+                "shape": list(image.shape),
+                "object_ids": list(object_ids(kind)),
+            }
+        )
+    suite = {
+        "generator": "napari_sam_lora.synthetic",
+        "n_frames": int(n_frames),
+        "shape": [int(s) for s in shape],
+        "seed": int(seed),
+        "stacks": stacks,
+    }
+    (out / "suite.json").write_text(json.dumps(suite, indent=2) + "\n", encoding="utf-8")
+    return suite
+
+
+def load_suite(outdir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Read a suite written by :func:`write_suite`.
+
+    Parameters
+    ----------
+    outdir : str or Path
+        Folder holding ``suite.json``.
+
+    Returns
+    -------
+    dict
+        ``{kind: (image, labels)}`` in the order of ``suite.json``.
+    """
+    import tifffile
+
+    out = Path(outdir)
+    suite = json.loads((out / "suite.json").read_text(encoding="utf-8"))
+    return {
+        item["kind"]: (
+            tifffile.imread(out / item["image"]),
+            tifffile.imread(out / item["labels"]).astype(np.int32, copy=False),
+        )
+        for item in suite["stacks"]
+    }
