@@ -1,0 +1,1 @@
+"""Qt widgets of napari-sam-lora (the only part of the package that imports Qt)."""

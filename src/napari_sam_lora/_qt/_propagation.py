@@ -1,0 +1,238 @@
+"""What the Propagate button runs: reading the request on the main thread, the worker job,
+the cache that reuses the loaded model and session between runs, and the widget's run and
+teardown state (all Qt-free)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from napari_sam_lora.engine.errors import PromptError, StackError
+from napari_sam_lora.engine.prompts import Prompt
+from napari_sam_lora.layers import (
+    EditGroup,
+    StackSource,
+    box_prompts,
+    mask_prompts,
+    point_prompts,
+    stack_from_image_layer,
+)
+
+__all__ = [
+    "Lifecycle",
+    "LoadProgress",
+    "ModelReady",
+    "PropagateRequest",
+    "Run",
+    "SessionCache",
+    "build_request",
+    "propagation_job",
+]
+
+
+@dataclass(frozen=True)
+class LoadProgress:
+    """Yielded while the model loads: ``stage`` is "download" or "build"."""
+
+    stage: str
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class ModelReady:
+    """Yielded once the session exists; ``label`` is the model as shown to users."""
+
+    label: str
+
+
+@dataclass(frozen=True)
+class PropagateRequest:
+    """Everything a propagation job needs, read on the main thread."""
+
+    image_layer: Any
+    source: StackSource
+    prompts: list[Prompt]
+    model: str
+    device: str | None
+    image_size: int | None
+    direction: str
+    frame_range: tuple[int, int] | None
+
+    @property
+    def session_key(self) -> tuple:
+        """Sessions are reused while this is unchanged."""
+        return (
+            self.image_layer.unique_id,
+            id(self.image_layer.data),
+            self.source.stack_axis,
+            tuple(sorted(self.source.fixed_indices.items())),
+            self.model_key,
+        )
+
+    @property
+    def model_key(self) -> tuple:
+        """Loaded models are reused while this is unchanged."""
+        return (self.model, self.device, self.image_size)
+
+
+def build_request(
+    image_layer: Any,
+    *,
+    stack_axis: int,
+    dims_point: Sequence[float] | None,
+    points_layer: Any,
+    shapes_layer: Any,
+    labels_layer: Any,
+    default_obj_id: int,
+    model: str,
+    device: str | None,
+    image_size: int | None,
+    direction: str,
+    frame_range: tuple[int, int] | None,
+) -> PropagateRequest:
+    """Read the stack and the prompts from the selected layers (main thread).
+
+    Raises
+    ------
+    StackError, PromptError
+        With a message naming the layer and what to fix.
+    """
+    if image_layer is None:
+        raise StackError("no image layer: open an image or a stack and select it under 'image'")
+    source = stack_from_image_layer(image_layer, stack_axis, dims_point)
+    prompts: list[Prompt] = []
+    if points_layer is not None:
+        prompts += point_prompts(points_layer, source, image_layer, default_obj_id)
+    if shapes_layer is not None:
+        prompts += box_prompts(shapes_layer, source, image_layer, default_obj_id)
+    if labels_layer is not None:
+        prompts += mask_prompts(labels_layer, source, image_layer)
+    if not prompts:
+        used = [f"'{layer.name}'" for layer in (points_layer, shapes_layer, labels_layer) if layer]
+        head = f"no prompts in {' or '.join(used)}" if used else "no prompt layer is selected"
+        raise PromptError(
+            f"{head}: click points, draw a box or paint a mask on a frame of "
+            f"'{image_layer.name}' first ('Add prompt layers' makes the layers)"
+        )
+    if frame_range is not None and frame_range == (0, source.num_frames - 1):
+        frame_range = None
+    return PropagateRequest(
+        image_layer, source, prompts, model, device, image_size, direction, frame_range
+    )
+
+
+def _default_load(model: str, device: str | None, image_size: int | None) -> Generator:
+    from napari_sam_lora.engine.predictor import iter_load_model
+
+    return iter_load_model(model, device, image_size)
+
+
+def _default_session(stack: Any, loaded: Any) -> Any:
+    from napari_sam_lora.engine.session import Session
+
+    return Session(stack, loaded)
+
+
+class SessionCache:
+    """The last loaded model and the last session, reused by later propagations.
+
+    Parameters
+    ----------
+    load_model : callable, optional
+        ``(model, device, image_size) -> generator`` yielding ``(stage, done, total)`` and
+        returning a loaded model (default: the engine's ``iter_load_model``).
+    make_session : callable, optional
+        ``(stack, loaded_model) -> Session`` (default: the engine's ``Session``).
+    """
+
+    def __init__(
+        self,
+        load_model: Callable[..., Generator] | None = None,
+        make_session: Callable[[Any, Any], Any] | None = None,
+    ) -> None:
+        self._load = load_model or _default_load
+        self._make = make_session or _default_session
+        self._model_key: tuple | None = None
+        self._model: Any = None
+        self._session_key: tuple | None = None
+        self._pinned: tuple = ()
+        self.session: Any = None
+
+    def session_for(self, request: PropagateRequest) -> Any:
+        """The cached session if ``request`` can reuse it, else ``None``."""
+        return self.session if request.session_key == self._session_key else None
+
+    def forget_image(self, image_layer: Any) -> None:
+        """Drop the session of a removed image layer (frees its memory)."""
+        if self._session_key is not None and self._session_key[0] == image_layer.unique_id:
+            self._session_key, self.session, self._pinned = None, None, ()
+
+    def iter_session(self, request: PropagateRequest) -> Generator[LoadProgress, None, Any]:
+        """Yield :class:`LoadProgress` while loading as needed; return the session."""
+        session = self.session_for(request)
+        if session is not None:
+            return session
+        self._session_key, self.session = None, None
+        if request.model_key != self._model_key:
+            self._model_key, self._model = None, None
+            steps = self._load(request.model, request.device, request.image_size)
+            while True:
+                try:
+                    stage, done, total = next(steps)
+                except StopIteration as stop:
+                    loaded = stop.value
+                    break
+                yield LoadProgress(stage, done, total)
+            self._model_key, self._model = request.model_key, loaded
+        session = self._make(request.source.frames, self._model)
+        self._session_key, self.session = request.session_key, session
+        # hold the data so its id in the key cannot be reused while cached
+        self._pinned = (request.image_layer.data,)
+        return session
+
+
+def propagation_job(cache: SessionCache, request: PropagateRequest) -> Generator:
+    """The worker job: load/reuse the model and session, then propagate.
+
+    Yields :class:`LoadProgress`, then one :class:`ModelReady`, then the session's
+    ``PropagationStep`` objects.
+    """
+    session = yield from cache.iter_session(request)
+    yield ModelReady(str(session.model_label))
+    yield from session.segment(request.prompts, request.direction, request.frame_range)
+
+
+@dataclass
+class Run:
+    """State of the propagation in progress (main thread only)."""
+
+    request: PropagateRequest
+    output: Any = None
+    group: EditGroup | None = None
+    written: int = 0
+    total: int = 0
+    model_label: str = ""
+    stop_reason: str = ""
+
+
+class Lifecycle:
+    """Pure-Python teardown, safe to run after the Qt widget was deleted."""
+
+    def __init__(self) -> None:
+        self.alive = True
+        self.job: Any = None  # a napari_sam_lora._qt.threading.Job
+        self.teardown: list[Any] = []
+
+    def shutdown(self, *_: Any) -> None:
+        if not self.alive:
+            return
+        self.alive = False
+        if self.job is not None:
+            self.job.cancel()
+        for undo in self.teardown:
+            with contextlib.suppress(Exception):  # the viewer may be half torn down
+                undo()
+        self.teardown.clear()
