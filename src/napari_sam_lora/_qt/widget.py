@@ -19,6 +19,7 @@ from qtpy.QtWidgets import (
 
 from napari_sam_lora._qt import threading as _threading
 from napari_sam_lora._qt._layer_combo import LayerCombo
+from napari_sam_lora._qt._learning import LearningPanel
 from napari_sam_lora._qt._model_combo import MODELS, ModelCombo
 from napari_sam_lora._qt._propagation import (
     Lifecycle,
@@ -64,7 +65,7 @@ class SamLoraWidget(QWidget):
     sessions : SessionCache
         Reuses the loaded model and session between propagations.
     job : Job or None
-        The last propagation job.
+        The last job (propagation or learning; one at a time).
     """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
@@ -133,6 +134,8 @@ class SamLoraWidget(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
+        self.learning = LearningPanel(self)
+        layout.addWidget(self.learning)
         layout.addStretch(1)
         self._show_model_status()
 

@@ -115,11 +115,34 @@ class StackPredictor(_svp.SAM2VideoPredictor):
             )
             store.put((frame_idx, obj_id), record)
 
-        handle = self.sam_mask_decoder.register_forward_pre_hook(hook, with_kwargs=True)
+        handles = [self.sam_mask_decoder.register_forward_pre_hook(hook, with_kwargs=True)]
+        assist = inference_state.get("assist")
+        if assist is not None:
+            handles.append(self._assist_hook(assist, frame_idx, obj_id))
         try:
             yield
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
+
+    def _assist_hook(self, assist: Any, frame_idx: int, obj_id: int) -> Any:
+        """Let ``assist(frame, obj_id, kwargs, output)`` replace the decoder's output.
+
+        ``assist`` may call the decoder itself; those nested calls are not re-assisted.
+        """
+        busy = False
+
+        def hook(_module: torch.nn.Module, _args: tuple, kwargs: dict, output: Any) -> Any:
+            nonlocal busy
+            if busy:
+                return None
+            busy = True
+            try:
+                return assist(frame_idx, obj_id, kwargs, output)
+            finally:
+                busy = False
+
+        return self.sam_mask_decoder.register_forward_hook(hook, with_kwargs=True)
 
 
 def _obj_id_of(inference_state: dict, output_dict: dict) -> int | None:

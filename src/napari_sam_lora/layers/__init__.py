@@ -1,0 +1,62 @@
+"""Thin adapter between napari layers and the engine (Qt-free).
+
+Reads an image layer as a lazy stack of frames (:mod:`.stack`), reads prompts from
+Points/Shapes/Labels layers (:mod:`.prompts`), writes per-frame results into an output Labels
+layer as undoable edits (:mod:`.output`), and shows the adapters' proposals as candidate
+layers that are accepted or rejected (:mod:`.candidates`).
+
+Axis vocabulary
+---------------
+*Layer axes* are the image layer's non-channel axes (``image_layer.ndim`` of them; an RGB(A)
+layer's colour axis is the last data axis and is not a layer axis). Of the layer axes, one is
+the *stack axis* (time or z), the last two others are the *spatial axes* (rows, columns), and
+any remaining ones are *fixed* at the viewer's current position (4D+ images).
+"""
+
+from napari_sam_lora.layers._common import same_layer
+from napari_sam_lora.layers.candidates import (
+    accept_candidate,
+    add_candidate_layer,
+    candidate_layers,
+    candidate_of,
+    frame_labels,
+    is_candidate_layer,
+    reject_candidate,
+)
+from napari_sam_lora.layers.output import (
+    EditGroup,
+    find_output_layer,
+    output_labels_layer,
+    plane_index,
+    write_frame,
+)
+from napari_sam_lora.layers.prompts import (
+    box_prompts,
+    make_prompt_layers,
+    mask_prompts,
+    point_prompts,
+)
+from napari_sam_lora.layers.stack import StackSource, StackView, stack_from_image_layer
+
+__all__ = [
+    "EditGroup",
+    "StackSource",
+    "StackView",
+    "accept_candidate",
+    "add_candidate_layer",
+    "box_prompts",
+    "candidate_layers",
+    "candidate_of",
+    "find_output_layer",
+    "frame_labels",
+    "is_candidate_layer",
+    "make_prompt_layers",
+    "mask_prompts",
+    "output_labels_layer",
+    "plane_index",
+    "point_prompts",
+    "reject_candidate",
+    "same_layer",
+    "stack_from_image_layer",
+    "write_frame",
+]

@@ -1,0 +1,291 @@
+"""Candidate layers: the adapters' proposals, shown beside the user's labels (Qt-free).
+
+A candidate is one adapter's masks for one object over some frames (an engine
+``Candidate``). It is shown as its own semi-transparent Labels layer, never inside the
+user's layer. Accepting writes it into the user's Labels layer as ONE undo step (the object's
+pixels replaced by the mask, other objects kept) and drops the layer; rejecting drops it.
+
+The candidate layer is the source of truth: what it shows when accepted is what is written
+(a user may touch it up first), and :func:`candidate_of` rebuilds the candidate from it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Image, Labels
+
+from napari_sam_lora.engine.corrections import merge_object
+from napari_sam_lora.engine.errors import PromptError
+from napari_sam_lora.layers._common import same_layer, transform_kwargs
+from napari_sam_lora.layers.output import plane_index, write_frame
+from napari_sam_lora.layers.stack import StackSource
+
+if TYPE_CHECKING:
+    import napari
+
+    from napari_sam_lora.engine.learning import Candidate
+
+__all__ = [
+    "CANDIDATE_OPACITY",
+    "METADATA_KEY",
+    "accept_candidate",
+    "add_candidate_layer",
+    "candidate_layers",
+    "candidate_of",
+    "frame_labels",
+    "is_candidate_layer",
+    "reject_candidate",
+]
+
+METADATA_KEY = "napari_sam_lora"
+CANDIDATE_OPACITY = 0.5
+
+
+def frame_labels(labels_layer: Labels, source: StackSource, frame: int) -> np.ndarray:
+    """The user's current labels on one frame.
+
+    Parameters
+    ----------
+    labels_layer : napari.layers.Labels
+        The output layer: of the image's non-channel shape or the stack's ``(T, H, W)``.
+    source : StackSource
+    frame : int
+
+    Returns
+    -------
+    np.ndarray
+        ``(H, W)`` copy of the frame's label image.
+
+    Raises
+    ------
+    ValueError
+        If the layer's shape matches neither.
+    """
+    return np.array(labels_layer.data[plane_index(labels_layer, source, frame)], copy=True)
+
+
+def is_candidate_layer(layer: Any) -> bool:
+    """Whether ``layer`` is a candidate layer made by :func:`add_candidate_layer`."""
+    meta = getattr(layer, "metadata", None) or {}
+    info = meta.get(METADATA_KEY) if isinstance(meta, dict) else None
+    return isinstance(layer, Labels) and isinstance(info, dict) and bool(info.get("candidate"))
+
+
+def candidate_layers(viewer: napari.viewer.Viewer) -> list[Labels]:
+    """The viewer's candidate layers, bottom to top."""
+    return [layer for layer in viewer.layers if is_candidate_layer(layer)]
+
+
+def add_candidate_layer(
+    viewer: napari.viewer.Viewer, image_layer: Image, source: StackSource, candidate: Candidate
+) -> Labels:
+    """Show a candidate as a new semi-transparent Labels layer.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+    image_layer : napari.layers.Image
+        The image the candidate belongs to; the layer gets its non-channel shape and its
+        transform (like the output layer).
+    source : StackSource
+        The stack of that image.
+    candidate : Candidate
+        ``obj_id``, ``adapter_name``, ``frames``, ``masks`` ``(n, H, W)`` and
+        ``confidences`` ``(n,)``.
+
+    Returns
+    -------
+    napari.layers.Labels
+        Named ``"candidate " + candidate.name``; value ``obj_id`` on the masks; metadata
+        ``{"napari_sam_lora": {"candidate": True, "obj_id", "adapter", "frames",
+        "confidences", "image"}}``. It becomes the selected layer.
+
+    Raises
+    ------
+    PromptError
+        If the masks do not match the stack's frames.
+    """
+    frames = [int(f) for f in candidate.frames]
+    masks = np.asarray(candidate.masks, dtype=bool)
+    if masks.shape != (len(frames), *source.frame_shape):
+        raise PromptError(
+            f"candidate '{candidate.name}' has masks of shape {masks.shape}; expected "
+            f"{(len(frames), *source.frame_shape)} for image '{source.image_name}'"
+        )
+    if any(not 0 <= f < source.num_frames for f in frames):
+        raise PromptError(
+            f"candidate '{candidate.name}' covers frames {frames}, but image "
+            f"'{source.image_name}' has {source.num_frames} frame(s)"
+        )
+    obj_id = int(candidate.obj_id)
+    data = np.zeros(source.layer_shape, dtype=np.min_scalar_type(max(obj_id, 1)))
+    for frame, mask in zip(frames, masks, strict=True):
+        plane = data[source.frame_index(frame)]  # a view: basic indexing only
+        plane[mask] = obj_id
+    metadata = {
+        METADATA_KEY: {
+            "candidate": True,
+            "obj_id": obj_id,
+            "adapter": str(candidate.adapter_name),
+            "frames": frames,
+            "confidences": [float(c) for c in np.asarray(candidate.confidences)],
+            "image": str(image_layer.name),
+        }
+    }
+    return viewer.add_labels(
+        data,
+        name=f"candidate {candidate.name}",
+        opacity=CANDIDATE_OPACITY,
+        metadata=metadata,
+        **transform_kwargs(image_layer),
+    )
+
+
+def _info(candidate_layer: Any) -> dict[str, Any]:
+    if candidate_layer is None:
+        raise PromptError("no candidate layer is selected: select a 'candidate …' layer first")
+    if not is_candidate_layer(candidate_layer):
+        raise PromptError(
+            f"layer '{candidate_layer.name}' is not a candidate layer: select a 'candidate …' "
+            f"layer (made by Propose)"
+        )
+    return candidate_layer.metadata[METADATA_KEY]
+
+
+def candidate_of(candidate_layer: Labels, source: StackSource) -> Candidate:
+    """Rebuild the candidate a layer shows, from its metadata and its current pixels.
+
+    Edits made in the candidate layer count: a frame's mask is its non-zero pixels.
+
+    Parameters
+    ----------
+    candidate_layer : napari.layers.Labels
+        Made by :func:`add_candidate_layer`.
+    source : StackSource
+        The stack of the candidate's image.
+
+    Returns
+    -------
+    Candidate
+
+    Raises
+    ------
+    PromptError
+        If ``candidate_layer`` is ``None`` or not a candidate layer.
+    ValueError
+        If its shape does not match the stack.
+    """
+    from napari_sam_lora.engine.learning import Candidate
+
+    info = _info(candidate_layer)
+    frames = [int(f) for f in info["frames"]]
+    masks = np.zeros((len(frames), *source.frame_shape), dtype=bool)
+    for i, frame in enumerate(frames):
+        masks[i] = frame_labels(candidate_layer, source, frame) != 0
+    confidences = np.asarray(info.get("confidences", [0.0] * len(frames)), dtype=np.float32)
+    return Candidate(int(info["obj_id"]), str(info["adapter"]), frames, masks, confidences)
+
+
+def accept_candidate(
+    labels_layer: Labels,
+    source: StackSource,
+    candidate_layer: Labels,
+    frames: Any = None,
+    viewer: napari.viewer.Viewer | None = None,
+) -> list[int]:
+    """Write a candidate into the user's Labels layer as ONE undo step.
+
+    On each frame the object's pixels are replaced by the candidate's mask; pixels of other
+    objects are kept (``merge_object``). Then the candidate layer is removed from ``viewer``
+    (or, when only some of its frames were accepted, those frames are cleared from it).
+
+    Parameters
+    ----------
+    labels_layer : napari.layers.Labels
+        The user's (output) layer.
+    source : StackSource
+        The stack of the candidate's image.
+    candidate_layer : napari.layers.Labels
+        Made by :func:`add_candidate_layer`.
+    frames : iterable of int, optional
+        Accept only these of the candidate's frames (default: all).
+    viewer : napari.viewer.Viewer, optional
+        The viewer holding the candidate layer (to remove it). Without it, the candidate
+        layer is only emptied of the accepted frames.
+
+    Returns
+    -------
+    list of int
+        The frames written, ascending.
+
+    Raises
+    ------
+    PromptError
+        No candidate layer, not a candidate layer, or none of ``frames`` is one of its
+        frames.
+    """
+    if same_layer(labels_layer, candidate_layer):
+        raise PromptError("the candidate layer cannot be accepted into itself")
+    candidate = candidate_of(candidate_layer, source)
+    wanted = None if frames is None else {int(f) for f in frames}
+    chosen = [f for f in candidate.frames if wanted is None or f in wanted]
+    if not chosen:
+        raise PromptError(
+            f"candidate '{candidate_layer.name}' has frames {candidate.frames}; none of "
+            f"{sorted(wanted or [])} is among them"
+        )
+    merged = {
+        f: merge_object(
+            frame_labels(labels_layer, source, f),
+            candidate.obj_id,
+            candidate.masks[candidate.frames.index(f)],
+        )
+        for f in chosen
+    }
+    with labels_layer.block_history():  # every frame in one undo step
+        for frame, labels in merged.items():
+            write_frame(labels_layer, source, frame, labels)
+    _drop_frames(viewer, candidate_layer, source, chosen)
+    return chosen
+
+
+def _drop_frames(viewer: Any, layer: Labels, source: StackSource, frames: list[int]) -> None:
+    info = layer.metadata[METADATA_KEY]
+    remaining = [f for f in info["frames"] if f not in set(frames)]
+    if not remaining and viewer is not None:
+        _remove(viewer, layer)
+        return
+    confidences = dict(zip(info["frames"], info.get("confidences", []), strict=False))
+    data = layer.data
+    for frame in frames:
+        data[plane_index(layer, source, frame)] = 0
+    layer.metadata = {
+        **layer.metadata,
+        METADATA_KEY: {
+            **info,
+            "frames": remaining,
+            "confidences": [confidences[f] for f in remaining if f in confidences],
+        },
+    }
+    layer.refresh()
+
+
+def _remove(viewer: Any, layer: Any) -> None:
+    for existing in list(viewer.layers):
+        if same_layer(existing, layer):
+            viewer.layers.remove(existing)
+            return
+
+
+def reject_candidate(viewer: napari.viewer.Viewer, candidate_layer: Labels) -> None:
+    """Drop a candidate layer; the user's layer is untouched.
+
+    Raises
+    ------
+    PromptError
+        If ``candidate_layer`` is ``None`` or not a candidate layer.
+    """
+    _info(candidate_layer)
+    _remove(viewer, candidate_layer)
