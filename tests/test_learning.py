@@ -256,3 +256,19 @@ def _decoy_score(tiny_model, preset: str) -> float:
 def test_strong_preset_separates_object_from_decoy_better_than_lit(tiny_model):
     lit, strong = _decoy_score(tiny_model, "lit"), _decoy_score(tiny_model, "strong")
     assert strong > lit + 0.3, (lit, strong)
+
+
+def test_adapter_assisted_propagation_uses_confident_adapter(disk):
+    from napari_sam_lora.engine.learning import Learner
+
+    session, truth = disk
+    learner = Learner(session, "strong", assist_margin=0.1)
+    drain(learner.learn(2, corrected(session, 2, truth[2])))
+    base = [iou(session.labels[t] == 1, truth[t]) for t in (3, 4, 5)]
+    steps = list(learner.propagate("forward", frame_range=(3, 5)))
+    assisted = [iou(session.labels[t] == 1, truth[t]) for t in (3, 4, 5)]
+    assert [s.frame for s in steps] == [3, 4, 5]
+    assert set(learner.adapter_frames) == {3, 4, 5}
+    assert all(ids == {1} for ids in learner.adapter_frames.values())
+    assert np.mean(assisted) > np.mean(base) + 0.3
+    assert "assist" not in session.state  # plain propagation is the base model again
