@@ -161,7 +161,7 @@ class Learner:
         report = LearnReport(int(frame), corrections)
         with session._job(), session.model.precision():
             inputs = {c.obj_id: self._inputs_for(c, report) for c in corrections}
-            self._condition_on(corrections)
+            session._condition_on([MaskPrompt(c.frame, c.obj_id, c.mask) for c in corrections])
         to_train = [c for c in corrections if inputs.get(c.obj_id) is not None]
         with session._job():
             for index, correction in enumerate(to_train, start=1):
@@ -178,58 +178,14 @@ class Learner:
             return None
         record = self.session.decoder_inputs(correction.frame, correction.obj_id)
         if record is None:
-            record = self._track_for_inputs(correction.frame, correction.obj_id)
+            self._base_mode()
+            record = self.session._track_to_record(correction.frame, correction.obj_id)
         if (record.frame, record.obj_id) != (correction.frame, correction.obj_id):
             raise SamLoraError(
                 f"recorded inputs belong to frame {record.frame}, object {record.obj_id}, not "
                 f"frame {correction.frame}, object {correction.obj_id}"
             )
         return record
-
-    def _track_for_inputs(self, frame: int, obj_id: int) -> DecoderInputs:
-        """Track ``frame`` for ``obj_id`` from memory (its own outputs hidden) to record inputs."""
-        state, predictor = self.session.state, self.session.model.predictor
-        obj_idx = state["obj_id_to_idx"].get(obj_id)
-        outputs = state["output_dict_per_obj"][obj_idx] if obj_idx is not None else None
-        hidden = (
-            {k: outputs[k].pop(frame) for k in outputs if frame in outputs[k]} if outputs else {}
-        )
-        try:
-            if not outputs or not outputs["cond_frame_outputs"]:
-                raise PromptError(
-                    f"frame {frame} was never tracked for object {obj_id} and cannot be: "
-                    "the object has no other prompted frame yet. Prompt it elsewhere and "
-                    "propagate first."
-                )
-            reverse = state["frames_tracked_per_obj"][obj_idx].get(frame, {}).get("reverse", False)
-            self._base_mode()
-            with torch.inference_mode():
-                predictor._run_single_frame_inference(
-                    inference_state=state,
-                    output_dict=outputs,
-                    frame_idx=frame,
-                    batch_size=1,
-                    is_init_cond_frame=False,
-                    point_inputs=None,
-                    mask_inputs=None,
-                    reverse=reverse,
-                    run_mem_encoder=False,
-                )
-        finally:
-            for key, value in hidden.items():
-                outputs[key][frame] = value
-        return self.session.decoder_inputs(frame, obj_id)
-
-    def _condition_on(self, corrections: Iterable[Correction]) -> None:
-        """Give corrected masks to SAM2 as conditioning frames and update the labels."""
-        predictor, state, session = self.session.model.predictor, self.session.state, self.session
-        frames = set()
-        for c in corrections:
-            predictor.add_new_mask(state, frame_idx=c.frame, obj_id=c.obj_id, mask=c.mask)
-            session.prompts.append(MaskPrompt(c.frame, c.obj_id, c.mask))
-            frames.add(c.frame)
-        for frame in frames:
-            session.labels[frame] = session._frame_labels(frame)
 
     def _train_one(
         self, correction: Correction, inputs: DecoderInputs, index: int, count: int
@@ -350,7 +306,7 @@ class Learner:
             if record is not None and self.settings.replay_size > 0:
                 pool.replay.append(ReplayEntry(candidate.adapter_name, cpu_copy(record), obj_mask))
         with self.session._job(), self.session.model.precision():
-            self._condition_on(corrections)
+            self.session._condition_on([MaskPrompt(c.frame, c.obj_id, c.mask) for c in corrections])
         return self.session.labels[chosen]
 
     # -- files ----------------------------------------------------------------------------

@@ -242,6 +242,59 @@ class Session:
         self.add_prompts(prompts)
         yield from self.propagate(direction, frame_range)
 
+    # -- for the learner (callers hold the job) ----------------------------------------
+    def _track_to_record(self, frame: int, obj_id: int) -> DecoderInputs:
+        """Track ``frame`` for ``obj_id`` from memory, its own outputs hidden, and return the
+        decoder inputs that records (the frame's prompt must not leak into its features).
+
+        Raises
+        ------
+        PromptError
+            The object has no other conditioning frame, so the frame cannot be tracked.
+        """
+        import torch
+
+        state = self.state
+        obj_idx = state["obj_id_to_idx"].get(obj_id)
+        outputs = state["output_dict_per_obj"][obj_idx] if obj_idx is not None else {}
+        hidden = {k: outputs[k].pop(frame) for k in outputs if frame in outputs[k]}
+        try:
+            if not outputs or not outputs["cond_frame_outputs"]:
+                raise PromptError(
+                    f"frame {frame} was never tracked for object {obj_id} and cannot be: "
+                    "the object has no other prompted frame yet. Prompt it elsewhere and "
+                    "propagate first."
+                )
+            tracked = state["frames_tracked_per_obj"][obj_idx].get(frame, {})
+            with torch.inference_mode():
+                self.model.predictor._run_single_frame_inference(
+                    inference_state=state,
+                    output_dict=outputs,
+                    frame_idx=frame,
+                    batch_size=1,
+                    is_init_cond_frame=False,
+                    point_inputs=None,
+                    mask_inputs=None,
+                    reverse=tracked.get("reverse", False),
+                    run_mem_encoder=False,
+                )
+        finally:
+            for key, value in hidden.items():
+                outputs[key][frame] = value
+        return self.decoder_inputs(frame, obj_id)
+
+    def _condition_on(self, masks: Iterable[MaskPrompt]) -> None:
+        """Make masks SAM2 conditioning frames (corrections, accepted candidates)."""
+        frames = set()
+        for prompt in masks:
+            self.model.predictor.add_new_mask(
+                self.state, frame_idx=prompt.frame, obj_id=prompt.obj_id, mask=prompt.mask
+            )
+            self.prompts.append(prompt)
+            frames.add(prompt.frame)
+        for frame in frames:
+            self.labels[frame] = self._frame_labels(frame)
+
     # -- helpers ---------------------------------------------------------------------------
     def _frame_labels(self, frame: int) -> np.ndarray:
         """Current label image of ``frame`` from SAM2's per-object outputs."""
