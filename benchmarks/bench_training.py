@@ -27,9 +27,10 @@ from torch import nn
 
 from napari_sam_lora.engine.adapters import inject_adapter, propose
 from napari_sam_lora.engine.features import DecoderInputs
+from napari_sam_lora.engine.jobs import drain
 from napari_sam_lora.engine.lora_settings import LoraSettings, load_settings
 from napari_sam_lora.engine.losses import logits_iou
-from napari_sam_lora.engine.training import run_training, train_adapter
+from napari_sam_lora.engine.training import train_adapter
 
 logger = logging.getLogger("bench_training")
 FRAME_SIZE = 512
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace) -> None:
         decoder = copy.deepcopy(base)
         inject_adapter(decoder, "obj1_a0", settings)
         tic = time.perf_counter()
-        report = run_training(train_adapter(decoder, "obj1_a0", [(inputs, target)], settings))
+        report = drain(train_adapter(decoder, "obj1_a0", [(inputs, target)], settings))
         wall = time.perf_counter() - tic
         corrected = logits_iou(propose(decoder, "obj1_a0", inputs).logits, target)
         following = logits_iou(propose(decoder, "obj1_a0", next_inputs).logits, next_target)

@@ -13,6 +13,7 @@ import lora_fixtures
 from lora_fixtures import example
 from napari_sam_lora.engine import adapters as A
 from napari_sam_lora.engine.adapters import adapter_state, inject_adapter, propose
+from napari_sam_lora.engine.jobs import drain
 from napari_sam_lora.engine.lora_settings import load_settings
 from napari_sam_lora.engine.losses import (
     binary_iou,
@@ -25,7 +26,6 @@ from napari_sam_lora.engine.losses import (
 from napari_sam_lora.engine.training import (
     TrainStep,
     _Stopper,
-    run_training,
     train_adapter,
 )
 
@@ -166,7 +166,7 @@ def test_training_on_a_worker_thread_with_grad_disabled(decoder, disk_example):
 
     def work():
         torch.set_grad_enabled(False)
-        result["report"] = run_training(
+        result["report"] = drain(
             train_adapter(decoder, "a", [(inputs, target)], FAST.replace(max_steps_new=3))
         )
 
@@ -186,7 +186,7 @@ def test_full_resolution_loss_and_replay_batches(decoder):
     settings = FAST.replace(loss_resolution="full", max_steps_finetune=2)
     inject_adapter(decoder, "a", settings)
     examples = [(newest, target), (old, old_target), (odd, old_target[::2, ::2])]
-    report = run_training(train_adapter(decoder, "a", examples, settings, fine_tune=True))
+    report = drain(train_adapter(decoder, "a", examples, settings, fine_tune=True))
     assert (report.steps, report.n_examples, report.fine_tune) == (2, 3, True)
 
 
@@ -195,10 +195,10 @@ def test_two_objects_are_trained_independently(decoder):
     inputs2, target2 = example(seed=3, center=(0.3, 0.3))
     short = FAST.replace(max_steps_new=8)
     inject_adapter(decoder, "obj1_a0", short)
-    run_training(train_adapter(decoder, "obj1_a0", [(inputs1, target1)], short))
+    drain(train_adapter(decoder, "obj1_a0", [(inputs1, target1)], short))
     before = propose(decoder, "obj1_a0", inputs1)
     inject_adapter(decoder, "obj2_a0", short)
-    run_training(train_adapter(decoder, "obj2_a0", [(inputs2, target2)], short))
+    drain(train_adapter(decoder, "obj2_a0", [(inputs2, target2)], short))
     after = propose(decoder, "obj1_a0", inputs1)
     assert np.array_equal(before.logits, after.logits)
     assert before.confidence == after.confidence

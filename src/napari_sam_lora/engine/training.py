@@ -1,7 +1,7 @@
 """Train one LoRA adapter on recorded decoder inputs, as a cancellable generator.
 
 ``train_adapter`` yields a :class:`TrainStep` after every optimisation step and returns a
-:class:`TrainingReport` (``StopIteration.value``; :func:`run_training` collects it). Closing
+:class:`TrainingReport` (``StopIteration.value``; ``engine.jobs.drain`` collects it). Closing
 the generator before it finishes restores the adapter's weights to what they were before
 the run. Between yields the decoder is left as the caller had it (mode, active adapter,
 grad mode), so the generator can be driven from a worker thread step by step.
@@ -249,7 +249,7 @@ def train_adapter(
     Returns
     -------
     TrainingReport
-        As ``StopIteration.value`` (see :func:`run_training`).
+        As ``StopIteration.value`` (see :func:`napari_sam_lora.engine.jobs.drain`).
     """
     if not examples:
         raise ValueError("train_adapter needs at least one (inputs, target mask) example.")
@@ -350,12 +350,3 @@ def _keep_better(
         return best_iou
     restore_adapter_state(decoder, name, final_state)
     return final_iou
-
-
-def run_training(gen: Generator[TrainStep, None, TrainingReport]) -> TrainingReport:
-    """Drive a :func:`train_adapter` generator to the end and return its report."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
