@@ -10,19 +10,18 @@ import torch
 
 import lora_fixtures
 from lora_fixtures import example, fresh_decoder
+from napari_sam_lora.engine import adapter_pool
 from napari_sam_lora.engine import adapters as A
+from napari_sam_lora.engine.adapter_files import decoder_checksum, load_adapters, save_adapters
+from napari_sam_lora.engine.adapter_pool import AdapterPool
 from napari_sam_lora.engine.adapters import (
     AdapterError,
     AdapterFileError,
-    AdapterPool,
     Proposal,
     adapter_names,
     adapter_state,
-    decoder_checksum,
     inject_adapter,
-    load_adapters,
     propose,
-    save_adapters,
     use_adapter,
 )
 from napari_sam_lora.engine.lora_settings import load_settings
@@ -144,7 +143,7 @@ def _fake_proposals(monkeypatch, table):
         logits, confidence = table[name]
         return Proposal(name, logits, confidence, 1.0, confidence, 0)
 
-    monkeypatch.setattr(A, "propose", fake)
+    monkeypatch.setattr(adapter_pool, "propose", fake)
 
 
 def _logits_with_iou(target, iou):

@@ -6,6 +6,8 @@ demo
     Open napari with a synthetic sample stack and the plugin docked.
 synthetic
     Write the synthetic test suite (TIFF stacks + ground truth + ``suite.json``).
+evaluate
+    The simulated-user benchmark (LIT protocol): corrections without and with learning.
 
 Each command is a function ``_add_<name>(subparsers)`` that builds its parser and sets
 ``handler``; add new commands to :data:`_COMMANDS`. Expected errors (bad arguments,
@@ -245,9 +247,63 @@ def _add_synthetic(subparsers: Any) -> None:
     parser.set_defaults(handler=_run_synthetic)
 
 
+# --------------------------------------------------------------------------- evaluate
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from napari_sam_lora.evaluation.command import prepare, run_settings
+    from napari_sam_lora.evaluation.report import write_report
+    from napari_sam_lora.evaluation.runner import evaluate
+
+    # Everything is checked before the model loads; nothing is written until the end.
+    datasets, config, output = prepare(args)
+    from napari_sam_lora.engine.predictor import load_model
+
+    model = load_model(config.model, config.device, config.image_size)
+    result = evaluate(datasets, config, model=model, progress=not args.no_progress)
+    report = write_report(result, datasets, output, run_settings(args, model))
+    lora = report["lora"]
+    for name in ("baseline", "lora"):
+        run = report[name]
+        print(
+            f"{name:>8}: {run['corrections']} corrections ({run['clicks']} clicks, "
+            f"{run['mask_corrections']} full masks) on {run['scored_frames']} scored frames, "
+            f"{run['accepted_candidates']} candidates accepted, mean IoU "
+            f"{_number(run['mean_iou'])}, {run['seconds']['total']:.1f} s"
+        )
+    print(
+        f"reduction {_percent(report['reduction'])}; candidates accepted by confidence "
+        f"{lora['accepted_candidates']}, by oracle {report['accepted_candidates_oracle']} "
+        f"({_percent(report['confidence_vs_oracle'])})"
+    )
+    written = [n for n in ("report.json", "report.md", "report.png") if (output / n).is_file()]
+    print(f"wrote {', '.join(written)} to {output} ({result.total_seconds:.0f} s)")
+    return 0
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.0f}%"
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _add_evaluate(subparsers: Any) -> None:
+    from napari_sam_lora.evaluation.command import DESCRIPTION, add_arguments
+
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="simulated-user benchmark: corrections without and with learning (LIT protocol)",
+        description=DESCRIPTION,
+    )
+    add_arguments(parser)
+    parser.set_defaults(handler=_run_evaluate)
+
+
 # --------------------------------------------------------------------------- main
 
-_COMMANDS: tuple[Callable[[Any], None], ...] = (_add_demo, _add_synthetic)
+_COMMANDS: tuple[Callable[[Any], None], ...] = (_add_demo, _add_synthetic, _add_evaluate)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,7 @@
-"""peft LoRA adapters on SAM2's mask decoder: injection, switching, proposals, pools, files.
+"""peft LoRA adapters on SAM2's mask decoder: injection, switching and proposals.
+
+Pools of adapters per object live in :mod:`.adapter_pool`, adapter files in
+:mod:`.adapter_files`.
 
 Adapters are injected *in place* into ``sam_mask_decoder`` with
 ``peft.inject_adapter_in_model``, so every SAM2 call path (tracking included) sees the
@@ -9,21 +12,14 @@ adapter is active for the caller: they switch temporarily and switch back.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 import re
 import warnings
-from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
-import safetensors.torch
 import torch
 from sam2.modeling.sam2_base import NO_OBJ_SCORE
 from torch import nn
@@ -31,20 +27,16 @@ from torch import nn
 from napari_sam_lora.engine.errors import SamLoraError
 from napari_sam_lora.engine.features import DecoderInputs
 from napari_sam_lora.engine.lora_settings import LoraSettings
-from napari_sam_lora.engine.losses import logits_iou
 from napari_sam_lora.engine.native import preload_triton
 
 preload_triton()  # peft imports triton (via transformers); see preload_triton for why first
 
-from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model  # noqa: E402
-from peft import set_peft_model_state_dict as _peft_set_state  # noqa: E402
+from peft import LoraConfig, inject_adapter_in_model  # noqa: E402
 from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: E402
 from peft.tuners.tuners_utils import delete_adapter as _peft_delete_adapter  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-FORMAT_NAME = "napari-sam-lora-adapters"
-FORMAT_VERSION = 1
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 #: Decoder modules that run inside ``forward_image``: adapting them would stale the cache.
 _ENCODER_SIDE = ("conv_s0", "conv_s1")
@@ -346,37 +338,6 @@ def propose(decoder: nn.Module, adapter_name: str | None, inputs: DecoderInputs)
     )
 
 
-# --------------------------------------------------------------------------- pools
-
-
-@dataclass
-class ReplayEntry:
-    """A past correction kept for fine-tuning: CPU inputs, target mask, adapter trained."""
-
-    adapter_name: str
-    inputs: DecoderInputs
-    target: np.ndarray
-
-
-@dataclass
-class CorrectionPlan:
-    """What :meth:`AdapterPool.plan` decided for one correction.
-
-    ``examples`` (newest first) is what to pass to ``train_adapter``; ``fine_tune`` selects
-    the fine-tuning learning rate and step cap; ``ious`` are each adapter's IoU on the
-    correction (used only for the new-adapter rule), ``proposals`` their proposals.
-    """
-
-    obj_id: int
-    adapter_name: str
-    is_new: bool
-    fine_tune: bool
-    reason: str
-    examples: list[tuple[DecoderInputs, np.ndarray]]
-    proposals: dict[str, Proposal] = field(default_factory=dict)
-    ious: dict[str, float] = field(default_factory=dict)
-
-
 def _cpu_clone(t: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode(False):
         return t.detach().to("cpu").clone()
@@ -396,360 +357,3 @@ def cpu_copy(inputs: DecoderInputs) -> DecoderInputs:
     )
 
 
-_cpu_copy = cpu_copy  # kept for callers written against the first draft
-
-
-class AdapterPool:
-    """The adapters of one object (at most ``settings.max_adapters_per_object``).
-
-    LIT's rule: a correction on which *every* adapter's IoU is ``<= new_adapter_iou``
-    starts a new adapter (while there is room); otherwise the adapter the model itself is
-    most confident in (predicted IoU × object score; never ground truth) is fine-tuned on
-    the correction plus its replay entries. Flow: ``plan`` → ``begin`` → ``train_adapter``
-    → ``commit`` (or ``abort`` when cancelled).
-    """
-
-    def __init__(self, obj_id: int, settings: LoraSettings) -> None:
-        self.obj_id = int(obj_id)
-        self.settings = settings
-        self.names: list[str] = []
-        self.replay: deque[ReplayEntry] = deque(maxlen=settings.replay_size)
-        self.reports: dict[str, list[Any]] = {}
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def next_name(self) -> str:
-        """First free slot name, ``obj<id>_a<k>``."""
-        k = 0
-        while f"obj{self.obj_id}_a{k}" in self.names:
-            k += 1
-        return f"obj{self.obj_id}_a{k}"
-
-    def adopt(self, name: str) -> None:
-        """Register an adapter already on the decoder (e.g. loaded from a file)."""
-        if name not in self.names:
-            self.names.append(name)
-
-    def proposals(self, decoder: nn.Module, inputs: DecoderInputs) -> list[Proposal]:
-        """Every adapter's proposal for ``inputs``, most confident first."""
-        props = [propose(decoder, name, inputs) for name in self.names]
-        return sorted(props, key=lambda p: p.confidence, reverse=True)
-
-    def best(self, decoder: nn.Module, inputs: DecoderInputs) -> Proposal | None:
-        """The most confident adapter's proposal (``None`` with no adapter)."""
-        props = self.proposals(decoder, inputs)
-        return props[0] if props else None
-
-    def plan(self, decoder: nn.Module, inputs: DecoderInputs, target: np.ndarray) -> CorrectionPlan:
-        """Decide, for a correction ``target`` on ``inputs``, which adapter to train and how."""
-        target = np.asarray(target).astype(bool)
-        props = {p.adapter_name: p for p in self.proposals(decoder, inputs)}
-        ious = {name: logits_iou(p.logits, target) for name, p in props.items()}
-        examples = [(inputs, target)]
-        room = len(self.names) < self.settings.max_adapters_per_object
-        if not self.names or (room and max(ious.values()) <= self.settings.new_adapter_iou):
-            reason = "first correction" if not self.names else "every adapter failed"
-            return CorrectionPlan(
-                self.obj_id, self.next_name(), True, False, reason, examples, props, ious
-            )
-        name = max(props.values(), key=lambda p: p.confidence).adapter_name
-        reason = "most confident adapter" if room else "pool full: most confident adapter"
-        examples += [(e.inputs, e.target) for e in reversed(self.replay) if e.adapter_name == name]
-        return CorrectionPlan(self.obj_id, str(name), False, True, reason, examples, props, ious)
-
-    def begin(self, decoder: nn.Module, plan: CorrectionPlan) -> InjectionReport | None:
-        """Inject the plan's adapter when it is new."""
-        if not plan.is_new:
-            return None
-        report = inject_adapter(decoder, plan.adapter_name, self.settings)
-        self.adopt(plan.adapter_name)
-        return report
-
-    def commit(self, plan: CorrectionPlan, report: Any = None) -> None:
-        """Record a finished training: keep the correction (on CPU) for replay."""
-        inputs, target = plan.examples[0]
-        if self.settings.replay_size > 0:
-            self.replay.append(ReplayEntry(plan.adapter_name, cpu_copy(inputs), target.copy()))
-        self.reports.setdefault(plan.adapter_name, []).append(report)
-
-    def abort(self, decoder: nn.Module, plan: CorrectionPlan) -> None:
-        """Undo :meth:`begin` after a cancelled run (drops a newly injected adapter)."""
-        if plan.is_new and plan.adapter_name in self.names:
-            delete_adapter(decoder, plan.adapter_name)
-            self.names.remove(plan.adapter_name)
-
-
-# --------------------------------------------------------------------------- files
-
-
-@dataclass
-class LoadedAdapters:
-    """What :func:`load_adapters` put on the decoder, and the file's records."""
-
-    names: list[str]
-    renamed: dict[str, str]
-    object_ids: dict[str, int | None]
-    settings: LoraSettings | None
-    reports: dict[str, Any]
-    metadata: dict[str, Any]
-    variant: str
-    base_checksum: str
-
-
-def decoder_checksum(decoder: nn.Module) -> str:
-    """sha256 over the decoder's base (non-LoRA) tensors; the same before and after injection."""
-    tensors = {
-        k.replace(".base_layer.", "."): v
-        for k, v in decoder.state_dict().items()
-        if not _LORA_KEY.search(k)
-    }
-    digest = hashlib.sha256()
-    for key in sorted(tensors):
-        t = tensors[key].detach().to("cpu").contiguous().reshape(-1)
-        digest.update(f"{key}|{t.dtype}|{tuple(tensors[key].shape)}|".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def adapter_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """``(<path>.safetensors, <path>.json)`` (a ``.safetensors``/``.json`` suffix is dropped)."""
-    base = Path(path)
-    if base.suffix in (".safetensors", ".json"):
-        base = base.with_suffix("")
-    return base.parent / f"{base.name}.safetensors", base.parent / f"{base.name}.json"
-
-
-_paths = adapter_paths  # kept for callers written against the first draft
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, set | frozenset):
-        return sorted(value)
-    if hasattr(value, "to_dict"):
-        return value.to_dict()
-    raise TypeError(f"metadata value of type {type(value).__name__} is not JSON serialisable")
-
-
-def save_adapters(
-    path: str | os.PathLike[str],
-    decoder: nn.Module,
-    names: Sequence[str],
-    metadata: Mapping[str, Any] | None = None,
-    *,
-    variant: str = "unknown",
-    settings: LoraSettings | None = None,
-    object_ids: Mapping[str, int] | None = None,
-    reports: Mapping[str, Any] | None = None,
-) -> tuple[Path, Path]:
-    """Save adapters ``names`` to ``<path>.safetensors`` + ``<path>.json``.
-
-    The safetensors file holds peft's per-adapter state dicts with keys prefixed by the
-    adapter name (``obj1_a0.transformer....lora_A.weight``); the JSON holds the format
-    version, base variant and decoder checksum, each adapter's LoRA config, module list,
-    object id and training reports, the settings and free ``metadata``.
-
-    Returns
-    -------
-    tuple of Path
-        The safetensors and JSON paths written.
-    """
-    st_path, json_path = adapter_paths(path)
-    tensors: dict[str, torch.Tensor] = {}
-    entries = []
-    for name in names:
-        _require(decoder, name)
-        state = get_peft_model_state_dict(decoder, adapter_name=name)
-        tensors.update({f"{name}.{k}": v.detach().cpu().contiguous() for k, v in state.items()})
-        cfg = decoder.peft_config[name]
-        entries.append(
-            {
-                "name": name,
-                "object_id": (object_ids or {}).get(name),
-                "r": cfg.r,
-                "lora_alpha": cfg.lora_alpha,
-                "lora_dropout": cfg.lora_dropout,
-                "target_modules": cfg.target_modules,
-                "modules": sorted({k.rsplit(".lora_", 1)[0] for k in state}),
-                "report": (reports or {}).get(name),
-            }
-        )
-    blob = safetensors.torch.save(tensors)
-    doc = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "base": {"variant": variant, "decoder_sha256": decoder_checksum(decoder)},
-        "safetensors_sha256": hashlib.sha256(blob).hexdigest(),
-        "adapters": entries,
-        "settings": settings.to_dict() if settings is not None else None,
-        "metadata": dict(metadata or {}),
-    }
-    text = json.dumps(doc, indent=2, default=_json_default)
-    st_path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(st_path, blob)
-    _atomic_write(json_path, text.encode("utf-8"))
-    logger.info("Saved %d adapter(s) to %s", len(entries), st_path)
-    return st_path, json_path
-
-
-def _read_files(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    st_path, json_path = adapter_paths(path)
-    try:
-        doc = json.loads(json_path.read_text(encoding="utf-8"))
-        blob = st_path.read_bytes()
-    except FileNotFoundError as exc:
-        raise AdapterFileError(f"Adapter file missing: {exc.filename}") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AdapterFileError(f"Cannot read adapter settings {json_path}: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
-        raise AdapterFileError(f"{json_path} is not a napari-sam-lora adapter file.")
-    if doc.get("format_version") != FORMAT_VERSION:
-        raise AdapterFileError(
-            f"{json_path} has format version {doc.get('format_version')!r}; this version of "
-            f"napari-sam-lora reads version {FORMAT_VERSION}."
-        )
-    if hashlib.sha256(blob).hexdigest() != doc.get("safetensors_sha256"):
-        raise AdapterFileError(
-            f"{st_path} is damaged or does not belong to {json_path} (checksum mismatch)."
-        )
-    try:
-        return doc, safetensors.torch.load(blob)
-    except Exception as exc:
-        raise AdapterFileError(f"{st_path} is not a readable safetensors file: {exc}") from exc
-
-
-def _validate_entry(
-    decoder: nn.Module, entry: Mapping[str, Any], new_name: str, tensors: Mapping[str, Any]
-) -> tuple[LoraConfig, dict[str, torch.Tensor]]:
-    """Check one adapter record against the decoder; return its config and state dict."""
-    name = entry["name"]
-    if new_name in adapter_names(decoder):
-        raise AdapterFileError(
-            f"The decoder already has an adapter named {new_name!r}; load with rename=..."
-        )
-    if not _NAME_RE.fullmatch(new_name):
-        raise AdapterFileError(f"Invalid adapter name {new_name!r} in the file or rename.")
-    config = LoraConfig(
-        target_modules=entry["target_modules"],
-        r=int(entry["r"]),
-        lora_alpha=entry["lora_alpha"],
-        lora_dropout=entry["lora_dropout"],
-        bias="none",
-    )
-    targets = sorted(matching_modules(decoder, entry["target_modules"]))
-    if targets != sorted(entry["modules"]):
-        raise AdapterFileError(
-            f"Adapter {name!r} was trained on modules {entry['modules'][:3]}... that do not "
-            "match this decoder."
-        )
-    state = {k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(f"{name}.")}
-    expected = {}
-    for module_name in targets:
-        module = decoder.get_submodule(module_name)
-        base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
-        expected[f"{module_name}.lora_A.weight"] = (config.r, base.in_features)
-        expected[f"{module_name}.lora_B.weight"] = (base.out_features, config.r)
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
-    if shapes != expected:
-        raise AdapterFileError(f"Adapter {name!r} has missing or mis-shaped LoRA tensors.")
-    return config, state
-
-
-def load_adapters(
-    path: str | os.PathLike[str],
-    decoder: nn.Module,
-    expected_base_checksum: str | None = None,
-    *,
-    rename: Mapping[str, str] | None = None,
-) -> LoadedAdapters:
-    """Load adapters saved by :func:`save_adapters` into ``decoder`` (safetensors + JSON only).
-
-    Everything is validated before anything is injected; on any failure the decoder's
-    existing adapters are left exactly as they were.
-
-    Parameters
-    ----------
-    path : str or PathLike
-        ``<path>``, ``<path>.safetensors`` or ``<path>.json``.
-    decoder : nn.Module
-        ``sam_mask_decoder`` of the base model.
-    expected_base_checksum : str, optional
-        Checksum the file must have been trained on; default: this decoder's own.
-    rename : mapping, optional
-        ``{name in file: name to use}``, to avoid clashes with existing adapters.
-
-    Raises
-    ------
-    AdapterFileError
-        Missing/damaged files, unknown format, wrong base model, name clash, bad tensors.
-    """
-    doc, tensors = _read_files(path)
-    actual = decoder_checksum(decoder)
-    expected = expected_base_checksum or actual
-    recorded = doc.get("base", {}).get("decoder_sha256")
-    if recorded != expected or actual != expected:
-        raise AdapterFileError(
-            f"{path} was trained on another base model (variant "
-            f"{doc.get('base', {}).get('variant')!r}, decoder checksum {str(recorded)[:12]}...);"
-            f" this decoder's checksum is {actual[:12]}.... Load the same model variant and"
-            " checkpoint."
-        )
-    rename = dict(rename or {})
-    try:
-        planned = [(e, rename.get(e["name"], e["name"])) for e in doc["adapters"]]
-        checked = [(new, *_validate_entry(decoder, e, new, tensors)) for e, new in planned]
-        settings = LoraSettings.from_dict(doc["settings"]) if doc.get("settings") else None
-    except AdapterFileError:
-        raise
-    except (KeyError, TypeError, ValueError) as exc:
-        raise AdapterFileError(f"{path} has invalid adapter records: {exc!r}") from exc
-    if len({new for new, *_ in checked}) != len(checked):
-        raise AdapterFileError(f"{path}: two adapters would get the same name; use rename=...")
-    _inject_loaded(decoder, checked)
-    return LoadedAdapters(
-        names=[new for new, *_ in checked],
-        renamed={e["name"]: new for e, new in planned},
-        object_ids={new: e.get("object_id") for e, new in planned},
-        settings=settings,
-        reports={new: e.get("report") for e, new in planned},
-        metadata=doc.get("metadata") or {},
-        variant=str(doc.get("base", {}).get("variant")),
-        base_checksum=actual,
-    )
-
-
-def _inject_loaded(
-    decoder: nn.Module, checked: list[tuple[str, LoraConfig, dict[str, torch.Tensor]]]
-) -> None:
-    previous = active_adapter(decoder)
-    done: list[str] = []
-    try:
-        for new, config, state in checked:
-            _inject(decoder, config, new)
-            done.append(new)
-            device = decoder_device(decoder)
-            result = _peft_set_state(
-                decoder, {k: v.to(device) for k, v in state.items()}, adapter_name=new
-            )
-            if getattr(result, "unexpected_keys", None):
-                raise AdapterFileError(f"Unexpected tensors for {new}: {result.unexpected_keys}")
-    except Exception as exc:
-        for name in done:
-            _peft_delete_adapter(decoder, name, prefix="lora_")
-            decoder.peft_config.pop(name, None)
-        activate(decoder, previous)
-        if isinstance(exc, AdapterFileError):
-            raise
-        raise AdapterFileError(f"Could not load adapters: {exc}") from exc

@@ -26,18 +26,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_sam_lora.engine.adapters import (
-    AdapterPool,
-    CorrectionPlan,
-    Proposal,
-    ReplayEntry,
-    cpu_copy,
+from napari_sam_lora.engine.adapter_files import (
+    adapter_paths,
     decoder_checksum,
     load_adapters,
-    propose,
     save_adapters,
-    use_adapter,
 )
+from napari_sam_lora.engine.adapter_pool import AdapterPool, CorrectionPlan, ReplayEntry
+from napari_sam_lora.engine.adapters import Proposal, cpu_copy, propose, use_adapter
 from napari_sam_lora.engine.corrections import Correction, diff_corrections, merge_object
 from napari_sam_lora.engine.errors import PromptError, SamLoraError
 from napari_sam_lora.engine.features import DecoderInputs
@@ -351,8 +347,6 @@ class Learner:
 
 def _free_names(path: str | Path, existing: set[str]) -> dict[str, str]:
     import json
-
-    from napari_sam_lora.engine.adapters import adapter_paths
 
     json_path = adapter_paths(path)[1]
     try:

@@ -1,0 +1,135 @@
+"""Per-object adapter pools: LIT's new-vs-fine-tune rule and a bounded replay buffer.
+
+Adapters are ranked by the model's own confidence (predicted IoU × object score), never
+by ground truth.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from napari_sam_lora.engine.adapters import (
+    InjectionReport,
+    Proposal,
+    cpu_copy,
+    delete_adapter,
+    inject_adapter,
+    propose,
+)
+from napari_sam_lora.engine.features import DecoderInputs
+from napari_sam_lora.engine.lora_settings import LoraSettings
+from napari_sam_lora.engine.losses import logits_iou
+
+
+@dataclass
+class ReplayEntry:
+    """A past correction kept for fine-tuning: CPU inputs, target mask, adapter trained."""
+
+    adapter_name: str
+    inputs: DecoderInputs
+    target: np.ndarray
+
+
+@dataclass
+class CorrectionPlan:
+    """What :meth:`AdapterPool.plan` decided for one correction.
+
+    ``examples`` (newest first) is what to pass to ``train_adapter``; ``fine_tune`` selects
+    the fine-tuning learning rate and step cap; ``ious`` are each adapter's IoU on the
+    correction (used only for the new-adapter rule), ``proposals`` their proposals.
+    """
+
+    obj_id: int
+    adapter_name: str
+    is_new: bool
+    fine_tune: bool
+    reason: str
+    examples: list[tuple[DecoderInputs, np.ndarray]]
+    proposals: dict[str, Proposal] = field(default_factory=dict)
+    ious: dict[str, float] = field(default_factory=dict)
+
+
+class AdapterPool:
+    """The adapters of one object (at most ``settings.max_adapters_per_object``).
+
+    LIT's rule: a correction on which *every* adapter's IoU is ``<= new_adapter_iou``
+    starts a new adapter (while there is room); otherwise the adapter the model itself is
+    most confident in (predicted IoU × object score; never ground truth) is fine-tuned on
+    the correction plus its replay entries. Flow: ``plan`` → ``begin`` → ``train_adapter``
+    → ``commit`` (or ``abort`` when cancelled).
+    """
+
+    def __init__(self, obj_id: int, settings: LoraSettings) -> None:
+        self.obj_id = int(obj_id)
+        self.settings = settings
+        self.names: list[str] = []
+        self.replay: deque[ReplayEntry] = deque(maxlen=settings.replay_size)
+        self.reports: dict[str, list[Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def next_name(self) -> str:
+        """First free slot name, ``obj<id>_a<k>``."""
+        k = 0
+        while f"obj{self.obj_id}_a{k}" in self.names:
+            k += 1
+        return f"obj{self.obj_id}_a{k}"
+
+    def adopt(self, name: str) -> None:
+        """Register an adapter already on the decoder (e.g. loaded from a file)."""
+        if name not in self.names:
+            self.names.append(name)
+
+    def proposals(self, decoder: nn.Module, inputs: DecoderInputs) -> list[Proposal]:
+        """Every adapter's proposal for ``inputs``, most confident first."""
+        props = [propose(decoder, name, inputs) for name in self.names]
+        return sorted(props, key=lambda p: p.confidence, reverse=True)
+
+    def best(self, decoder: nn.Module, inputs: DecoderInputs) -> Proposal | None:
+        """The most confident adapter's proposal (``None`` with no adapter)."""
+        props = self.proposals(decoder, inputs)
+        return props[0] if props else None
+
+    def plan(self, decoder: nn.Module, inputs: DecoderInputs, target: np.ndarray) -> CorrectionPlan:
+        """Decide, for a correction ``target`` on ``inputs``, which adapter to train and how."""
+        target = np.asarray(target).astype(bool)
+        props = {p.adapter_name: p for p in self.proposals(decoder, inputs)}
+        ious = {name: logits_iou(p.logits, target) for name, p in props.items()}
+        examples = [(inputs, target)]
+        room = len(self.names) < self.settings.max_adapters_per_object
+        if not self.names or (room and max(ious.values()) <= self.settings.new_adapter_iou):
+            reason = "first correction" if not self.names else "every adapter failed"
+            return CorrectionPlan(
+                self.obj_id, self.next_name(), True, False, reason, examples, props, ious
+            )
+        name = max(props.values(), key=lambda p: p.confidence).adapter_name
+        reason = "most confident adapter" if room else "pool full: most confident adapter"
+        examples += [(e.inputs, e.target) for e in reversed(self.replay) if e.adapter_name == name]
+        return CorrectionPlan(self.obj_id, str(name), False, True, reason, examples, props, ious)
+
+    def begin(self, decoder: nn.Module, plan: CorrectionPlan) -> InjectionReport | None:
+        """Inject the plan's adapter when it is new."""
+        if not plan.is_new:
+            return None
+        report = inject_adapter(decoder, plan.adapter_name, self.settings)
+        self.adopt(plan.adapter_name)
+        return report
+
+    def commit(self, plan: CorrectionPlan, report: Any = None) -> None:
+        """Record a finished training: keep the correction (on CPU) for replay."""
+        inputs, target = plan.examples[0]
+        if self.settings.replay_size > 0:
+            self.replay.append(ReplayEntry(plan.adapter_name, cpu_copy(inputs), target.copy()))
+        self.reports.setdefault(plan.adapter_name, []).append(report)
+
+    def abort(self, decoder: nn.Module, plan: CorrectionPlan) -> None:
+        """Undo :meth:`begin` after a cancelled run (drops a newly injected adapter)."""
+        if plan.is_new and plan.adapter_name in self.names:
+            delete_adapter(decoder, plan.adapter_name)
+            self.names.remove(plan.adapter_name)

@@ -1,0 +1,190 @@
+"""Arguments and checks of ``napari-sam-lora evaluate`` (the command itself is in ``cli``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from napari_sam_lora.evaluation.data import (
+    DataError,
+    EvalData,
+    is_suite,
+    load_eval_data,
+    load_suite,
+)
+from napari_sam_lora.evaluation.protocol import UserSettings
+from napari_sam_lora.evaluation.runner import EvalConfig
+
+__all__ = ["DEFAULT_EVAL_MODEL", "DESCRIPTION", "add_arguments", "prepare", "run_settings"]
+
+DEFAULT_EVAL_MODEL = "sam2.1_hiera_tiny"
+DESCRIPTION = (
+    "Run the LIT protocol's simulated user twice on the same frames and model: plain SAM2 "
+    "(baseline) and SAM2 learning from every correction (lora). Per object: prompt with the "
+    "true mask on the start frame and track frame by frame; where the IoU is below the "
+    "threshold the user clicks (centre of the largest error region), then paints the full "
+    "mask; in the lora run the adapter proposal the model is most confident in is accepted "
+    "instead when it reaches the threshold. Writes report.json, report.md and report.png "
+    "to --output."
+)
+
+
+def _number_type(kind: type, check: Any, expected: str) -> Any:
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+        return value
+
+    return convert
+
+
+_probability = _number_type(float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")
+_non_negative = _number_type(int, lambda v: v >= 0, "an integer >= 0")
+_positive = _number_type(int, lambda v: v > 0, "a positive integer")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``evaluate`` arguments to ``parser``."""
+    parser.add_argument(
+        "images",
+        metavar="IMAGES",
+        help="multi-page TIFF, .npy, or folder of frames (PNG/JPEG/TIFF, natural order); "
+        "or a synthetic suite folder (with suite.json) and no LABELS",
+    )
+    parser.add_argument(
+        "labels",
+        metavar="LABELS",
+        nargs="?",
+        help="label TIFF/.npy (same frames and shape), or folder of PNG masks (palette "
+        "index or grey value = object id; frames without a mask file are not scored)",
+    )
+    add = parser.add_argument
+    add(
+        "--model",
+        default=DEFAULT_EVAL_MODEL,
+        help="variant name, local .pt checkpoint, or untrained:<variant> (default: %(default)s)",
+    )
+    add(
+        "--config",
+        "--preset",
+        dest="config",
+        default="default",
+        metavar="PRESET",
+        help="LoRA preset (default, lit, strong) or a YAML file (default: %(default)s)",
+    )
+    add(
+        "--threshold",
+        type=_probability,
+        default=0.5,
+        help="IoU below which the user steps in (default: %(default)s)",
+    )
+    add(
+        "--max-clicks",
+        type=_non_negative,
+        default=3,
+        metavar="N",
+        help="clicks before the user paints the full mask (default: %(default)s)",
+    )
+    add("--objects", metavar="IDS", help="object ids to evaluate, e.g. 1,3 (default: all)")
+    add(
+        "--start",
+        choices=("first", "middle"),
+        default="first",
+        help="prompt each object on its first annotated frame, or on the one nearest the "
+        "middle and track both ways, as for z-stacks (default: %(default)s)",
+    )
+    add("--frames", metavar="A:B", help="evaluate frames A to B-1 only (e.g. 0:20, 5:)")
+    add(
+        "--annotated-frames",
+        metavar="LIST",
+        help="only these frames are annotated and scored, e.g. 0,10,20:30 (default: every "
+        "frame of a label array; the frames with a mask file in a label folder)",
+    )
+    add("--device", help="auto, cuda, mps or cpu (default: the best available)")
+    add(
+        "--image-size",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="SAM2 input size in pixels (default: the model's, 1024; smaller is faster)",
+    )
+    add("--seed", type=int, default=0, help="random seed (default: 0)")
+    add(
+        "--output",
+        default="evaluation",
+        metavar="DIR",
+        help="folder for the reports, created at the end (default: %(default)s)",
+    )
+    add("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def load_datasets(args: argparse.Namespace) -> list[EvalData]:
+    """Read and check the stacks: a suite folder, or IMAGES and LABELS."""
+    if args.labels is None:
+        if not is_suite(args.images):
+            raise DataError(
+                "LABELS is missing: give IMAGES LABELS, or a synthetic suite folder "
+                "(written by napari-sam-lora synthetic) as the only argument"
+            )
+        if args.annotated_frames is not None:
+            raise DataError("--annotated-frames needs IMAGES LABELS, not a suite folder")
+        return load_suite(args.images, frames=args.frames, objects=args.objects)
+    data = load_eval_data(
+        args.images,
+        args.labels,
+        frames=args.frames,
+        objects=args.objects,
+        annotated_frames=args.annotated_frames,
+    )
+    return [data]
+
+
+def prepare(args: argparse.Namespace) -> tuple[list[EvalData], EvalConfig, Path]:
+    """Check every input without loading the model or writing anything.
+
+    Returns
+    -------
+    datasets, config, output
+        The checked stacks, the run configuration and the output folder.
+
+    Raises
+    ------
+    DataError, SettingsError, ModelError
+        With one message naming the problem.
+    """
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise DataError(f"--output {output} exists and is not a folder")
+    datasets = load_datasets(args)
+    from napari_sam_lora.engine.lora_settings import load_settings
+    from napari_sam_lora.engine.models import parse_model, pick_device
+
+    load_settings(args.config)
+    parse_model(args.model)
+    pick_device(args.device)
+    user = UserSettings(threshold=args.threshold, max_clicks=args.max_clicks, start=args.start)
+    config = EvalConfig(args.model, args.device, args.image_size, args.config, user, args.seed)
+    return datasets, config, output
+
+
+def run_settings(args: argparse.Namespace, model: Any) -> dict[str, Any]:
+    """The settings recorded in ``report.json``."""
+    return {
+        "images": str(args.images),
+        "labels": None if args.labels is None else str(args.labels),
+        "model": args.model,
+        "device": model.device.type,
+        "preset": args.config,
+        "threshold": args.threshold,
+        "max_clicks": args.max_clicks,
+        "start": args.start,
+        "objects": args.objects,
+        "frames": args.frames,
+        "annotated_frames": args.annotated_frames,
+        "seed": args.seed,
+    }
