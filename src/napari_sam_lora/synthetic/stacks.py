@@ -1,43 +1,11 @@
-"""Seeded synthetic image stacks with ground-truth labels, for tests, demos and benchmarks.
-
-Every stack is ``(T, H, W)`` and comes with an ``int32`` label stack of the same shape in
-which the tracked object has id ``1`` (``two_objects`` also has id ``2``) and everything
-else, *decoys included*, is ``0``. Decoys are distractors with exactly the object's
-brightness: a model that only separates by intensity segments them too.
-
-Images are ``uint8`` (background ~30, objects ~200, Gaussian noise), except ``noisy16``,
-which is ``uint16`` with a dynamic range well beyond 8 bits, heavy noise and a few saturated
-hot pixels (it exercises robust percentile normalisation).
-
-Only numpy is needed to generate stacks; :func:`write_suite` and :func:`load_suite` also
-use ``tifffile``. Nothing here imports torch or napari.
-
-Examples
---------
->>> from napari_sam_lora.synthetic import make_stack
->>> image, labels = make_stack("decoy", n_frames=4, shape=(64, 64), seed=1)
->>> image.shape, image.dtype.name, labels.dtype.name
-((4, 64, 64), 'uint8', 'int32')
-"""
+"""Seeded synthetic stacks: generators per kind and :func:`make_stack`."""
 
 from __future__ import annotations
 
-import json
 import zlib
-from collections.abc import Callable, Iterable
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import numpy as np
-
-__all__ = [
-    "KINDS",
-    "KIND_DESCRIPTIONS",
-    "load_suite",
-    "make_stack",
-    "object_ids",
-    "write_suite",
-]
 
 #: Descriptions of the available kinds, in the order of :data:`KINDS`.
 KIND_DESCRIPTIONS: dict[str, str] = {
@@ -356,105 +324,3 @@ def make_stack(
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(kind.encode())])
     canvas = _Canvas(n_frames, (height, width), rng)
     return _GENERATORS[kind](canvas)
-
-
-def write_suite(
-    outdir: str | Path,
-    kinds: Iterable[str] = KINDS,
-    n_frames: int = 8,
-    shape: tuple[int, int] = (128, 128),
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Write synthetic stacks as TIFF files plus a ``suite.json`` index.
-
-    For each kind, ``<kind>_image.tif`` and ``<kind>_labels.tif`` (axes ``TYX``) are
-    written to ``outdir``, which is created if needed. Existing files are overwritten.
-
-    Parameters
-    ----------
-    outdir : str or Path
-        Output folder.
-    kinds : iterable of str
-        Kinds to write; default all of :data:`KINDS`.
-    n_frames, shape, seed
-        As in :func:`make_stack`; the same for every kind.
-
-    Returns
-    -------
-    dict
-        The content of ``suite.json``: ``generator``, ``n_frames``, ``shape``, ``seed`` and
-        ``stacks``, a list of ``{"kind", "description", "image", "labels", "dtype",
-        "shape", "object_ids"}`` with file names relative to ``outdir``.
-
-    Raises
-    ------
-    ValueError
-        If a kind is unknown or no kinds are given.
-    OSError
-        If the files cannot be written.
-    """
-    import tifffile
-
-    kinds = list(kinds)
-    if not kinds:
-        raise ValueError(f"no kinds given; valid kinds are: {', '.join(KINDS)}")
-    for kind in kinds:
-        _check_kind(kind)
-    out = Path(outdir)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    stacks = []
-    for kind in kinds:
-        image, labels = make_stack(kind, n_frames=n_frames, shape=shape, seed=seed)
-        image_name, labels_name = f"{kind}_image.tif", f"{kind}_labels.tif"
-        # minisblack: a stack of 3 or 4 frames must not be read as RGB(A)
-        tiff = {"photometric": "minisblack", "metadata": {"axes": "TYX"}}
-        tifffile.imwrite(out / image_name, image, **tiff)
-        tifffile.imwrite(out / labels_name, labels, compression="zlib", **tiff)
-        stacks.append(
-            {
-                "kind": kind,
-                "description": KIND_DESCRIPTIONS[kind],
-                "image": image_name,
-                "labels": labels_name,
-                "dtype": image.dtype.name,
-                "shape": list(image.shape),
-                "object_ids": list(object_ids(kind)),
-            }
-        )
-    suite = {
-        "generator": "napari_sam_lora.synthetic",
-        "n_frames": int(n_frames),
-        "shape": [int(s) for s in shape],
-        "seed": int(seed),
-        "stacks": stacks,
-    }
-    (out / "suite.json").write_text(json.dumps(suite, indent=2) + "\n", encoding="utf-8")
-    return suite
-
-
-def load_suite(outdir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Read a suite written by :func:`write_suite`.
-
-    Parameters
-    ----------
-    outdir : str or Path
-        Folder holding ``suite.json``.
-
-    Returns
-    -------
-    dict
-        ``{kind: (image, labels)}`` in the order of ``suite.json``.
-    """
-    import tifffile
-
-    out = Path(outdir)
-    suite = json.loads((out / "suite.json").read_text(encoding="utf-8"))
-    return {
-        item["kind"]: (
-            tifffile.imread(out / item["image"]),
-            tifffile.imread(out / item["labels"]).astype(np.int32, copy=False),
-        )
-        for item in suite["stacks"]
-    }
