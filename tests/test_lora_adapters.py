@@ -344,3 +344,10 @@ def test_two_objects_adapters_are_independent(decoder):
     assert all(torch.equal(v, adapter_state(decoder, "obj1_a0")[k]) for k, v in before.items())
     assert np.array_equal(first.logits, propose(decoder, "obj1_a0", inputs).logits)
     assert not np.array_equal(first.logits, propose(decoder, "obj2_a0", inputs).logits)
+
+
+def test_deleting_the_last_active_adapter(decoder):
+    inject_adapter(decoder, "only", load_settings("default"))
+    A.activate(decoder, "only")
+    A.delete_adapter(decoder, "only")
+    assert adapter_names(decoder) == [] and A.active_adapter(decoder) is None

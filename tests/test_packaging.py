@@ -30,7 +30,8 @@ def test_manifest_basics(manifest):
     assert widget.python_name == "napari_sam_lora._qt.widget:SamLoraWidget"
     widgets = manifest.contributions.widgets
     assert [(w.command, w.display_name) for w in widgets] == [
-        ("napari-sam-lora.make_widget", "SAM2 LoRA")
+        ("napari-sam-lora.make_widget", "SAM2 LoRA"),
+        ("napari-sam-lora.make_finetune_widget", "SAM2 LoRA fine-tuning"),
     ]
 
 

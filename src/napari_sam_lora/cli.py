@@ -8,6 +8,10 @@ synthetic
     Write the synthetic test suite (TIFF stacks + ground truth + ``suite.json``).
 evaluate
     The simulated-user benchmark (LIT protocol): corrections without and with learning.
+train
+    Config-driven LoRA fine-tuning from annotated stacks (``configs/finetune/``).
+check-data
+    Check a fine-tuning config's data (counts, shapes, labels) before training.
 
 Each command is a function ``_add_<name>(subparsers)`` that builds its parser and sets
 ``handler``; add new commands to :data:`_COMMANDS`. Expected errors (bad arguments,
@@ -24,6 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from napari_sam_lora import __version__
+from napari_sam_lora.finetune.cli import add_check_data, add_train
 from napari_sam_lora.synthetic import KIND_DESCRIPTIONS, KINDS
 
 __all__ = ["DEFAULT_DEMO_MODEL", "PLUGIN_NAME", "WIDGET_NAME", "build_demo_viewer", "main"]
@@ -303,7 +308,13 @@ def _add_evaluate(subparsers: Any) -> None:
 
 # --------------------------------------------------------------------------- main
 
-_COMMANDS: tuple[Callable[[Any], None], ...] = (_add_demo, _add_synthetic, _add_evaluate)
+_COMMANDS: tuple[Callable[[Any], None], ...] = (
+    _add_demo,
+    _add_synthetic,
+    _add_evaluate,
+    add_train,
+    add_check_data,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -211,7 +211,9 @@ def activate(decoder: nn.Module, name: str | None) -> None:
 
 
 def _layer_state(layer: BaseTunerLayer) -> str | None:
-    return None if layer.disable_adapters else layer.active_adapters[0]
+    if layer.disable_adapters or not layer.active_adapters:
+        return None  # peft leaves the list empty once the last adapter is deleted
+    return layer.active_adapters[0]
 
 
 @contextmanager
