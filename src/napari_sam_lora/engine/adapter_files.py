@@ -85,8 +85,6 @@ def adapter_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     return base.parent / f"{base.name}.safetensors", base.parent / f"{base.name}.json"
 
 
-
-
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.parent / f".{path.name}.tmp"
     tmp.write_bytes(data)

@@ -357,5 +357,3 @@ def cpu_copy(inputs: DecoderInputs) -> DecoderInputs:
         high_res_features=tuple(_cpu_clone(f) for f in inputs.high_res_features),
         multimask_output=inputs.multimask_output,
     )
-
-
