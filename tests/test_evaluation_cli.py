@@ -94,6 +94,36 @@ def test_end_to_end_on_a_synthetic_suite(tmp_path, fast_preset, shared_model, ca
     assert "reduction" in printed and "report.json" in printed
 
 
+def test_adapter_file_starts_the_learning_run(tmp_path, fast_preset, shared_model):
+    from napari_sam_lora.engine.adapters import adapter_names, delete_adapter
+    from napari_sam_lora.engine.jobs import drain
+    from napari_sam_lora.engine.learning import Learner
+    from napari_sam_lora.engine.session import Session
+    from napari_sam_lora.synthetic import make_stack, write_suite
+
+    image, truth = make_stack("moving_disk", n_frames=3, shape=(64, 64))
+    session = Session(image, model=shared_model)
+    session.add_mask(0, 1, truth[0] == 1)
+    session.propagate_all("forward")
+    learner = Learner(session, fast_preset)
+    fixed = np.where(truth[1] == 1, 1, 0).astype(np.int32)
+    drain(learner.learn(1, fixed))
+    learner.save(tmp_path / "pretrained")
+    for name in adapter_names(learner.decoder):
+        delete_adapter(learner.decoder, name)
+    write_suite(tmp_path / "suite", kinds=["moving_disk"], n_frames=3, shape=(64, 64))
+    out = tmp_path / "out"
+    argv = ["evaluate", str(tmp_path / "suite"), *MODEL, "--preset", fast_preset]
+    argv += ["--adapter", str(tmp_path / "pretrained"), "--output", str(out), "--no-progress"]
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    check_report(report)
+    assert report["settings"]["adapter"] == str(tmp_path / "pretrained")
+    first = report["lora"]["per_object"][0]["frames"][0]
+    assert first["candidates"] >= 1  # the loaded adapter proposes before any correction
+    assert adapter_names(shared_model.predictor.sam_mask_decoder) == []
+
+
 def test_end_to_end_sparse_png_folders_from_the_middle(tmp_path, fast_preset, shared_model):
     from napari_sam_lora.synthetic import make_stack
 
@@ -194,6 +224,7 @@ def _bad_inputs(tmp_path):
         "bad threshold": ([img, lab, "--threshold", "1.5"], "(0, 1]"),
         "bad clicks": ([img, lab, "--max-clicks", "-1"], ">= 0"),
         "bad start": ([img, lab, "--start", "last"], "invalid choice"),
+        "missing adapter": ([img, lab, "--adapter", str(tmp_path / "nope")], "missing"),
     }
 
 
@@ -218,6 +249,7 @@ CASES = [
     "bad threshold",
     "bad clicks",
     "bad start",
+    "missing adapter",
 ]
 
 

@@ -113,6 +113,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="SAM2 input size in pixels (default: the model's, 1024; smaller is faster)",
     )
+    add(
+        "--adapter",
+        metavar="FILE",
+        help="adapter file (from 'train' or Save adapters) loaded at the start of the learning "
+        "run; live learning continues on top of it (default: none)",
+    )
     add("--seed", type=int, default=0, help="random seed (default: 0)")
     add(
         "--output",
@@ -167,9 +173,24 @@ def prepare(args: argparse.Namespace) -> tuple[list[EvalData], EvalConfig, Path]
     load_settings(args.config)
     parse_model(args.model)
     pick_device(args.device)
+    adapter = _adapter_file(args.adapter)
     user = UserSettings(threshold=args.threshold, max_clicks=args.max_clicks, start=args.start)
-    config = EvalConfig(args.model, args.device, args.image_size, args.config, user, args.seed)
+    config = EvalConfig(
+        args.model, args.device, args.image_size, args.config, user, args.seed, adapter
+    )
     return datasets, config, output
+
+
+def _adapter_file(path: str | None) -> str | None:
+    """``--adapter``: the JSON and safetensors files must both exist."""
+    if path is None:
+        return None
+    from napari_sam_lora.engine.adapter_files import adapter_paths
+
+    missing = [str(p) for p in adapter_paths(path) if not Path(p).is_file()]
+    if missing:
+        raise DataError(f"--adapter {path}: missing {', '.join(missing)}")
+    return path
 
 
 def run_settings(args: argparse.Namespace, model: Any) -> dict[str, Any]:
@@ -187,4 +208,5 @@ def run_settings(args: argparse.Namespace, model: Any) -> dict[str, Any]:
         "frames": args.frames,
         "annotated_frames": args.annotated_frames,
         "seed": args.seed,
+        "adapter": args.adapter,
     }

@@ -226,6 +226,7 @@ class EvalConfig:
     preset: str | Path = "default"
     user: UserSettings = field(default_factory=UserSettings)
     seed: int = 0
+    adapter: str | Path | None = None
 
 
 @dataclass
@@ -322,10 +323,12 @@ def evaluate(
                 truth = data.labels == obj_id
                 for name in RUNS:
                     bar.set_description(f"{name} {data.name} object {obj_id}")
+                    learner = Learner(session, settings) if name == "lora" else None
+                    if learner is not None and config.adapter is not None:
+                        learner.load(config.adapter)
                     result, tracker = _run_one(
                         session, truth, data.annotated, obj_id, config, name, runs[name],
-                        memory[name], Learner(session, settings) if name == "lora" else None,
-                        bar,
+                        memory[name], learner, bar,
                     )  # fmt: skip
                     runs[name].objects.append((data.name, result))
                     runs[name].trainings += [
