@@ -75,26 +75,27 @@ class TickMeter:
 
 def run_worker(gen, app) -> tuple[float, int, np.ndarray]:
     """Train on the plugin's worker; return seconds, steps and tick delays (ms)."""
+    from qtpy.QtCore import QEventLoop
+
     from napari_sam_lora._qt.threading import start_job
 
-    done: list[str] = []
+    loop = QEventLoop()
     steps: list[object] = []
     meter = TickMeter()
     start = time.perf_counter()
-    start_job(lambda: gen, on_yield=steps.append, on_done=done.append)
-    while not done:
-        app.processEvents()
-        time.sleep(0.001)
+    start_job(lambda: gen, on_yield=steps.append, on_done=lambda _: loop.quit())
+    loop.exec_()  # the Qt event loop, idle between events, as in napari
     seconds = time.perf_counter() - start
     return seconds, len(steps), meter.stop()
 
 
 def idle(app, seconds: float) -> np.ndarray:
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    loop = QEventLoop()
     meter = TickMeter()
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        app.processEvents()
-        time.sleep(0.001)
+    QTimer.singleShot(int(seconds * 1000), loop.quit)
+    loop.exec_()
     return meter.stop()
 
 
