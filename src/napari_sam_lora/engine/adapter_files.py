@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import safetensors.torch
 import torch
 from torch import nn
@@ -32,6 +31,7 @@ from napari_sam_lora.engine.adapters import (
     decoder_device,
     matching_modules,
 )
+from napari_sam_lora.engine.jsonable import json_default
 from napari_sam_lora.engine.lora_settings import LoraSettings
 from napari_sam_lora.engine.native import preload_triton
 
@@ -91,20 +91,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, set | frozenset):
-        return sorted(value)
-    if hasattr(value, "to_dict"):
-        return value.to_dict()
-    raise TypeError(f"metadata value of type {type(value).__name__} is not JSON serialisable")
-
-
 def save_adapters(
     path: str | os.PathLike[str],
     decoder: nn.Module,
@@ -158,7 +144,7 @@ def save_adapters(
         "settings": settings.to_dict() if settings is not None else None,
         "metadata": dict(metadata or {}),
     }
-    text = json.dumps(doc, indent=2, default=_json_default)
+    text = json.dumps(doc, indent=2, default=json_default)
     st_path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(st_path, blob)
     _atomic_write(json_path, text.encode("utf-8"))

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_sam_lora.engine.jsonable import json_default
 from napari_sam_lora.evaluation.data import EvalData
 from napari_sam_lora.evaluation.protocol import ObjectResult
 from napari_sam_lora.evaluation.runner import PHASES, RUNS, EvalResult, RunResult
@@ -238,17 +239,6 @@ def plot(report: dict[str, Any], path: str | Path) -> bool:
     return True
 
 
-def _plain(value: Any) -> Any:
-    """JSON for numpy scalars and arrays, and paths."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
 def write_report(
     result: EvalResult,
     datasets: Sequence[EvalData],
@@ -265,7 +255,7 @@ def write_report(
     report = build_report(result, datasets, settings)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(report, indent=2, default=_plain)
+    text = json.dumps(report, indent=2, default=json_default)
     (out / "report.json").write_text(text + "\n", encoding="utf-8")
     (out / "report.md").write_text(markdown(report), encoding="utf-8")
     plot(report, out / "report.png")
