@@ -90,7 +90,7 @@ class LoraSettings:
     target_modules: str = LIT_TARGET_MODULES
     rank: int = 4
     alpha: float = 4.0
-    dropout: float = 0.1
+    dropout: float = 0.0
     lr_new: float = 5e-3
     lr_finetune: float = 2e-3
     weight_decay: float = 0.01
