@@ -37,6 +37,16 @@ def disk_stack(
 
 
 @pytest.fixture
+def notes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every error notification the plugin shows (Qt is imported only by tests using it)."""
+    from napari_sam_lora._qt import threading as qt_threading
+
+    shown: list[str] = []
+    monkeypatch.setattr(qt_threading, "show_error", lambda message: shown.append(str(message)))
+    return shown
+
+
+@pytest.fixture
 def stack() -> np.ndarray:
     """A 4-frame 64×80 uint16 stack with one moving disk."""
     return disk_stack()

@@ -11,20 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from napari_sam_lora._qt import threading as qt_threading
 from napari_sam_lora._qt._finetune import FineTuneWidget
 from napari_sam_lora.synthetic import write_suite
 
 pytestmark = pytest.mark.viewer
 
 WAIT_MS = 180_000
-
-
-@pytest.fixture
-def notes(monkeypatch):
-    shown: list[str] = []
-    monkeypatch.setattr(qt_threading, "show_error", lambda message: shown.append(str(message)))
-    return shown
 
 
 @pytest.fixture

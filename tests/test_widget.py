@@ -64,14 +64,6 @@ def fake_load(model, device, image_size):
 
 
 @pytest.fixture
-def notes(monkeypatch):
-    """Every error notification the plugin shows."""
-    shown: list[str] = []
-    monkeypatch.setattr(qt_threading, "show_error", lambda message: shown.append(str(message)))
-    return shown
-
-
-@pytest.fixture
 def viewer_widget(make_napari_viewer):
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-sam-lora", "SAM2 LoRA")

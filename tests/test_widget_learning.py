@@ -11,7 +11,6 @@ import time
 import numpy as np
 import pytest
 
-from napari_sam_lora._qt import threading as qt_threading
 from napari_sam_lora._qt._propagation import SessionCache
 from napari_sam_lora._qt.widget import SamLoraWidget
 from napari_sam_lora.engine.corrections import merge_object
@@ -21,14 +20,6 @@ pytestmark = pytest.mark.viewer
 
 WAIT_MS = 120_000
 N_FRAMES = 4
-
-
-@pytest.fixture
-def notes(monkeypatch):
-    """Every error notification the plugin shows."""
-    shown: list[str] = []
-    monkeypatch.setattr(qt_threading, "show_error", lambda message: shown.append(str(message)))
-    return shown
 
 
 @pytest.fixture
