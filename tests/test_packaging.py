@@ -96,7 +96,7 @@ def test_pyproject_metadata():
         assert binding not in deps, f"{binding} must be optional, not a core dependency"
     assert "tifffile" in deps
     extras = project["optional-dependencies"]
-    assert {"pyqt5", "testing"} <= set(extras)
+    assert {"pyqt5", "pyqt6", "testing", "batch"} <= set(extras)
 
 
 def test_installed_metadata_matches():

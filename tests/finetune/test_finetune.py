@@ -305,7 +305,7 @@ def test_check_data_cli_passes_on_good_data(workdir, capsys):
 
 
 def test_the_documented_example_config_is_valid():
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     config = load_config(root / "configs" / "finetune" / "example.yaml")
     assert [p.name for p in config.data.pairs] == ["moving_disk", "decoy", "occlusion", "noisy16"]
     assert config.lora.name == "strong" and config.lora.rank == 16
