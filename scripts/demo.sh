@@ -18,7 +18,7 @@ if has_display; then
 else
   ensure_system_packages xvfb
 fi
-ensure_venv "pyqt5"
+ensure_venv "pyqt6,batch"
 
 if has_display; then
   exec "$VENV/bin/napari-sam-lora" demo "$@"

@@ -14,7 +14,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/_setup.sh
 
 ensure_system_packages xvfb
-ensure_venv "testing,pyqt5"
+ensure_venv "testing,pyqt6,batch"
 
 lint_paths=()
 for path in src tests benchmarks; do

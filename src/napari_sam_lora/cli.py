@@ -84,7 +84,7 @@ def build_demo_viewer(
     except ImportError as exc:
         raise CliError(
             f"cannot start the napari viewer ({exc}); install a Qt binding, e.g. "
-            "pip install 'napari-sam-lora[pyqt5]'"
+            "pip install 'napari-sam-lora[pyqt6]'"
         ) from exc
 
     image_layer = None
