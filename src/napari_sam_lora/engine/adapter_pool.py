@@ -64,9 +64,10 @@ class AdapterPool:
     → ``commit`` (or ``abort`` when cancelled).
     """
 
-    def __init__(self, obj_id: int, settings: LoraSettings) -> None:
+    def __init__(self, obj_id: int, settings: LoraSettings, prefix: str = "") -> None:
         self.obj_id = int(obj_id)
         self.settings = settings
+        self.prefix = prefix  # the owning learner's namespace on a shared decoder
         self.names: list[str] = []
         self.replay: deque[ReplayEntry] = deque(maxlen=settings.replay_size)
         self.reports: dict[str, list[Any]] = {}
@@ -75,11 +76,11 @@ class AdapterPool:
         return len(self.names)
 
     def next_name(self) -> str:
-        """First free slot name, ``obj<id>_a<k>``."""
+        """First free slot name, ``<prefix>obj<id>_a<k>``."""
         k = 0
-        while f"obj{self.obj_id}_a{k}" in self.names:
+        while f"{self.prefix}obj{self.obj_id}_a{k}" in self.names:
             k += 1
-        return f"obj{self.obj_id}_a{k}"
+        return f"{self.prefix}obj{self.obj_id}_a{k}"
 
     def adopt(self, name: str) -> None:
         """Register an adapter already on the decoder (e.g. loaded from a file)."""
