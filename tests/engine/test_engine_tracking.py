@@ -50,7 +50,7 @@ def test_good_prompts_pass():
         [
             PointPrompt(0, 1, [[0, 0], [63.4, 79.4]], [1, 0]),
             BoxPrompt(2, 2, (10, 10, 0, 0)),  # corners in any order
-            MaskPrompt(4, 3, np.zeros(SHAPE)),
+            MaskPrompt(4, 3, np.arange(np.prod(SHAPE)).reshape(SHAPE) % 7 == 0),
         ]
     )
 

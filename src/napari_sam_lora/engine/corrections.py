@@ -8,6 +8,7 @@ from typing import Literal
 import numpy as np
 
 from napari_sam_lora.engine.errors import PromptError
+from napari_sam_lora.engine.validation import check_label_image
 
 CorrectionKind = Literal["changed", "erased", "new"]
 
@@ -58,10 +59,11 @@ def diff_corrections(
     Raises
     ------
     PromptError
-        Shapes differ, or nothing changed on this frame.
+        Shapes differ, the user's labels hold a value that is no object id (negative,
+        fractional, NaN, beyond 2³¹ − 1), or nothing changed on this frame.
     """
     model_labels = np.asarray(model_labels)
-    user_labels = np.asarray(user_labels)
+    user_labels = check_label_image(user_labels, f"the corrected labels on frame {frame}")
     if model_labels.shape != user_labels.shape:
         raise PromptError(
             f"the corrected frame has shape {user_labels.shape}, but the model's output on "

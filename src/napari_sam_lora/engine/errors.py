@@ -1,4 +1,9 @@
-"""Exceptions raised by the engine; each names what is wrong and how to fix it."""
+"""Exceptions raised by the package on purpose: one family, each names what is wrong and the fix.
+
+Every class derives from :class:`SamLoraError`; the command line's error boundary prints
+any of them as one line. Classes that describe a bad *value* also derive from
+``ValueError``, those that describe a failed *write* from ``OSError``.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,14 @@ class PromptError(SamLoraError, ValueError):
     """A prompt is missing, outside the image, on a bad frame or of the wrong shape."""
 
 
+class ConfigError(SamLoraError, ValueError):
+    """A setting or config file is unreadable, has unknown keys or bad values."""
+
+
+class DataError(SamLoraError, ValueError):
+    """Images, labels or a data set (``suite.json``) cannot be used (the message says why)."""
+
+
 class ModelError(SamLoraError):
     """A model name, checkpoint or device cannot be used."""
 
@@ -25,6 +38,10 @@ class CheckpointError(ModelError):
 
 class DownloadError(ModelError):
     """A checkpoint could not be downloaded (offline, server error, bad checksum)."""
+
+
+class WriteError(SamLoraError, OSError):
+    """A file set could not be written (disk full, read-only folder...); nothing was replaced."""
 
 
 class JobCancelled(SamLoraError):

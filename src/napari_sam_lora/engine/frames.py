@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from napari_sam_lora.engine.errors import StackError
 from napari_sam_lora.engine.features import BoundedStore
+from napari_sam_lora.engine.validation import check_image_size
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,19 +41,63 @@ def stack_geometry(stack: Any) -> tuple[int, tuple[int, int], bool]:
     Raises
     ------
     StackError
-        Any other shape.
+        Not an array (a list, ``None``...), any other shape, or an empty axis.
     """
-    shape = tuple(int(s) for s in getattr(stack, "shape", ()))
+    if not hasattr(stack, "shape") or not hasattr(stack, "dtype"):
+        kind = "None" if stack is None else f"a {type(stack).__name__}"
+        raise StackError(
+            f"cannot segment {kind}: pass an image array (numpy, dask or zarr) of shape "
+            "(H, W), (T, H, W) or (T, H, W, 3|4), e.g. np.asarray(frames)"
+        )
+    shape = tuple(int(s) for s in stack.shape)
     if len(shape) == 2:
-        return 1, (shape[0], shape[1]), False
-    if len(shape) == 3:
-        return shape[0], (shape[1], shape[2]), False
-    if len(shape) == 4 and shape[-1] in (3, 4):
-        return shape[0], (shape[1], shape[2]), True
-    raise StackError(
-        f"cannot segment an array of shape {shape}: expected (H, W), (T, H, W) or "
-        "(T, H, W, 3|4) RGB(A); choose the stack axis of 4D data in the plugin"
-    )
+        geometry = 1, (shape[0], shape[1]), False
+    elif len(shape) == 3:
+        geometry = shape[0], (shape[1], shape[2]), False
+    elif len(shape) == 4 and shape[-1] in (3, 4):
+        geometry = shape[0], (shape[1], shape[2]), True
+    else:
+        raise StackError(
+            f"cannot segment an array of shape {shape}: expected (H, W), (T, H, W) or "
+            "(T, H, W, 3|4) RGB(A); choose the stack axis of 4D data in the plugin"
+        )
+    if 0 in shape:
+        raise StackError(
+            f"cannot segment an empty array of shape {shape}: every axis needs at least one "
+            "frame or pixel"
+        )
+    return geometry
+
+
+def check_stack_dtype(dtype: Any) -> np.dtype:
+    """The dtype of a stack SAM2 can read: booleans, integers or real floats.
+
+    Raises
+    ------
+    StackError
+        Complex, string, object or structured dtypes (never silently cast).
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind == "c":
+        raise StackError(
+            f"the stack is complex-valued ({dtype}); take np.abs(), .real or .imag first"
+        )
+    if dtype.kind not in "buif":
+        raise StackError(
+            f"the stack has dtype {dtype}; expected numbers (bool, integer or float pixels)"
+        )
+    return dtype
+
+
+def check_stack(stack: Any) -> tuple[int, tuple[int, int], bool]:
+    """:func:`stack_geometry` plus :func:`check_stack_dtype`: the one stack check.
+
+    Used by :class:`NormalisedFrames` (so by every ``Session``) and by the evaluation and
+    fine-tuning readers, so the API, the viewer and the command line accept the same stacks.
+    """
+    geometry = stack_geometry(stack)
+    check_stack_dtype(stack.dtype)
+    return geometry
 
 
 def intensity_range(stack: Any, num_frames: int) -> tuple[float, float]:
@@ -117,8 +162,8 @@ class NormalisedFrames:
         self, stack: Any, image_size: int, intensity: tuple[float, float] | None = None
     ) -> None:
         self.stack = stack
-        self.num_frames, self.frame_shape, self.rgb = stack_geometry(stack)
-        self.image_size = int(image_size)
+        self.num_frames, self.frame_shape, self.rgb = check_stack(stack)
+        self.image_size = check_image_size(image_size)
         self.intensity = intensity or intensity_range(stack, self.num_frames)
         self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD).view(3, 1, 1)

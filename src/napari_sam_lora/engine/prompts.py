@@ -2,13 +2,27 @@
 
 Coordinates follow napari's convention: ``(row, col)`` in pixels of the frame, i.e.
 ``(y, x)``. The engine converts to SAM2's ``(x, y)`` internally.
+
+Building a record checks its types and shapes (:mod:`.validation`): a frame or object id
+that is not a whole number, points that are not ``(N, 2)`` finite numbers, a box that is not
+four numbers or a mask that is not 2D raise :class:`~.errors.PromptError` at once. Checks
+that need the stack (frame range, image bounds, mask shape, empty prompts, id range) are
+made by :func:`~.tracking.validate_prompts` before SAM2 sees anything.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+
+from napari_sam_lora.engine.validation import (
+    check_box,
+    check_mask,
+    check_points,
+    integer_value,
+)
 
 
 @dataclass(frozen=True)
@@ -33,12 +47,8 @@ class PointPrompt:
     labels: np.ndarray = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        points = np.asarray(self.points, dtype=np.float32).reshape(-1, 2)
-        labels = (
-            np.ones(len(points), dtype=np.int32)
-            if self.labels is None
-            else np.asarray(self.labels, dtype=np.int32).reshape(-1)
-        )
+        _set_ids(self)
+        points, labels = check_points(self.points, self.labels)
         object.__setattr__(self, "points", points)
         object.__setattr__(self, "labels", labels)
 
@@ -62,11 +72,8 @@ class BoxPrompt:
     box: np.ndarray
 
     def __post_init__(self) -> None:
-        box = np.asarray(self.box, dtype=np.float32).reshape(-1)
-        if box.size == 4:
-            r0, c0, r1, c1 = box
-            box = np.array([min(r0, r1), min(c0, c1), max(r0, r1), max(c0, c1)], dtype=np.float32)
-        object.__setattr__(self, "box", box)
+        _set_ids(self)
+        object.__setattr__(self, "box", check_box(self.box))
 
 
 @dataclass(frozen=True)
@@ -88,7 +95,14 @@ class MaskPrompt:
     mask: np.ndarray
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "mask", np.asarray(self.mask).astype(bool))
+        _set_ids(self)
+        object.__setattr__(self, "mask", check_mask(self.mask))
+
+
+def _set_ids(prompt: Any) -> None:
+    """Frame and object id as Python ints (whole numbers only; ranges are checked later)."""
+    object.__setattr__(prompt, "frame", integer_value(prompt.frame, "a prompt's frame"))
+    object.__setattr__(prompt, "obj_id", integer_value(prompt.obj_id, "a prompt's object id"))
 
 
 Prompt = PointPrompt | BoxPrompt | MaskPrompt

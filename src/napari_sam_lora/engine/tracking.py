@@ -11,6 +11,7 @@ import numpy as np
 
 from napari_sam_lora.engine.errors import PromptError
 from napari_sam_lora.engine.prompts import BoxPrompt, MaskPrompt, PointPrompt, Prompt
+from napari_sam_lora.engine.validation import check_frame, check_object_id, short_repr
 
 Direction = Literal["forward", "backward", "both"]
 DIRECTIONS: tuple[str, ...] = ("forward", "backward", "both")
@@ -55,11 +56,7 @@ class Pass:
 
 
 def _check_frame(frame: int, num_frames: int) -> None:
-    if not 0 <= int(frame) < num_frames:
-        raise PromptError(
-            f"frame {frame} is out of range: the stack has {num_frames} frame(s) "
-            f"(0–{num_frames - 1})"
-        )
+    check_frame(frame, num_frames)
 
 
 def _check_inside(rows_cols: np.ndarray, shape: tuple[int, int], what: str, frame: int) -> None:
@@ -75,39 +72,71 @@ def _check_inside(rows_cols: np.ndarray, shape: tuple[int, int], what: str, fram
 def validate_prompts(
     prompts: Sequence[Prompt], num_frames: int, frame_shape: tuple[int, int]
 ) -> None:
-    """Raise :class:`PromptError` with a specific message for the first bad prompt."""
+    """Raise :class:`PromptError` with a specific message for the first bad prompt.
+
+    Checks every prompt before any reaches SAM2: it is a prompt record, its frame is in
+    range, its object id is 1 … 2³¹ − 1 (:mod:`.validation`), points are non-empty, labelled
+    0/1 and inside the image, a box is non-empty and inside, a mask has the frame's shape and
+    at least one pixel, and each (frame, object) has at most one box.
+    """
+    if isinstance(prompts, str | bytes) or not isinstance(prompts, Sequence):
+        raise PromptError(
+            f"prompts must be a list of PointPrompt, BoxPrompt or MaskPrompt, got "
+            f"{short_repr(prompts)}"
+        )
     if not prompts:
         raise PromptError(
             "no prompts: add at least one positive point, a box or a painted mask on some frame"
         )
     boxes: dict[tuple[int, int], int] = defaultdict(int)
     for prompt in prompts:
+        if not isinstance(prompt, PointPrompt | BoxPrompt | MaskPrompt):
+            raise PromptError(
+                f"not a prompt: {short_repr(prompt)}; use PointPrompt, BoxPrompt or MaskPrompt"
+            )
         _check_frame(prompt.frame, num_frames)
         if int(prompt.obj_id) < 1:
             raise PromptError(f"object id {prompt.obj_id} is invalid: ids start at 1")
+        check_object_id(prompt.obj_id)
         if isinstance(prompt, PointPrompt):
-            if len(prompt.points) != len(prompt.labels):
-                raise PromptError("each point needs one label (1 positive, 0 negative)")
-            if not set(np.unique(prompt.labels)) <= {0, 1}:
-                raise PromptError("point labels must be 1 (positive) or 0 (negative)")
-            _check_inside(prompt.points, frame_shape, "point", prompt.frame)
+            _check_points(prompt, frame_shape)
         elif isinstance(prompt, BoxPrompt):
             _check_box(prompt, frame_shape)
             boxes[(prompt.frame, prompt.obj_id)] += 1
-        elif isinstance(prompt, MaskPrompt):
-            if prompt.mask.shape != tuple(frame_shape):
-                raise PromptError(
-                    f"mask for object {prompt.obj_id} on frame {prompt.frame} has shape "
-                    f"{prompt.mask.shape}, but frames are {tuple(frame_shape)}"
-                )
         else:
-            raise PromptError(f"not a prompt: {prompt!r}")
+            _check_mask(prompt, frame_shape)
     for (frame, obj_id), count in boxes.items():
         if count > 1:
             raise PromptError(
                 f"object {obj_id} has {count} boxes on frame {frame}; SAM2 takes one box per "
                 "object and frame"
             )
+
+
+def _check_points(prompt: PointPrompt, frame_shape: tuple[int, int]) -> None:
+    if len(prompt.points) == 0:
+        raise PromptError(
+            f"no points for object {prompt.obj_id} on frame {prompt.frame}: give at least one "
+            "(row, col) click"
+        )
+    if len(prompt.points) != len(prompt.labels):
+        raise PromptError("each point needs one label (1 positive, 0 negative)")
+    if not set(np.unique(prompt.labels)) <= {0, 1}:
+        raise PromptError("point labels must be 1 (positive) or 0 (negative)")
+    _check_inside(prompt.points, frame_shape, "point", prompt.frame)
+
+
+def _check_mask(prompt: MaskPrompt, frame_shape: tuple[int, int]) -> None:
+    if prompt.mask.shape != tuple(frame_shape):
+        raise PromptError(
+            f"mask for object {prompt.obj_id} on frame {prompt.frame} has shape "
+            f"{prompt.mask.shape}, but frames are {tuple(frame_shape)}"
+        )
+    if not prompt.mask.any():
+        raise PromptError(
+            f"the mask for object {prompt.obj_id} on frame {prompt.frame} is empty: paint at "
+            "least one pixel (to remove an object, reset it instead)"
+        )
 
 
 def _check_box(prompt: BoxPrompt, frame_shape: tuple[int, int]) -> None:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.layers import Image, Labels
 
+from napari_sam_lora.engine.validation import check_ids_fit
 from napari_sam_lora.layers._common import same_layer, transform_kwargs
 from napari_sam_lora.layers.stack import StackSource
 
@@ -134,6 +135,9 @@ def write_frame(
     ------
     ValueError
         If the label image or the layer has the wrong shape.
+    PromptError
+        If an id of ``label_image`` does not fit the layer's dtype (e.g. id 300 in a uint8
+        layer); nothing is written.
     """
     if viewer is not None and not any(same_layer(labels_layer, x) for x in viewer.layers):
         return False
@@ -146,6 +150,8 @@ def write_frame(
     data = labels_layer.data
     shape = tuple(int(s) for s in data.shape)
     index = plane_index(labels_layer, source, frame)
+    if new.size and new.max() > 0:
+        check_ids_fit(int(new.max()), data.dtype, where=f"of layer '{labels_layer.name}'")
     new = new.astype(data.dtype, copy=False)
     rows, cols = np.nonzero(np.asarray(data[index]) != new)
     if rows.size == 0:
