@@ -1,0 +1,268 @@
+"""Batch outputs: labels images (OME-Zarr or TIFF), the manifest and the summary table.
+
+Every file or folder is written under a temporary name in its own folder and moved into
+place with ``os.replace``, so a reader (or a resumed run) sees either the old complete
+output or the new complete output, never half of one. Leftover temporary names from an
+interrupted run start with ``.`` and contain ``.tmp-``; :func:`remove_partials` deletes them.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "FORMATS",
+    "MANIFEST_NAME",
+    "SUMMARY_COLUMNS",
+    "SUMMARY_NAME",
+    "fingerprint_path",
+    "output_path",
+    "read_manifest",
+    "remove_partials",
+    "write_labels",
+    "write_manifest",
+    "write_summary",
+]
+
+FORMATS = {"ome-zarr": ".ome.zarr", "tiff": ".tif"}
+MANIFEST_NAME = "manifest.json"
+SUMMARY_NAME = "summary.csv"
+MANIFEST_FORMAT = "napari-sam-lora-batch-manifest"
+MANIFEST_VERSION = 1
+SUMMARY_COLUMNS = (
+    "stack",
+    "status",
+    "objects",
+    "frames",
+    "seconds",
+    "adapter_frames",
+    "error",
+    "output",
+    "input",
+    "worker",
+    "peak_mb",
+)
+_TMP = ".tmp-"
+
+
+def output_path(output_dir: str | os.PathLike[str], name: str, fmt: str) -> Path:
+    """Where stack ``name``'s labels go: ``<dir>/<name>_labels.ome.zarr`` (or ``.tif``)."""
+    return Path(output_dir) / f"{name}_labels{FORMATS[fmt]}"
+
+
+def _temporary(final: Path) -> Path:
+    return final.parent / f".{final.name}{_TMP}{uuid.uuid4().hex[:8]}"
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
+
+
+def _replace(tmp: Path, final: Path) -> None:
+    """Move ``tmp`` onto ``final`` (a file or a folder) in one rename where possible."""
+    if final.is_dir() and not final.is_symlink():  # rename cannot replace a non-empty folder
+        old = _temporary(final)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        _remove(old)
+    else:
+        os.replace(tmp, final)
+
+
+def write_atomic(final: Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` for a temporary sibling of ``final``, then move it into place.
+
+    On any error the temporary output is removed and ``final`` is left as it was.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(final)
+    try:
+        write(tmp)
+        _replace(tmp, final)
+    except BaseException:
+        _remove(tmp)
+        raise
+    return final
+
+
+def remove_partials(output_dir: str | os.PathLike[str]) -> list[Path]:
+    """Delete temporary outputs an interrupted run left in ``output_dir``; return them."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.name.startswith(".") and _TMP in p.name]
+    for path in found:
+        _remove(path)
+    return found
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def write_labels(
+    labels: np.ndarray,
+    path: str | os.PathLike[str],
+    fmt: str = "ome-zarr",
+    *,
+    axis: str = "t",
+    attrs: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a ``(T, H, W)`` labels image atomically as OME-Zarr 0.4 or TIFF.
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        Integer label images (0 = background).
+    path : path
+        Final path (see :func:`output_path`).
+    fmt : {"ome-zarr", "tiff"}
+    axis : {"t", "z"}
+        What the stack axis is (time or space), for the OME-Zarr axes.
+    attrs : mapping, optional
+        Extra JSON attributes (model, adapters...) stored under ``"napari-sam-lora"``.
+    """
+    final = Path(path)
+    if fmt == "ome-zarr":
+        return write_atomic(final, lambda tmp: _write_ome_zarr(labels, tmp, axis, attrs or {}))
+    if fmt == "tiff":
+        return write_atomic(final, lambda tmp: _write_tiff(labels, tmp, axis, attrs or {}))
+    raise ValueError(f"unknown output format {fmt!r}; choose {' or '.join(FORMATS)}")
+
+
+def ome_metadata(ndim: int, axis: str = "t", name: str = "labels") -> dict[str, Any]:
+    """OME-Zarr 0.4 ``multiscales`` for one full-resolution level ``"0"``."""
+    stack_axis = {"name": "t", "type": "time"} if axis == "t" else {"name": "z", "type": "space"}
+    axes = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    if ndim == 3:
+        axes.insert(0, stack_axis)
+    return {
+        "version": "0.4",
+        "name": name,
+        "axes": axes,
+        "datasets": [
+            {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0] * ndim}]}
+        ],
+    }
+
+
+def _write_ome_zarr(labels: np.ndarray, path: Path, axis: str, attrs: Mapping) -> None:
+    import zarr
+
+    labels = np.asarray(labels)
+    chunks = (1, *labels.shape[1:]) if labels.ndim == 3 else labels.shape
+    v3 = int(zarr.__version__.split(".")[0]) >= 3
+    if v3:
+        group = zarr.open_group(str(path), mode="w", zarr_format=2)
+        array = group.create_array("0", shape=labels.shape, dtype=labels.dtype, chunks=chunks)
+    else:  # zarr 2
+        group = zarr.open_group(str(path), mode="w")
+        array = group.create_dataset("0", shape=labels.shape, dtype=labels.dtype, chunks=chunks)
+    array[...] = labels
+    group.attrs["multiscales"] = [ome_metadata(labels.ndim, axis)]
+    group.attrs["napari-sam-lora"] = dict(attrs)
+
+
+def _write_tiff(labels: np.ndarray, path: Path, axis: str, attrs: Mapping) -> None:
+    import tifffile
+
+    labels = np.asarray(labels)
+    axes = ("T" if axis == "t" else "Z") + "YX" if labels.ndim == 3 else "YX"
+    # the temporary name has no .tif suffix; tifffile writes what it is given
+    with open(path, "wb") as handle:
+        tifffile.imwrite(
+            handle,
+            labels,
+            compression="zlib",
+            metadata={"axes": axes},
+            description=json.dumps({"napari-sam-lora": dict(attrs)}),
+        )
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+
+def fingerprint_path(path: str | os.PathLike[str]) -> str:
+    """A cheap fingerprint of a file or folder: sha256 over names, sizes and mtimes."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    entries: Iterable[Path] = (
+        sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    )
+    for entry in entries:
+        stat = entry.stat()
+        rel = entry.relative_to(path) if path.is_dir() else Path(entry.name)
+        digest.update(f"{rel.as_posix()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def fingerprint_bytes(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file's content (adapter files: small, and copied around)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _write_text(path: Path, text: str) -> None:
+    def write(tmp: Path) -> None:
+        tmp.write_text(text, encoding="utf-8")
+
+    write_atomic(path, write)
+
+
+def read_manifest(output_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest's ``{"job": ..., "stacks": {name: entry}}``; empty when absent or unusable.
+
+    An unreadable manifest is treated as absent: every stack is redone (nothing is lost
+    but time).
+    """
+    path = Path(output_dir) / MANIFEST_NAME
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"job": {}, "stacks": {}}
+    if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
+        return {"job": {}, "stacks": {}}
+    stacks = doc.get("stacks")
+    return {"job": doc.get("job") or {}, "stacks": stacks if isinstance(stacks, dict) else {}}
+
+
+def write_manifest(
+    output_dir: str | os.PathLike[str], job: Mapping[str, Any], stacks: Mapping[str, Any]
+) -> Path:
+    """Write ``manifest.json`` atomically: the job settings and each stack's entry."""
+    doc = {
+        "format": MANIFEST_FORMAT,
+        "format_version": MANIFEST_VERSION,
+        "job": dict(job),
+        "stacks": dict(sorted(stacks.items())),
+    }
+    path = Path(output_dir) / MANIFEST_NAME
+    _write_text(path, json.dumps(doc, indent=2, default=str))
+    return path
+
+
+def write_summary(output_dir: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]]) -> Path:
+    """Write ``summary.csv`` atomically, one row per stack (columns: :data:`SUMMARY_COLUMNS`)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in SUMMARY_COLUMNS})
+    path = Path(output_dir) / SUMMARY_NAME
+    _write_text(path, buffer.getvalue())
+    return path

@@ -1,0 +1,236 @@
+"""One stack through the engine: seed prompts in, labels out — the widget's own path.
+
+:func:`segment_stack` is all a batch worker does with SAM2: build a
+:class:`~napari_sam_lora.engine.Session` on the stack with the worker's loaded model, add
+the seed prompts, and propagate (with saved adapters through a ``Learner``, adapter-assisted).
+There is no second tracking path: a direct ``Session`` run with the same prompts gives the
+same labels.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from napari_sam_lora.engine.errors import PromptError
+from napari_sam_lora.engine.prompts import MaskPrompt, PointPrompt, Prompt
+
+__all__ = [
+    "START_CHOICES",
+    "PointRow",
+    "StackResult",
+    "point_prompts",
+    "propagate_all",
+    "resolve_start",
+    "seed_prompts",
+    "segment_stack",
+]
+
+#: Where a single-frame seed mask sits: a frame index or one of these.
+START_CHOICES = ("first", "middle", "last")
+
+
+@dataclass(frozen=True)
+class PointRow:
+    """One click of a points table (already validated): frame, object, (row, col), sign."""
+
+    frame: int
+    obj_id: int
+    row: float
+    col: float
+    positive: bool
+
+
+@dataclass
+class StackResult:
+    """What :func:`segment_stack` produced for one stack.
+
+    Attributes
+    ----------
+    labels : np.ndarray
+        ``(T, H, W)`` int32 label images (value = object id).
+    object_ids : list of int
+        The prompted objects.
+    adapter_frames : dict
+        ``{frame: sorted object ids}`` where an adapter's mask replaced SAM2's.
+    """
+
+    labels: np.ndarray
+    object_ids: list[int]
+    adapter_frames: dict[int, list[int]] = field(default_factory=dict)
+
+
+def resolve_start(start: str | int, num_frames: int) -> int:
+    """Frame index of ``start`` (``"first"``, ``"middle"``, ``"last"`` or an index).
+
+    Raises
+    ------
+    PromptError
+        An unknown word or an index outside the stack.
+    """
+    if isinstance(start, str) and not start.lstrip("-").isdigit():
+        if start not in START_CHOICES:
+            raise PromptError(f"--start {start!r}: choose first, middle, last or a frame index")
+        return {"first": 0, "middle": num_frames // 2, "last": num_frames - 1}[start]
+    index = int(start)
+    if not 0 <= index < num_frames:
+        raise PromptError(f"--start {index} is outside the stack (frames 0–{num_frames - 1})")
+    return index
+
+
+def seed_prompts(
+    seeds: np.ndarray, num_frames: int, frame_shape: tuple[int, int], start: str | int = "middle"
+) -> list[Prompt]:
+    """Mask prompts from a seed labels image: one per object and seeded frame.
+
+    Parameters
+    ----------
+    seeds : np.ndarray
+        ``(T, H, W)`` labels matching the stack (every frame with labels is a seed frame)
+        or one ``(H, W)`` labels image placed on frame ``start``.
+    num_frames, frame_shape
+        The stack's geometry.
+    start : str or int
+        Frame of a single-frame seed image (see :func:`resolve_start`).
+
+    Raises
+    ------
+    PromptError
+        Shapes that do not match the stack, or no labels at all.
+    """
+    seeds = np.asarray(seeds)
+    if seeds.ndim == 3 and seeds.shape[0] == 1:
+        seeds = seeds[0]
+    if seeds.shape == tuple(frame_shape):
+        frames = {resolve_start(start, num_frames): seeds}
+    elif seeds.shape == (num_frames, *frame_shape):
+        frames = {t: seeds[t] for t in range(num_frames) if seeds[t].any()}
+    else:
+        raise PromptError(
+            f"seed labels of shape {seeds.shape} fit neither the stack ({num_frames}, "
+            f"{frame_shape[0]}, {frame_shape[1]}) nor one of its frames {tuple(frame_shape)}"
+        )
+    prompts: list[Prompt] = []
+    for frame, image in frames.items():
+        for obj_id in np.unique(image):
+            if obj_id != 0:
+                prompts.append(MaskPrompt(int(frame), int(obj_id), image == obj_id))
+    if not prompts:
+        raise PromptError("the seed labels are empty (all 0): nothing to segment")
+    return prompts
+
+
+def point_prompts(rows: Iterable[PointRow]) -> list[Prompt]:
+    """Point prompts from points-table rows: one per (frame, object), clicks in row order."""
+    groups: dict[tuple[int, int], list[PointRow]] = {}
+    for row in rows:
+        groups.setdefault((row.frame, row.obj_id), []).append(row)
+    return [
+        PointPrompt(
+            frame,
+            obj_id,
+            np.array([[r.row, r.col] for r in clicks], dtype=np.float32),
+            np.array([1 if r.positive else 0 for r in clicks], dtype=np.int32),
+        )
+        for (frame, obj_id), clicks in sorted(groups.items())
+    ]
+
+
+def propagate_all(
+    runner: Any, direction: str = "both", frame_range: tuple[int, int] | None = None
+) -> np.ndarray:
+    """``runner.propagate_all(direction, frame_range)`` on a ``Session`` or ``Learner``.
+
+    Falls back to draining ``runner.propagate(...)`` for engines without ``propagate_all``
+    (the fallback goes once every engine object has it).
+    """
+    eager = getattr(runner, "propagate_all", None)
+    if eager is not None:
+        return eager(direction, frame_range)
+    for _ in runner.propagate(direction, frame_range):
+        pass
+    session = getattr(runner, "session", runner)
+    return session.labels
+
+
+def _learner_class() -> Any:
+    try:
+        from napari_sam_lora import Learner
+    except ImportError:  # not re-exported at the top level yet
+        from napari_sam_lora.engine.learning import Learner
+    return Learner
+
+
+def segment_stack(
+    stack: Any,
+    prompts: Sequence[Prompt],
+    model: Any,
+    *,
+    adapters: Sequence[str | os.PathLike[str]] = (),
+    direction: str = "both",
+    frame_range: tuple[int, int] | None = None,
+    feature_cache_mb: float = 2048.0,
+) -> StackResult:
+    """Segment one stack with the engine, exactly as the widget does.
+
+    Parameters
+    ----------
+    stack : array-like
+        ``(T, H, W)`` or ``(T, H, W, C)`` (numpy, zarr, a lazy reader...).
+    prompts : sequence of Prompt
+        Seed prompts (see :func:`seed_prompts`, :func:`point_prompts`).
+    model : str or LoadedModel
+        Passed to ``Session``; a ``LoadedModel`` is shared, not copied.
+    adapters : sequence of path
+        Adapter files (``Learner.save``); with any, propagation is adapter-assisted.
+    direction : {"forward", "backward", "both"}
+    frame_range : tuple of int, optional
+        Inclusive ``(first, last)``.
+    feature_cache_mb : float
+        The session's image-feature memory budget.
+
+    Returns
+    -------
+    StackResult
+
+    Raises
+    ------
+    StackError, PromptError, AdapterFileError
+        From the engine, before anything is tracked.
+    """
+    from napari_sam_lora.engine.session import Session
+
+    session = Session(stack, model=model, feature_cache_mb=feature_cache_mb)
+    session.add_prompts(prompts)
+    object_ids = sorted({int(p.obj_id) for p in prompts})
+    if not adapters:
+        labels = propagate_all(session, direction, frame_range)
+        return StackResult(np.asarray(labels, dtype=np.int32).copy(), object_ids)
+    learner = _learner_class()(session)
+    loaded: list[str] = []
+    try:
+        for path in adapters:
+            loaded.extend(learner.load(path))
+        labels = propagate_all(learner, direction, frame_range)
+        made = {int(f): sorted(int(i) for i in ids) for f, ids in learner.adapter_frames.items()}
+    finally:
+        _release(learner, loaded)
+    return StackResult(np.asarray(labels, dtype=np.int32).copy(), object_ids, made)
+
+
+def _release(learner: Any, names: Sequence[str]) -> None:
+    """Take the learner's adapters off the shared decoder (the next stack loads its own)."""
+    close = getattr(learner, "close", None)
+    if close is not None:
+        close()
+        return
+    from napari_sam_lora.engine.adapters import adapter_names, delete_adapter
+
+    present = set(adapter_names(learner.decoder))
+    for name in names:
+        if name in present:
+            delete_adapter(learner.decoder, name)
