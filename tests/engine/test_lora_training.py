@@ -26,6 +26,8 @@ from napari_sam_lora.engine.losses import (
 from napari_sam_lora.engine.training import (
     TrainStep,
     _Stopper,
+    escalated_settings,
+    escalation_iou,
     train_adapter,
 )
 
@@ -209,3 +211,75 @@ def test_bad_calls_fail_early(decoder, disk_example):
         train_adapter(decoder, "a", [], FAST)
     with pytest.raises(A.AdapterError, match="No adapter named 'a'"):
         train_adapter(decoder, "a", [disk_example], FAST)
+
+
+# --------------------------------------------------------------------------- escalation
+
+
+def _stack_example(kind: str, frame: int = 1, seed: int = 7):
+    from napari_sam_lora.synthetic import make_stack
+
+    images, labels = make_stack(kind, n_frames=4, shape=(128, 128), seed=seed)
+    inputs = lora_fixtures.record_inputs(
+        lora_fixtures.sam_model(), images[frame].astype(np.float32) / 255
+    )
+    return inputs, labels[frame] == 1
+
+
+@pytest.mark.slow
+def test_a_decoy_the_adapter_cannot_fit_escalates_capacity(decoder):
+    inputs, target = _stack_example("decoy")
+    inject_adapter(decoder, "obj1_a0", DEFAULT)
+    report = drain(train_adapter(decoder, "obj1_a0", [(inputs, target)], DEFAULT))
+    assert "rank 16" in report.escalation and report.escalated
+    assert report.rank == 16 and decoder.peft_config["obj1_a0"].r == 16
+    assert report.final_iou >= escalation_iou(DEFAULT) and report.warning is None
+    assert [s.step for s in report.history] == list(range(1, report.steps + 1))
+    kept = logits_iou(propose(decoder, "obj1_a0", inputs).logits, target)
+    assert kept == pytest.approx(report.final_iou, abs=0.05)
+
+
+@pytest.mark.slow
+def test_an_easy_correction_does_not_escalate(decoder):
+    inputs, target = _stack_example("moving_disk")
+    inject_adapter(decoder, "obj1_a0", DEFAULT)
+    report = drain(train_adapter(decoder, "obj1_a0", [(inputs, target)], DEFAULT))
+    assert not report.escalated and report.rank == 4 and report.warning is None
+    assert report.final_iou >= escalation_iou(DEFAULT)
+    assert decoder.peft_config["obj1_a0"].r == 4
+
+
+def test_a_fit_far_below_target_is_reported_not_silent(decoder):
+    inputs, target = _stack_example("decoy")
+    inject_adapter(decoder, "a", FAST)
+    short = FAST.replace(max_steps_finetune=2)
+    report = drain(train_adapter(decoder, "a", [(inputs, target)], short, fine_tune=True))
+    assert report.stop_reason == "max_steps" and not report.escalated
+    assert report.final_iou < escalation_iou(short)
+    assert "could not fit this correction" in report.warning
+
+
+def test_escalation_rules():
+    assert escalation_iou(DEFAULT) == pytest.approx(DEFAULT.target_iou - 0.25)
+    bigger = escalated_settings(DEFAULT)
+    assert bigger.rank == 16 and bigger.max_steps_new >= DEFAULT.max_steps_new
+    assert escalated_settings(bigger) is None  # nothing bigger to go to
+    lit = load_settings("lit")
+    assert escalation_iou(lit) is None and escalated_settings(lit) is None  # LIT as published
+
+
+@pytest.mark.slow
+def test_cancelling_during_escalation_restores_the_adapter_as_before(decoder):
+    inputs, target = _stack_example("decoy")
+    inject_adapter(decoder, "a", DEFAULT)
+    before = adapter_state(decoder, "a")
+    gen = train_adapter(decoder, "a", [(inputs, target)], DEFAULT)
+    while decoder.peft_config["a"].r != 16:
+        next(gen)
+    next(gen)
+    gen.close()
+    assert decoder.peft_config["a"].r == 4
+    after = adapter_state(decoder, "a")
+    assert after.keys() == before.keys()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    assert not any(p.requires_grad for p in decoder.parameters())

@@ -10,38 +10,27 @@ own training does.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from napari_sam_lora.engine.lora_settings import LoraSettings
+from napari_sam_lora.engine.lora_settings import LoraSettings
 
 
-@dataclass(frozen=True)
 class LossWeights:
-    """Weights of the loss terms and the focal-loss parameters."""
+    """Deprecated shim: the loss weights are fields of :class:`LoraSettings`; pass those.
 
-    focal: float = 20.0
-    dice: float = 1.0
-    iou: float = 1.0
-    object_score: float = 1.0
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
+    :func:`multimask_loss` reads ``focal_weight``, ``dice_weight``, ``iou_weight``,
+    ``object_score_weight``, ``focal_alpha`` and ``focal_gamma`` from the settings, so there
+    is one set of defaults (``LoraSettings``'s). ``LossWeights.from_settings(s)`` returns
+    ``s`` for callers not yet updated.
+    """
 
-    @classmethod
-    def from_settings(cls, settings: LoraSettings) -> LossWeights:
-        """Weights taken from a :class:`~napari_sam_lora.engine.lora_settings.LoraSettings`."""
-        return cls(
-            focal=settings.focal_weight,
-            dice=settings.dice_weight,
-            iou=settings.iou_weight,
-            object_score=settings.object_score_weight,
-            focal_alpha=settings.focal_alpha,
-            focal_gamma=settings.focal_gamma,
-        )
+    @staticmethod
+    def from_settings(settings: LoraSettings) -> LoraSettings:
+        """The settings themselves (they carry the weights)."""
+        return settings
 
 
 @dataclass
@@ -126,7 +115,7 @@ def multimask_loss(
     iou_pred: torch.Tensor,
     object_score_logits: torch.Tensor,
     targets: torch.Tensor,
-    weights: LossWeights | None = None,
+    weights: LoraSettings | None = None,
 ) -> MultimaskLoss:
     """Loss on SAM2's multimask output against one target mask per batch item.
 
@@ -140,8 +129,9 @@ def multimask_loss(
         ``(B, 1)`` object-score logits.
     targets : torch.Tensor
         ``(B, 1, H, W)`` or ``(B, H, W)`` float targets in ``[0, 1]``.
-    weights : LossWeights, optional
-        Term weights; SAM2's training defaults (20, 1, 1, 1) when omitted.
+    weights : LoraSettings, optional
+        Whose ``focal_weight``, ``dice_weight``, ``iou_weight``, ``object_score_weight``,
+        ``focal_alpha`` and ``focal_gamma`` weigh the terms; ``LoraSettings()`` when omitted.
 
     Returns
     -------
@@ -150,12 +140,12 @@ def multimask_loss(
         each mask's predicted and actual IoU, plus BCE of the object score with
         "target non-empty", and the IoU of the mask SAM2 would pick.
     """
-    w = weights or LossWeights()
+    w = weights or LoraSettings()
     tgt = targets.reshape(mask_logits.shape[0], 1, *mask_logits.shape[-2:]).float()
     tgt_m = tgt.expand_as(mask_logits)
-    per_mask = w.focal * sigmoid_focal_loss(
+    per_mask = w.focal_weight * sigmoid_focal_loss(
         mask_logits, tgt_m, w.focal_alpha, w.focal_gamma
-    ) + w.dice * dice_loss(mask_logits, tgt_m)
+    ) + w.dice_weight * dice_loss(mask_logits, tgt_m)
     mask_loss = per_mask.min(dim=1).values
     actual_iou = binary_iou(mask_logits.detach() > 0, tgt_m > 0.5)
     iou_loss = ((iou_pred.float() - actual_iou) ** 2).mean(dim=1)
@@ -163,7 +153,7 @@ def multimask_loss(
     object_loss = F.binary_cross_entropy_with_logits(
         object_score_logits.reshape(-1).float(), present, reduction="none"
     )
-    total = mask_loss + w.iou * iou_loss + w.object_score * object_loss
+    total = mask_loss + w.iou_weight * iou_loss + w.object_score_weight * object_loss
     return MultimaskLoss(
         loss=total.mean(),
         chosen_iou=chosen_mask_iou(mask_logits, iou_pred, object_score_logits, tgt),

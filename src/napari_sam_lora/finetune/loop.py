@@ -3,8 +3,10 @@
 One epoch visits every training example once in shuffled batches (examples are grouped by
 prompt shape so they can be stacked; the order depends only on the seed and the epoch, so
 a resumed run sees the same batches). Train mode (LoRA dropout on) for the steps, eval mode
-for validation. The loss is the live learner's: the best of SAM2's masks against the target
-(focal + dice) plus predicted-IoU and object-score terms (:mod:`engine.losses`).
+for validation. Batches, the forward pass and the loss are the live learner's own
+(:mod:`napari_sam_lora.engine.training`: one training core): the best of SAM2's masks against
+the target (focal + dice) plus predicted-IoU and object-score terms, weighted by the
+``lora`` settings.
 """
 
 from __future__ import annotations
@@ -12,18 +14,16 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Generator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from napari_sam_lora.engine.adapters import adapter_state, decoder_device, use_adapter
+from napari_sam_lora.engine import training
+from napari_sam_lora.engine.adapters import adapter_state, decoder_device
 from napari_sam_lora.engine.lora_settings import LoraSettings
-from napari_sam_lora.engine.losses import LossWeights, multimask_loss, resize_mask
 from napari_sam_lora.finetune.events import Progress
 from napari_sam_lora.finetune.store import ExampleSet
 
@@ -40,7 +40,7 @@ __all__ = [
     "train_step",
 ]
 
-Batch = tuple[dict[str, Any], torch.Tensor]
+Batch = training.Batch
 CHECKPOINT_VERSION = 1
 
 
@@ -74,47 +74,7 @@ def make_batch(
     examples: ExampleSet, indices: Sequence[int], settings: LoraSettings, device: torch.device
 ) -> Batch:
     """Decoder kwargs with the examples stacked on ``device``, and targets at loss size."""
-    items = [examples.get(i) for i in indices]
-    first = items[0][0]
-    h, w = first.low_res_size
-    size = (h, w) if settings.loss_resolution == "low" else (4 * h, 4 * w)
-
-    def cat(values: list[torch.Tensor]) -> torch.Tensor:
-        return torch.cat(values).to(device)
-
-    kwargs = {
-        "image_embeddings": cat([x.image_embeddings for x, _ in items]),
-        "image_pe": first.image_pe.to(device),
-        "sparse_prompt_embeddings": cat([x.sparse_prompt_embeddings for x, _ in items]),
-        "dense_prompt_embeddings": cat([x.dense_prompt_embeddings for x, _ in items]),
-        "multimask_output": first.multimask_output,
-        "repeat_image": False,
-        "high_res_features": [cat([x.high_res_features[k] for x, _ in items]) for k in range(2)],
-    }
-    targets = torch.stack([resize_mask(t, size) for _, t in items])[:, None].to(device)
-    return kwargs, targets
-
-
-def _loss(decoder: nn.Module, batch: Batch, weights: LossWeights) -> Any:
-    kwargs, targets = batch
-    masks, ious, _, obj = decoder(**kwargs)
-    if masks.shape[-2:] != targets.shape[-2:]:
-        masks = F.interpolate(
-            masks.float(), size=targets.shape[-2:], mode="bilinear", align_corners=False
-        )
-    return multimask_loss(masks.float(), ious.float(), obj.float(), targets, weights)
-
-
-@contextmanager
-def _mode(decoder: nn.Module, name: str, train: bool) -> Any:
-    was_training = decoder.training
-    decoder.train(train)
-    try:
-        grad = torch.enable_grad() if train else torch.no_grad()
-        with use_adapter(decoder, name), torch.inference_mode(False), grad:
-            yield
-    finally:
-        decoder.train(was_training)
+    return training.make_batch([examples.get(i) for i in indices], settings, device)
 
 
 def lr_at(step: int, total: int, base: float, schedule: str) -> float:
@@ -129,25 +89,26 @@ def train_step(
     name: str,
     batch: Batch,
     optimizer: torch.optim.Optimizer,
-    weights: LossWeights,
+    settings: LoraSettings,
     lr: float,
     updating: list[bool],
 ) -> tuple[float, float, int]:
     """One AdamW step on ``batch``; returns (loss, summed IoU of SAM2's picks, batch size).
 
-    ``updating[0]`` is True while the optimiser changes the weights (an interruption then
-    leaves them half-updated: no checkpoint should be written from that state).
+    ``settings`` weigh the loss terms. ``updating[0]`` is True while the optimiser changes
+    the weights (an interruption then leaves them half-updated: no checkpoint should be
+    written from that state).
     """
-    with _mode(decoder, name, train=True):
+    with training.adapter_mode(decoder, name, train=True):
         optimizer.zero_grad(set_to_none=True)
-        out = _loss(decoder, batch, weights)
+        out = training.batch_loss(decoder, batch, settings)
         out.loss.backward()
         for group in optimizer.param_groups:
             group["lr"] = lr
         updating[0] = True
         optimizer.step()
         updating[0] = False
-    return float(out.loss.item()), float(out.chosen_iou.sum()), int(batch[1].shape[0])
+    return float(out.loss.item()), float(out.chosen_iou.sum()), batch.size
 
 
 def evaluate_set(
@@ -162,14 +123,13 @@ def evaluate_set(
 
     ``name`` ``None`` evaluates the base model; ``epoch`` only labels the progress.
     """
-    weights = LossWeights.from_settings(settings)
     device = decoder_device(decoder)
     loss_sum, iou_sum, n = 0.0, 0.0, 0
     batches = epoch_batches(examples, batch_size, 0, 0, shuffle=False)
     for k, indices in enumerate(batches):
         batch = make_batch(examples, indices, settings, device)
-        with _mode(decoder, name, train=False):
-            out = _loss(decoder, batch, weights)
+        with training.adapter_mode(decoder, name, train=False):
+            out = training.batch_loss(decoder, batch, settings)
         loss_sum += float(out.loss) * len(indices)
         iou_sum += float(out.chosen_iou.sum())
         n += len(indices)
