@@ -187,6 +187,7 @@ def _write_tiff(labels: np.ndarray, path: Path, axis: str, attrs: Mapping) -> No
             handle,
             labels,
             compression="zlib",
+            photometric="minisblack",
             metadata={"axes": axes},
             description=json.dumps({"napari-sam-lora": dict(attrs)}),
         )
