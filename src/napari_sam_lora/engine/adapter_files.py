@@ -1,7 +1,16 @@
 """Adapter files: safetensors weights + a JSON record (base model, settings, reports).
 
-Loading never unpickles: safetensors and JSON only, validated in full before anything is
-injected, so a damaged file or another base model leaves the current adapters untouched.
+Loading never unpickles: safetensors and JSON only, validated in full (the JSON's schema,
+names, object ids, regexes, every tensor's shape, dtype and finiteness against this decoder)
+before anything is injected, so a damaged file or another base model leaves the current
+adapters untouched. :func:`check_adapters` runs the same validation without injecting (for
+pre-flight checks).
+
+Saving writes the pair through :func:`~.atomic.write_files` with ``keep_previous``: the
+safetensors file first, then the JSON (which records the safetensors digest). A save killed
+between the two renames leaves the old JSON beside the new safetensors and the old
+safetensors as its ``previous_path``; loading picks the pair whose digests agree, so either
+the old pair or the new pair is always readable.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,20 +30,23 @@ import torch
 from torch import nn
 
 from napari_sam_lora.engine.adapters import (
-    _LORA_KEY,
-    _NAME_RE,
+    LORA_KEY,
+    NAME_RE,
     AdapterFileError,
-    _inject,
-    _require,
     activate,
     active_adapter,
     adapter_names,
     decoder_device,
+    inject_config,
     matching_modules,
+    require_adapter,
 )
+from napari_sam_lora.engine.atomic import previous_path, write_files
+from napari_sam_lora.engine.errors import SamLoraError
 from napari_sam_lora.engine.jsonable import json_default
-from napari_sam_lora.engine.lora_settings import LoraSettings
+from napari_sam_lora.engine.lora_settings import MAX_RANK, LoraSettings
 from napari_sam_lora.engine.native import preload_triton
+from napari_sam_lora.engine.validation import check_object_id, short_repr
 
 preload_triton()  # before peft, as in adapters.py
 
@@ -67,7 +80,7 @@ def decoder_checksum(decoder: nn.Module) -> str:
     tensors = {
         k.replace(".base_layer.", "."): v
         for k, v in decoder.state_dict().items()
-        if not _LORA_KEY.search(k)
+        if not LORA_KEY.search(k)
     }
     digest = hashlib.sha256()
     for key in sorted(tensors):
@@ -83,12 +96,6 @@ def adapter_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     if base.suffix in (".safetensors", ".json"):
         base = base.with_suffix("")
     return base.parent / f"{base.name}.safetensors", base.parent / f"{base.name}.json"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def save_adapters(
@@ -113,12 +120,18 @@ def save_adapters(
     -------
     tuple of Path
         The safetensors and JSON paths written.
+
+    Raises
+    ------
+    WriteError
+        The pair could not be written (disk full, read-only folder...); the previous pair,
+        if any, is unchanged and no temporary file is left.
     """
     st_path, json_path = adapter_paths(path)
     tensors: dict[str, torch.Tensor] = {}
     entries = []
     for name in names:
-        _require(decoder, name)
+        require_adapter(decoder, name)
         state = get_peft_model_state_dict(decoder, adapter_name=name)
         tensors.update({f"{name}.{k}": v.detach().cpu().contiguous() for k, v in state.items()})
         cfg = decoder.peft_config[name]
@@ -145,15 +158,16 @@ def save_adapters(
         "metadata": dict(metadata or {}),
     }
     text = json.dumps(doc, indent=2, default=json_default)
-    st_path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(st_path, blob)
-    _atomic_write(json_path, text.encode("utf-8"))
+    write_files({st_path: blob, json_path: text}, keep_previous=True)
     logger.info("Saved %d adapter(s) to %s", len(entries), st_path)
     return st_path, json_path
 
 
 def _read_files(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     st_path, json_path = adapter_paths(path)
+    if json_path.is_dir() or st_path.is_dir():
+        folder = json_path if json_path.is_dir() else st_path
+        raise AdapterFileError(f"{folder} is a folder, not an adapter file")
     try:
         doc = json.loads(json_path.read_text(encoding="utf-8"))
         blob = st_path.read_bytes()
@@ -165,17 +179,65 @@ def _read_files(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str,
         raise AdapterFileError(f"{json_path} is not a napari-sam-lora adapter file.")
     if doc.get("format_version") != FORMAT_VERSION:
         raise AdapterFileError(
-            f"{json_path} has format version {doc.get('format_version')!r}; this version of "
-            f"napari-sam-lora reads version {FORMAT_VERSION}."
+            f"{json_path} has format version {short_repr(doc.get('format_version'))}; this "
+            f"version of napari-sam-lora reads version {FORMAT_VERSION}."
         )
     if hashlib.sha256(blob).hexdigest() != doc.get("safetensors_sha256"):
-        raise AdapterFileError(
-            f"{st_path} is damaged or does not belong to {json_path} (checksum mismatch)."
-        )
+        previous = previous_path(st_path)  # a save interrupted between its two renames
+        old = previous.read_bytes() if previous.is_file() else b""
+        if not old or hashlib.sha256(old).hexdigest() != doc.get("safetensors_sha256"):
+            raise AdapterFileError(
+                f"{st_path} is damaged or does not belong to {json_path} (checksum mismatch)."
+            )
+        logger.warning("%s: an interrupted save left the previous pair; loading it", json_path)
+        blob = old
     try:
         return doc, safetensors.torch.load(blob)
     except Exception as exc:
         raise AdapterFileError(f"{st_path} is not a readable safetensors file: {exc}") from exc
+
+
+def _field(entry: Mapping[str, Any], key: str, kinds: Any, what: str, where: str) -> Any:
+    if key not in entry:
+        raise AdapterFileError(f"{where}: the adapter record has no {key!r}")
+    value = entry[key]
+    if not isinstance(value, kinds) or isinstance(value, bool):
+        raise AdapterFileError(f"{where}: {key}={short_repr(value)} is not {what}")
+    return value
+
+
+def _check_record(entry: Any, where: str) -> dict[str, Any]:
+    """The JSON schema of one adapter record: types, ranges, names, ids and regexes."""
+    if not isinstance(entry, Mapping):
+        raise AdapterFileError(f"{where}: an adapter record is {short_repr(entry)}, not a mapping")
+    name = _field(entry, "name", str, "a name", where)
+    if not NAME_RE.fullmatch(name):
+        raise AdapterFileError(f"{where}: invalid adapter name {short_repr(name)}")
+    where = f"{where}, adapter {name!r}"
+    rank = _field(entry, "r", int, "a rank (integer)", where)
+    if not 1 <= rank <= MAX_RANK:
+        raise AdapterFileError(f"{where}: rank {rank} is outside 1 … {MAX_RANK}")
+    alpha = _field(entry, "lora_alpha", int | float, "a number", where)
+    dropout = _field(entry, "lora_dropout", int | float, "a number", where)
+    if not (alpha > 0 and 0 <= dropout < 1):
+        raise AdapterFileError(f"{where}: lora_alpha must be > 0 and lora_dropout in [0, 1)")
+    regex = _field(entry, "target_modules", str, "a regex", where)
+    try:
+        re.compile(regex)
+    except re.error as exc:
+        raise AdapterFileError(
+            f"{where}: target_modules {short_repr(regex)} is not a valid regex ({exc})"
+        ) from None
+    modules = _field(entry, "modules", list, "a list of module names", where)
+    if not modules or not all(isinstance(m, str) for m in modules):
+        raise AdapterFileError(f"{where}: modules must be a non-empty list of module names")
+    obj_id = entry.get("object_id")
+    if obj_id is not None:
+        try:
+            obj_id = check_object_id(obj_id)
+        except SamLoraError as exc:
+            raise AdapterFileError(f"{where}: {exc}") from None
+    return {**entry, "object_id": obj_id}
 
 
 def _validate_entry(
@@ -187,7 +249,7 @@ def _validate_entry(
         raise AdapterFileError(
             f"The decoder already has an adapter named {new_name!r}; load with rename=..."
         )
-    if not _NAME_RE.fullmatch(new_name):
+    if not NAME_RE.fullmatch(new_name):
         raise AdapterFileError(f"Invalid adapter name {new_name!r} in the file or rename.")
     config = LoraConfig(
         target_modules=entry["target_modules"],
@@ -212,7 +274,98 @@ def _validate_entry(
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     if shapes != expected:
         raise AdapterFileError(f"Adapter {name!r} has missing or mis-shaped LoRA tensors.")
+    for key, tensor in state.items():
+        if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
+            raise AdapterFileError(
+                f"Adapter {name!r}: tensor {key} is not finite floating point (NaN, inf or "
+                f"{tensor.dtype}); the file is damaged, train or save it again."
+            )
     return config, state
+
+
+@dataclass
+class _Plan:
+    doc: dict[str, Any]
+    planned: list[tuple[dict[str, Any], str]]
+    checked: list[tuple[str, LoraConfig, dict[str, torch.Tensor]]]
+    settings: LoraSettings | None
+    checksum: str
+
+
+def _plan(
+    path: str | os.PathLike[str],
+    decoder: nn.Module,
+    expected_base_checksum: str | None,
+    rename: Mapping[str, str] | None,
+) -> _Plan:
+    """Read and validate a whole adapter file against ``decoder``; nothing is injected."""
+    doc, tensors = _read_files(path)
+    base = doc.get("base")
+    if not isinstance(base, Mapping):
+        raise AdapterFileError(f"{path} has no 'base' record (variant, decoder checksum).")
+    actual = decoder_checksum(decoder)
+    expected = expected_base_checksum or actual
+    recorded = base.get("decoder_sha256")
+    if recorded != expected or actual != expected:
+        raise AdapterFileError(
+            f"{path} was trained on another base model (variant "
+            f"{short_repr(base.get('variant'))}, decoder checksum {str(recorded)[:12]}...);"
+            f" this decoder's checksum is {actual[:12]}.... Load the same model variant and"
+            " checkpoint."
+        )
+    rename = dict(rename or {})
+    where = str(adapter_paths(path)[1])
+    records = doc.get("adapters")
+    if not isinstance(records, list) or not records:
+        raise AdapterFileError(f"{where}: 'adapters' must be a non-empty list of records")
+    if not isinstance(doc.get("metadata") or {}, Mapping):
+        raise AdapterFileError(f"{where}: 'metadata' must be a mapping")
+    try:
+        entries = [_check_record(e, where) for e in records]
+        planned = [(e, rename.get(e["name"], e["name"])) for e in entries]
+        checked = [(new, *_validate_entry(decoder, e, new, tensors)) for e, new in planned]
+        settings = LoraSettings.from_dict(doc["settings"]) if doc.get("settings") else None
+    except AdapterFileError:
+        raise
+    except (KeyError, TypeError, ValueError, re.error) as exc:
+        message = str(exc) if isinstance(exc, SamLoraError) else repr(exc)
+        raise AdapterFileError(f"{path} has invalid adapter records: {message}") from exc
+    if len({new for new, *_ in checked}) != len(checked):
+        raise AdapterFileError(f"{path}: two adapters would get the same name; use rename=...")
+    return _Plan(doc, planned, checked, settings, actual)
+
+
+def _loaded(plan: _Plan, names: list[str]) -> LoadedAdapters:
+    doc = plan.doc
+    return LoadedAdapters(
+        names=names,
+        renamed={e["name"]: new for e, new in plan.planned},
+        object_ids={new: e["object_id"] for e, new in plan.planned},
+        settings=plan.settings,
+        reports={new: e.get("report") for e, new in plan.planned},
+        metadata=dict(doc.get("metadata") or {}),
+        variant=str(doc["base"].get("variant")),
+        base_checksum=plan.checksum,
+    )
+
+
+def check_adapters(
+    path: str | os.PathLike[str],
+    decoder: nn.Module,
+    expected_base_checksum: str | None = None,
+    *,
+    rename: Mapping[str, str] | None = None,
+) -> LoadedAdapters:
+    """Validate an adapter file against ``decoder`` exactly as :func:`load_adapters` does,
+    without injecting anything (``names`` lists what loading would add).
+
+    Raises
+    ------
+    AdapterFileError
+        As :func:`load_adapters`.
+    """
+    plan = _plan(path, decoder, expected_base_checksum, rename)
+    return _loaded(plan, [new for new, *_ in plan.checked])
 
 
 def load_adapters(
@@ -241,41 +394,12 @@ def load_adapters(
     Raises
     ------
     AdapterFileError
-        Missing/damaged files, unknown format, wrong base model, name clash, bad tensors.
+        Missing/damaged files, unknown format, wrong base model, name clash, bad records
+        (object ids, regexes, ranks), bad tensors (shape, NaN/inf).
     """
-    doc, tensors = _read_files(path)
-    actual = decoder_checksum(decoder)
-    expected = expected_base_checksum or actual
-    recorded = doc.get("base", {}).get("decoder_sha256")
-    if recorded != expected or actual != expected:
-        raise AdapterFileError(
-            f"{path} was trained on another base model (variant "
-            f"{doc.get('base', {}).get('variant')!r}, decoder checksum {str(recorded)[:12]}...);"
-            f" this decoder's checksum is {actual[:12]}.... Load the same model variant and"
-            " checkpoint."
-        )
-    rename = dict(rename or {})
-    try:
-        planned = [(e, rename.get(e["name"], e["name"])) for e in doc["adapters"]]
-        checked = [(new, *_validate_entry(decoder, e, new, tensors)) for e, new in planned]
-        settings = LoraSettings.from_dict(doc["settings"]) if doc.get("settings") else None
-    except AdapterFileError:
-        raise
-    except (KeyError, TypeError, ValueError) as exc:
-        raise AdapterFileError(f"{path} has invalid adapter records: {exc!r}") from exc
-    if len({new for new, *_ in checked}) != len(checked):
-        raise AdapterFileError(f"{path}: two adapters would get the same name; use rename=...")
-    _inject_loaded(decoder, checked)
-    return LoadedAdapters(
-        names=[new for new, *_ in checked],
-        renamed={e["name"]: new for e, new in planned},
-        object_ids={new: e.get("object_id") for e, new in planned},
-        settings=settings,
-        reports={new: e.get("report") for e, new in planned},
-        metadata=doc.get("metadata") or {},
-        variant=str(doc.get("base", {}).get("variant")),
-        base_checksum=actual,
-    )
+    plan = _plan(path, decoder, expected_base_checksum, rename)
+    _inject_loaded(decoder, plan.checked)
+    return _loaded(plan, [new for new, *_ in plan.checked])
 
 
 def _inject_loaded(
@@ -285,7 +409,7 @@ def _inject_loaded(
     done: list[str] = []
     try:
         for new, config, state in checked:
-            _inject(decoder, config, new)
+            inject_config(decoder, config, new)
             done.append(new)
             device = decoder_device(decoder)
             result = _peft_set_state(

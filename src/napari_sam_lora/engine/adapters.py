@@ -37,10 +37,12 @@ from peft.tuners.tuners_utils import delete_adapter as _peft_delete_adapter  # n
 
 logger = logging.getLogger(__name__)
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+#: What an adapter name may be made of.
+NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 #: Decoder modules that run inside ``forward_image``: adapting them would stale the cache.
 _ENCODER_SIDE = ("conv_s0", "conv_s1")
-_LORA_KEY = re.compile(r"\.lora_[A-Za-z_]+\.")
+#: Matches the LoRA parts of a parameter name (``...lora_A.<adapter>.weight``).
+LORA_KEY = re.compile(r"\.lora_[A-Za-z_]+\.")
 
 
 class AdapterError(SamLoraError, ValueError):
@@ -111,7 +113,7 @@ def _check_targets(decoder: nn.Module, regex: str) -> list[str]:
 
 
 def _check_new_name(decoder: nn.Module, name: str) -> None:
-    if not _NAME_RE.fullmatch(name):
+    if not NAME_RE.fullmatch(name):
         raise AdapterError(f"Adapter name {name!r} must use only letters, digits, '_' and '-'.")
     if name in adapter_names(decoder):
         raise AdapterError(f"An adapter named {name!r} already exists on this decoder.")
@@ -141,7 +143,7 @@ def inject_adapter(decoder: nn.Module, name: str, settings: LoraSettings) -> Inj
     """
     _check_new_name(decoder, name)
     modules = _check_targets(decoder, settings.target_modules)
-    _inject(decoder, _lora_config(settings), name)
+    inject_config(decoder, _lora_config(settings), name)
     n_params = sum(p.numel() for p in adapter_parameters(decoder, name))
     logger.info(
         "Injected LoRA adapter %s into %d modules (%d parameters)", name, len(modules), n_params
@@ -149,8 +151,11 @@ def inject_adapter(decoder: nn.Module, name: str, settings: LoraSettings) -> Inj
     return InjectionReport(name=name, modules=tuple(modules), n_params=n_params)
 
 
-def _inject(decoder: nn.Module, config: LoraConfig, name: str) -> None:
-    """peft injection keeping the active adapter; base and new weights end up frozen.
+def inject_config(decoder: nn.Module, config: LoraConfig, name: str) -> None:
+    """Inject adapter ``name`` from a peft ``config`` as is (no checks), keeping the active one.
+
+    Base and new weights end up frozen. :func:`inject_adapter` is the checked entry point;
+    this one serves files whose records were validated in full (:mod:`.adapter_files`).
 
     Other adapters keep their ``requires_grad`` flags (peft's injection resets them).
     """
@@ -167,7 +172,7 @@ def _inject(decoder: nn.Module, config: LoraConfig, name: str) -> None:
 
 def delete_adapter(decoder: nn.Module, name: str) -> None:
     """Remove adapter ``name`` from ``decoder`` (the active adapter is kept when another)."""
-    _require(decoder, name)
+    require_adapter(decoder, name)
     previous = active_adapter(decoder)
     _peft_delete_adapter(decoder, name, prefix="lora_")
     decoder.peft_config.pop(name, None)
@@ -177,7 +182,8 @@ def delete_adapter(decoder: nn.Module, name: str) -> None:
 # --------------------------------------------------------------------------- switching
 
 
-def _require(decoder: nn.Module, name: str) -> None:
+def require_adapter(decoder: nn.Module, name: str) -> None:
+    """Raise :class:`AdapterError` unless ``decoder`` has an adapter ``name``."""
     if name not in adapter_names(decoder):
         raise AdapterError(
             f"No adapter named {name!r} on this decoder; it has {adapter_names(decoder) or 'none'}."
@@ -196,7 +202,7 @@ def activate(decoder: nn.Module, name: str | None) -> None:
     ``requires_grad`` flags are left as they were (see :func:`freeze_except`).
     """
     if name is not None:
-        _require(decoder, name)
+        require_adapter(decoder, name)
     for layer in lora_layers(decoder):
         if _layer_state(layer) == name:
             continue
@@ -229,7 +235,7 @@ def use_adapter(decoder: nn.Module, name: str | None) -> Iterator[None]:
 
 def adapter_parameters(decoder: nn.Module, name: str) -> list[nn.Parameter]:
     """The LoRA parameters (``lora_A``/``lora_B``) of adapter ``name``."""
-    _require(decoder, name)
+    require_adapter(decoder, name)
     params = []
     for layer in lora_layers(decoder):
         for attr in ("lora_A", "lora_B"):
@@ -255,7 +261,7 @@ def adapter_state(decoder: nn.Module, name: str) -> dict[str, torch.Tensor]:
     return {
         k: p.detach().clone()
         for k, p in decoder.named_parameters()
-        if tag in k and _LORA_KEY.search(k)
+        if tag in k and LORA_KEY.search(k)
     }
 
 

@@ -10,7 +10,6 @@ with a message that names the key, the value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -18,9 +17,14 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from napari_sam_lora.engine.errors import SamLoraError
+from napari_sam_lora.engine.errors import ConfigError
+from napari_sam_lora.engine.validation import (
+    check_rule,
+    clip,
+    coerce_value,
+    read_yaml,
+    short_repr,
+)
 
 #: LIT-LoRA's target: q/k/v of every attention in the decoder's two-way transformer (21).
 LIT_TARGET_MODULES = (
@@ -38,7 +42,15 @@ STRONG_TARGET_MODULES = (
 LOSS_RESOLUTIONS = ("low", "full")
 
 
-class SettingsError(SamLoraError, ValueError):
+#: Upper bounds: beyond them a setting only allocates memory or time (rank 10⁸ asked for
+#: 100 GB). The decoder's Linear layers are at most 2048 wide; LoRA ranks are a few.
+MAX_RANK = 256
+MAX_STEPS = 100_000
+MAX_ADAPTERS_PER_OBJECT = 100
+MAX_REPLAY = 10_000
+
+
+class SettingsError(ConfigError):
     """A LoRA setting is unknown, has a bad value, or a preset/file cannot be read."""
 
 
@@ -118,17 +130,15 @@ class LoraSettings:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            value = _coerce(f.name, getattr(self, f.name), str(f.type))
+            value = coerce_value(f.name, getattr(self, f.name), str(f.type), SettingsError)
             object.__setattr__(self, f.name, value)
-            rule = _RULES.get(f.name)
-            if rule is not None and value is not None and not rule[0](value):
-                raise SettingsError(f"{f.name}={value!r} is not allowed: expected {rule[1]}.")
+            check_rule(f.name, value, _RULES.get(f.name), SettingsError)
         try:
             re.compile(self.target_modules)
         except re.error as exc:
             raise SettingsError(
-                f"target_modules={self.target_modules!r} is not a valid regex: {exc}."
-            ) from exc
+                f"target_modules={short_repr(self.target_modules)} is not a valid regex: {exc}."
+            ) from None
         if self.focal_weight + self.dice_weight <= 0:
             raise SettingsError("focal_weight and dice_weight are both 0: no mask loss left.")
 
@@ -148,10 +158,11 @@ class LoraSettings:
         """
         if not isinstance(data, Mapping):
             raise SettingsError(f"LoRA settings must be a mapping, got {type(data).__name__}.")
-        unknown = sorted(set(data) - set(cls.valid_keys()))
+        unknown = sorted(clip(str(k), 40) for k in set(data) - set(cls.valid_keys()))
         if unknown:
             raise SettingsError(
-                f"Unknown LoRA setting(s) {unknown}. Valid keys: {', '.join(cls.valid_keys())}."
+                f"Unknown LoRA setting(s) {unknown[:10]}. Valid keys: "
+                f"{', '.join(cls.valid_keys())}."
             )
         return cls(**dict(data))
 
@@ -170,25 +181,31 @@ def _is_prob(v: float) -> bool:
 
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "target_modules": (lambda v: bool(v.strip()), "a non-empty regex"),
-    "rank": (lambda v: v >= 1, "an integer >= 1"),
+    "rank": (lambda v: 1 <= v <= MAX_RANK, f"an integer >= 1 and <= {MAX_RANK}"),
     "alpha": (lambda v: v > 0, "a number > 0"),
     "dropout": (lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
     "lr_new": (lambda v: v > 0, "a learning rate > 0"),
     "lr_finetune": (lambda v: v > 0, "a learning rate > 0"),
     "weight_decay": (lambda v: v >= 0, "a number >= 0"),
-    "max_steps_new": (lambda v: v >= 1, "an integer >= 1"),
-    "max_steps_finetune": (lambda v: v >= 1, "an integer >= 1"),
+    "max_steps_new": (lambda v: 1 <= v <= MAX_STEPS, f"an integer >= 1 and <= {MAX_STEPS}"),
+    "max_steps_finetune": (lambda v: 1 <= v <= MAX_STEPS, f"an integer >= 1 and <= {MAX_STEPS}"),
     "max_seconds": (lambda v: v > 0, "a number of seconds > 0, or null for no cap"),
     "target_iou": (lambda v: 0.0 < v <= 1.0, "an IoU in (0, 1], or null to disable"),
-    "patience": (lambda v: v >= 1, "an integer >= 1"),
-    "plateau_patience": (lambda v: v >= 1, "an integer >= 1, or null to disable"),
+    "patience": (lambda v: 1 <= v <= MAX_STEPS, f"an integer >= 1 and <= {MAX_STEPS}"),
+    "plateau_patience": (
+        lambda v: 1 <= v <= MAX_STEPS,
+        f"an integer >= 1 and <= {MAX_STEPS}, or null to disable",
+    ),
     "plateau_min_iou": (_is_prob, "an IoU in [0, 1]"),
     "min_improvement": (_is_prob, "an IoU difference in [0, 1]"),
     "fail_iou": (_is_prob, "an IoU in [0, 1], or null to disable"),
-    "fail_step": (lambda v: v >= 1, "an integer >= 1"),
-    "max_adapters_per_object": (lambda v: v >= 1, "an integer >= 1"),
+    "fail_step": (lambda v: 1 <= v <= MAX_STEPS, f"an integer >= 1 and <= {MAX_STEPS}"),
+    "max_adapters_per_object": (
+        lambda v: 1 <= v <= MAX_ADAPTERS_PER_OBJECT,
+        f"an integer >= 1 and <= {MAX_ADAPTERS_PER_OBJECT}",
+    ),
     "new_adapter_iou": (_is_prob, "an IoU in [0, 1]"),
-    "replay_size": (lambda v: v >= 0, "an integer >= 0"),
+    "replay_size": (lambda v: 0 <= v <= MAX_REPLAY, f"an integer >= 0 and <= {MAX_REPLAY}"),
     "focal_weight": (lambda v: v >= 0, "a weight >= 0"),
     "dice_weight": (lambda v: v >= 0, "a weight >= 0"),
     "iou_weight": (lambda v: v >= 0, "a weight >= 0"),
@@ -197,45 +214,6 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "focal_gamma": (lambda v: v >= 0, "a number >= 0"),
     "loss_resolution": (lambda v: v in LOSS_RESOLUTIONS, f"one of {list(LOSS_RESOLUTIONS)}"),
 }
-
-
-def _coerce(key: str, value: Any, annotation: str) -> Any:
-    """Check/convert ``value`` to the type named by ``annotation`` (``'float | None'``...)."""
-    kind = annotation.replace(" | None", "")
-    if value is None:
-        if annotation.endswith("| None"):
-            return None
-        raise SettingsError(f"{key}=None is not allowed: expected a {kind}.")
-    if kind == "bool":
-        if isinstance(value, bool):
-            return value
-    elif kind == "str":
-        if isinstance(value, str):
-            return value
-    elif kind == "int":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif kind == "float":
-        number = _to_float(value)
-        if number is not None and math.isfinite(number):
-            return number
-    raise SettingsError(f"{key}={value!r} is not allowed: expected a {kind}.")
-
-
-def _to_float(value: Any) -> float | None:
-    """Float from a number or a numeric string (YAML 1.1 reads ``1e-4`` as a string)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
 
 
 def presets_dir() -> Path:
@@ -280,10 +258,7 @@ def load_settings(name_or_path: str | Path = "default") -> LoraSettings:
             f"Unknown LoRA preset {text!r}. Available presets: {', '.join(available_presets())}"
             " (or give the path of a YAML file)."
         )
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise SettingsError(f"Cannot read LoRA settings from {path}: {exc}") from exc
+    data = read_yaml(path, "LoRA settings file", SettingsError)
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import numbers
 import reprlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from napari_sam_lora.engine.errors import ConfigError, PromptError, SamLoraError
 
@@ -63,6 +65,11 @@ def short_repr(value: Any, limit: int = MESSAGE_VALUE_CHARS) -> str:
             text = _repr.repr(value)
         except Exception:  # a hostile __repr__
             text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def clip(text: str, limit: int = MESSAGE_VALUE_CHARS) -> str:
+    """``text`` cut to ``limit`` characters (with an ellipsis when cut)."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -301,3 +308,166 @@ def check_image_size(value: Any, error: type[SamLoraError] = ConfigError) -> int
             "1024 is the model's own)"
         )
     return size
+
+
+# --------------------------------------------------------------------------- config values
+
+
+def kind_of(value: Any) -> str:
+    """A short name of ``value``'s type for messages (``list``, ``mapping``, ``string``...)."""
+    return {list: "list", dict: "mapping", str: "string"}.get(type(value), type(value).__name__)
+
+
+def check_keys(
+    where: str,
+    raw: Any,
+    valid: tuple[str, ...] | list[str],
+    error: type[SamLoraError] = ConfigError,
+) -> None:
+    """Raise ``error`` listing the valid keys when ``raw`` has a key outside ``valid``."""
+    unknown = sorted(clip(str(k), 40) for k in raw if k not in valid)
+    if unknown:
+        raise error(
+            f"unknown key(s) {', '.join(map(repr, unknown[:10]))} in {where}; valid keys: "
+            f"{', '.join(valid)}"
+        )
+
+
+def to_int(value: Any) -> int | None:
+    """An ``int`` from an integer or whole-number float, else ``None`` (never a bool)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    return int(value) if isinstance(value, float) and value.is_integer() else None
+
+
+def to_float(value: Any) -> float | None:
+    """A finite float from a number or numeric string (YAML 1.1 reads ``1e-4`` as a string)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    if isinstance(value, str) and len(value) > 64:
+        return None
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return number if np.isfinite(number) else None
+
+
+def _to_str_tuple(value: Any) -> tuple[str, ...] | None:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        return None
+    return tuple(items)
+
+
+def _to_str(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    return str(value) if type(value).__name__.endswith("Path") else None
+
+
+_CONVERT: dict[str, Any] = {
+    "int": to_int,
+    "float": to_float,
+    "bool": lambda v: v if isinstance(v, bool) else None,
+    "str": _to_str,
+    "tuple[str, ...]": _to_str_tuple,
+}
+_NAMES = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "a boolean (true or false)",
+    "str": "a string",
+    "tuple[str, ...]": "a list of strings",
+}
+
+
+def coerce_value(
+    key: str, value: Any, annotation: str, error: type[SamLoraError] = ConfigError
+) -> Any:
+    """``value`` checked and converted to the type named by ``annotation`` (``'int | None'``).
+
+    The one converter of settings and config values: ``None`` only where the annotation
+    allows it, integers from whole-number floats, floats from numeric strings, no booleans
+    as numbers. The message shows the value bounded (:func:`short_repr`).
+    """
+    kind = annotation.replace(" | None", "")
+    if value is None:
+        if annotation.endswith("| None"):
+            return None
+        raise error(f"{key}=None is not allowed: expected {_NAMES.get(kind, kind)}")
+    converted = _CONVERT.get(kind, lambda v: v)(value)
+    if converted is None:
+        raise error(f"{key}={short_repr(value)} is not allowed: expected {_NAMES.get(kind, kind)}")
+    return converted
+
+
+def check_rule(
+    key: str, value: Any, rule: Any, error: type[SamLoraError] = ConfigError, shown: Any = None
+) -> None:
+    """Raise ``error`` unless ``rule = (predicate, description)`` accepts ``value``."""
+    if rule is not None and value is not None and not rule[0](value):
+        shown = value if shown is None else shown
+        raise error(f"{key}={short_repr(shown)} is not allowed: expected {rule[1]}")
+
+
+# --------------------------------------------------------------------------- YAML files
+
+#: Largest settings/config file read (a real one is a few kB).
+MAX_YAML_BYTES = 1 << 20
+
+
+def read_yaml(path: Any, what: str = "config", error: type[SamLoraError] = ConfigError) -> Any:
+    """Parse a small YAML file safely: no aliases or anchors, bounded size, UTF-8 named.
+
+    A YAML alias lets a 400-byte file expand into gigabytes (a "billion laughs"); settings
+    never need one, so any anchor or alias is refused before anything is expanded.
+
+    Raises
+    ------
+    ConfigError
+        (or ``error``) naming the file: missing, a folder, too large, not UTF-8, invalid
+        YAML, or using anchors/aliases.
+    """
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise error(f"{what} {path} is a folder, not a YAML file")
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise error(
+                f"{what} {path} is {size} bytes; a settings file is at most {MAX_YAML_BYTES}"
+            )
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(
+            f"{what} {path} is not UTF-8 text (byte {exc.start} is {raw[exc.start]:#04x}); "
+            "save it as UTF-8"
+        ) from None
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        message = " ".join(str(exc).split())
+        message = message if len(message) <= 200 else message[:199] + "…"
+        raise error(f"cannot read {what} {path}: {message}") from None
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses anchors (``&a``) and aliases (``*a``)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                "YAML anchors and aliases (&name, *name) are not allowed in settings files",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)

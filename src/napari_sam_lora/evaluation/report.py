@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_sam_lora.engine.atomic import atomic_files
 from napari_sam_lora.engine.jsonable import json_default
 from napari_sam_lora.evaluation.data import EvalData
 from napari_sam_lora.evaluation.protocol import ObjectResult
@@ -247,16 +248,25 @@ def write_report(
 ) -> dict[str, Any]:
     """Write ``report.json``, ``report.md`` and ``report.png`` into ``output`` (created).
 
+    The three files are written all-or-nothing (:mod:`napari_sam_lora.engine.atomic`): on a
+    full disk the previous report stays complete and no temporary file is left.
+
     Returns
     -------
     dict
         The content of ``report.json``.
+
+    Raises
+    ------
+    WriteError
+        Naming the file that could not be written and what to do.
     """
     report = build_report(result, datasets, settings)
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(report, indent=2, default=json_default)
-    (out / "report.json").write_text(text + "\n", encoding="utf-8")
-    (out / "report.md").write_text(markdown(report), encoding="utf-8")
-    plot(report, out / "report.png")
+    with atomic_files() as files:
+        files.add(out / "report.json", text + "\n")
+        files.add(out / "report.md", markdown(report))
+        if not plot(report, files.path(out / "report.png")):
+            files.drop(out / "report.png")
     return report

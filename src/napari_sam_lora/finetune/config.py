@@ -16,10 +16,26 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from napari_sam_lora.engine.lora_settings import LoraSettings, SettingsError, load_settings
-from napari_sam_lora.finetune._values import ConfigError, check_keys, kind_of, to_int, value_of
+from napari_sam_lora.engine.errors import ConfigError
+from napari_sam_lora.engine.lora_settings import (
+    MAX_STEPS,
+    LoraSettings,
+    SettingsError,
+    load_settings,
+)
+from napari_sam_lora.engine.validation import (
+    MAX_IMAGE_SIZE,
+    MAX_OBJECT_ID,
+    MIN_IMAGE_SIZE,
+    check_image_size,
+    check_keys,
+    check_rule,
+    kind_of,
+    read_yaml,
+    short_repr,
+    to_int,
+)
+from napari_sam_lora.engine.validation import coerce_value as value_of
 
 __all__ = [
     "ConfigError",
@@ -35,6 +51,16 @@ __all__ = [
 ]
 
 PROMPT_KINDS = ("point", "box")
+MAX_EPOCHS = 10_000
+MAX_BATCH = 4096
+
+
+def _valid_image_size(value: int) -> bool:
+    try:
+        check_image_size(value)
+    except ConfigError:
+        return False
+    return True
 
 
 Rule = tuple[Callable[[Any], bool], str]
@@ -124,13 +150,21 @@ _RULES: dict[str, dict[str, Rule]] = {
         "by": (lambda v: v in ("stack", "frame"), "'stack' or 'frame'"),
         "val_fraction": (lambda v: 0.0 < v < 1.0, "a fraction in (0, 1)"),
     },
-    "model": {"image_size": (lambda v: v >= 64 and v % 16 == 0, "a multiple of 16, >= 64")},
+    "model": {
+        "image_size": (
+            lambda v: _valid_image_size(v),
+            f"a multiple of 32 in {MIN_IMAGE_SIZE} … {MAX_IMAGE_SIZE} (what SAM2 accepts)",
+        )
+    },
     "training": {
         "lr": (lambda v: v > 0, "a learning rate > 0"),
         "lr_schedule": (lambda v: v in ("constant", "cosine"), "'constant' or 'cosine'"),
-        "epochs": (lambda v: v >= 1, "an integer >= 1"),
-        "max_steps": (lambda v: v >= 1, "an integer >= 1, or null for no cap"),
-        "batch_size": (lambda v: v >= 1, "an integer >= 1"),
+        "epochs": (lambda v: 1 <= v <= MAX_EPOCHS, f"an integer >= 1 and <= {MAX_EPOCHS}"),
+        "max_steps": (
+            lambda v: 1 <= v <= MAX_STEPS * 10,
+            f"an integer >= 1 and <= {MAX_STEPS * 10}, or null for no cap",
+        ),
+        "batch_size": (lambda v: 1 <= v <= MAX_BATCH, f"an integer >= 1 and <= {MAX_BATCH}"),
         "checkpoint_every": (lambda v: v >= 1, "a number of steps >= 1"),
     },
     "early_stopping": {
@@ -249,12 +283,9 @@ def load_config(path: str | Path, **overrides: Any) -> FineTuneConfig:
         valid ones) or bad values (the message names the key and what is allowed).
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    doc = read_yaml(path, "config")
     doc = {} if doc is None else doc
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: the config must be a mapping of sections, not a {kind_of(doc)}")
@@ -275,7 +306,7 @@ def config_from_dict(doc: Mapping[str, Any], base_dir: str | Path = ".") -> Fine
     preset, lora = _lora(doc.get("lora"))
     output = doc.get("output", "finetune_output")
     if not isinstance(output, str | Path) or not str(output).strip():
-        raise ConfigError(f"output={output!r} is not allowed: expected a folder path")
+        raise ConfigError(f"output={short_repr(output)} is not allowed: expected a folder path")
     config = FineTuneConfig(
         data=data,
         lora=lora,
@@ -322,8 +353,13 @@ def _object_ids(raw: Any) -> tuple[int, ...]:
     if raw is None:
         return ()
     ids = [raw] if isinstance(raw, int) and not isinstance(raw, bool) else raw
-    if not isinstance(ids, list) or not all(to_int(i) is not None and i >= 1 for i in ids):
-        raise ConfigError(f"object_ids={raw!r} is not allowed: expected a list of ids >= 1")
+    if not isinstance(ids, list) or not all(
+        to_int(i) is not None and 1 <= i <= MAX_OBJECT_ID for i in ids
+    ):
+        raise ConfigError(
+            f"object_ids={short_repr(raw)} is not allowed: expected a list of ids in "
+            f"1 … {MAX_OBJECT_ID}"
+        )
     return tuple(sorted({int(i) for i in ids}))
 
 
@@ -333,7 +369,9 @@ def _lora(raw: Any) -> tuple[str, LoraSettings]:
         raise ConfigError(f"lora must be a mapping, not {kind_of(raw)}")
     valid = ("preset", *[k for k in LoraSettings.valid_keys() if k != "name"])
     check_keys("lora", raw, valid)
-    preset = str(raw.get("preset", "default"))
+    preset = raw.get("preset", "default")
+    if not isinstance(preset, str):
+        raise ConfigError(f"lora.preset={short_repr(preset)} is not allowed: expected a name")
     try:
         settings = load_settings(preset)
         overrides = {k: v for k, v in raw.items() if k != "preset"}
@@ -358,8 +396,6 @@ def _section(name: str, raw: Any, cls: type) -> Any:
         if f.name not in raw:
             continue
         value = value_of(f"{name}.{f.name}", raw[f.name], str(f.type))
-        rule = rules.get(f.name)
-        if rule is not None and value is not None and not rule[0](value):
-            raise ConfigError(f"{name}.{f.name}={raw[f.name]!r} is not allowed: expected {rule[1]}")
+        check_rule(f"{name}.{f.name}", value, rules.get(f.name), shown=raw[f.name])
         values[f.name] = value
     return cls(**values)

@@ -1,0 +1,255 @@
+"""The one atomic file-set writer: every file set the project writes goes through here.
+
+Adapters (``.safetensors`` + ``.json``), evaluation reports (``.json``/``.md``/``.png``),
+fine-tuning checkpoints and metrics, manifests and label outputs are written the same way:
+
+1. every file of the set is written to a temporary file *in its target folder* (same file
+   system, so the final rename is atomic), flushed and ``fsync``-ed;
+2. only when every temporary file is complete are they renamed over the targets, and the
+   folders are ``fsync``-ed; until then the previous set is untouched;
+3. on any failure every temporary file is removed and a :class:`~.errors.WriteError` names
+   the file and what to do (disk full, read-only folder, a file where a folder should be).
+
+With ``keep_previous=True`` each existing target is first hard-linked to
+:func:`previous_path` and those links are removed once the whole new set is in place: a
+process killed *between* two renames leaves, for every file, either the new version or the
+old one beside it, so a reader that checks the set's consistency (the adapter loader checks
+the JSON's safetensors digest) can always fall back to the complete old set.
+
+>>> write_files({out / "report.json": text, out / "report.png": lambda p: fig.savefig(p)})
+>>> with FileSet() as files:          # the same, for writers that need a path
+...     torch.save(state, files.path(out / "checkpoint.pt"))
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Union
+
+from napari_sam_lora.engine.errors import WriteError
+
+__all__ = ["Content", "FileSet", "atomic_files", "previous_path", "temp_paths", "write_files"]
+
+#: What a file of the set holds: bytes, text (UTF-8), or a callable writing the given path.
+Content = Union[bytes, str, Callable[[Path], object]]  # noqa: UP007 (runtime alias)
+
+_TEMP_MARK = ".tmp-"
+
+
+def previous_path(path: str | os.PathLike[str]) -> Path:
+    """Where :func:`write_files` keeps the old version of ``path`` during a replacement."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.prev")
+
+
+def temp_paths(folder: str | os.PathLike[str]) -> list[Path]:
+    """Temporary files of this module left in ``folder`` (by a killed process)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.name.startswith(".") and _TEMP_MARK in p.name)
+
+
+def write_error(path: Path, exc: OSError) -> WriteError:
+    """A :class:`WriteError` that names ``path`` and says what to do about ``exc``."""
+    folder = path.parent
+    code = exc.errno
+    if code == errno.ENOSPC or code == getattr(errno, "EDQUOT", None):
+        advice = (
+            f"the disk holding {folder} is full: free some space (or choose another output "
+            "folder) and run again"
+        )
+    elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        advice = f"{folder} is not writable: choose another output folder or fix its permissions"
+    elif code in (errno.ENOTDIR, errno.EEXIST) or (folder.exists() and not folder.is_dir()):
+        blocker = next((p for p in [folder, *folder.parents] if p.exists()), folder)
+        advice = f"{blocker} is a file, not a folder: remove it or choose another output folder"
+    else:
+        advice = exc.strerror or str(exc)
+    kept = " (the previous version is unchanged)" if path.exists() else ""
+    return WriteError(f"could not write {path}: {advice}{kept}")
+
+
+class FileSet:
+    """A set of files written all-or-nothing (see the module docstring).
+
+    Stage files with :meth:`add` (content) or :meth:`path` (a temporary path for writers
+    that need one), then :meth:`commit`; :meth:`discard` (or leaving the ``with`` block on
+    an exception) removes every temporary file and leaves the targets untouched.
+
+    Parameters
+    ----------
+    keep_previous : bool
+        Keep each replaced target as :func:`previous_path` until the whole set is in place.
+    """
+
+    def __init__(self, keep_previous: bool = False) -> None:
+        self.keep_previous = keep_previous
+        self._staged: dict[Path, Path] = {}
+
+    def __enter__(self) -> FileSet:
+        return self
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.discard()
+
+    def path(self, target: str | os.PathLike[str]) -> Path:
+        """A temporary path in ``target``'s folder (same suffix) that becomes ``target``."""
+        target = Path(target)
+        if target in self._staged:
+            return self._staged[target]
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self.discard()
+            raise write_error(target, exc) from exc
+        temp = target.with_name(f".{target.stem}{_TEMP_MARK}{secrets.token_hex(4)}{target.suffix}")
+        self._staged[target] = temp
+        return temp
+
+    def drop(self, target: str | os.PathLike[str]) -> None:
+        """Leave ``target`` out of the set (its temporary file is removed)."""
+        temp = self._staged.pop(Path(target), None)
+        if temp is not None:
+            temp.unlink(missing_ok=True)
+
+    def add(self, target: str | os.PathLike[str], content: Content) -> None:
+        """Write ``content`` to ``target``'s temporary file now (fsync-ed)."""
+        temp = self.path(target)
+        try:
+            if callable(content):
+                content(temp)
+                if not temp.is_file():
+                    raise WriteError(f"the writer for {target} wrote nothing")
+                _fsync_file(temp)
+            else:
+                data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
+                with open(temp, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+        except OSError as exc:
+            self.discard()
+            if isinstance(exc, WriteError):
+                raise
+            raise write_error(Path(target), exc) from exc
+        except BaseException:
+            self.discard()
+            raise
+
+    def commit(self) -> list[Path]:
+        """Rename every staged file over its target; return the targets."""
+        targets = list(self._staged)
+        kept: dict[Path, Path] = {}
+        replaced: list[Path] = []
+        try:
+            for target, temp in self._staged.items():
+                if not temp.is_file():
+                    raise WriteError(f"nothing was written for {target}")
+                _fsync_file(temp)
+            if self.keep_previous:
+                for target in targets:
+                    if target.is_file():
+                        kept[target] = _link_previous(target)
+            for target, temp in self._staged.items():
+                os.replace(temp, target)
+                replaced.append(target)
+        except OSError as exc:
+            for target in replaced:  # put the old set back where we can
+                if target in kept:
+                    os.replace(kept.pop(target), target)
+            for backup in kept.values():
+                backup.unlink(missing_ok=True)
+            failed = next((t for t, tmp in self._staged.items() if tmp.exists()), targets[0])
+            self.discard()
+            if isinstance(exc, WriteError):
+                raise
+            raise write_error(failed, exc) from exc
+        for folder in {t.parent for t in targets}:
+            _fsync_dir(folder)
+        for backup in kept.values():
+            backup.unlink(missing_ok=True)
+        self._staged.clear()
+        return targets
+
+    def discard(self) -> None:
+        """Remove every temporary file; the targets stay as they were."""
+        for temp in self._staged.values():
+            with suppress(OSError):
+                temp.unlink(missing_ok=True)
+        self._staged.clear()
+
+
+def write_files(
+    files: Mapping[str | os.PathLike[str], Content], *, keep_previous: bool = False
+) -> list[Path]:
+    """Write a set of files all-or-nothing.
+
+    Parameters
+    ----------
+    files : mapping
+        ``{target path: bytes | str | callable(temp_path)}``, written in this order and
+        renamed in this order.
+    keep_previous : bool
+        See :class:`FileSet`.
+
+    Returns
+    -------
+    list of Path
+        The targets written.
+
+    Raises
+    ------
+    WriteError
+        Naming the file that could not be written and what to do; no target changed and
+        no temporary file is left.
+    """
+    fileset = FileSet(keep_previous=keep_previous)
+    for target, content in files.items():
+        fileset.add(target, content)
+    return fileset.commit()
+
+
+@contextmanager
+def atomic_files(keep_previous: bool = False) -> Iterator[FileSet]:
+    """``with atomic_files() as files: files.add(...); files.path(...)`` — commit on success."""
+    fileset = FileSet(keep_previous=keep_previous)
+    with fileset:
+        yield fileset
+
+
+def _link_previous(target: Path) -> Path:
+    backup = previous_path(target)
+    backup.unlink(missing_ok=True)
+    try:
+        os.link(target, backup)
+    except OSError:  # no hard links on this file system
+        shutil.copy2(target, backup)
+    return backup
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
