@@ -132,3 +132,28 @@ def test_calibrator_round_trips_and_rejects_bad_records():
         OnlineCalibrator.from_dict({"prior_weight": 2, "max_points": 5, "raw": [0.1], "iou": []})
     with pytest.raises(ValueError, match="not a calibrator record"):
         OnlineCalibrator.from_dict({"raw": []})
+
+
+# --------------------------------------------------------------------------- in the pool
+
+from lora_fixtures import decoder, example  # noqa: E402, F401  (fixture)
+
+
+def test_each_correction_feeds_the_objects_calibrator_before_training(decoder):  # noqa: F811
+    from napari_sam_lora.engine.adapter_pool import AdapterPool, CorrectionPlan
+    from napari_sam_lora.engine.lora_settings import load_settings
+
+    pool = AdapterPool(1, load_settings("default"))
+    inputs, target = example(seed=0)
+    first = pool.plan(decoder, inputs, target)
+    assert first.is_new and len(pool.calibrator) == 0  # no adapter yet: nothing proposed
+    pool.begin(decoder, first)
+    pool.begin(decoder, CorrectionPlan(1, "obj1_a1", True, False, "test", [(inputs, target)]))
+    plan = pool.plan(decoder, *example(seed=1, center=(0.6, 0.4)))
+    assert len(pool.calibrator) == 2  # one (confidence, IoU) pair per adapter
+    raw = [p.confidence for p in plan.proposals.values()]
+    truth = np.array([plan.ious[n] for n in plan.proposals])
+    est = pool.estimate_ious(raw)
+    assert est.shape == (2,) and np.all((est >= 0) & (est <= 1))
+    # the estimate moved from the raw score toward the observed IoUs
+    assert np.mean(np.abs(est - truth)) < np.mean(np.abs(np.array(raw) - truth))

@@ -1,7 +1,11 @@
 """Per-object adapter pools: LIT's new-vs-fine-tune rule and a bounded replay buffer.
 
 Adapters are ranked by the model's own confidence (predicted IoU × object score), never
-by ground truth.
+by ground truth. Each pool also holds the object's
+:class:`~napari_sam_lora.engine.calibration.OnlineCalibrator`: every correction, before
+training, reveals the true IoU of what each adapter would have proposed on that frame
+(:meth:`AdapterPool.plan` observes those pairs), and :meth:`AdapterPool.estimate_ious`
+turns raw confidences into estimated IoUs.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from napari_sam_lora.engine.adapters import (
     inject_adapter,
     propose,
 )
+from napari_sam_lora.engine.calibration import OnlineCalibrator
 from napari_sam_lora.engine.features import DecoderInputs
 from napari_sam_lora.engine.lora_settings import LoraSettings
 from napari_sam_lora.engine.losses import logits_iou
@@ -71,6 +76,7 @@ class AdapterPool:
         self.names: list[str] = []
         self.replay: deque[ReplayEntry] = deque(maxlen=settings.replay_size)
         self.reports: dict[str, list[Any]] = {}
+        self.calibrator = OnlineCalibrator()
 
     def __len__(self) -> int:
         return len(self.names)
@@ -97,11 +103,22 @@ class AdapterPool:
         props = self.proposals(decoder, inputs)
         return props[0] if props else None
 
+    def estimate_ious(self, confidences: np.ndarray | list[float]) -> np.ndarray:
+        """Estimated IoUs (float32, in ``[0, 1]``) for raw confidences of this object's
+        adapters, from the object's calibrator (the raw values before any correction)."""
+        return self.calibrator.estimate_many(confidences)
+
     def plan(self, decoder: nn.Module, inputs: DecoderInputs, target: np.ndarray) -> CorrectionPlan:
-        """Decide, for a correction ``target`` on ``inputs``, which adapter to train and how."""
+        """Decide, for a correction ``target`` on ``inputs``, which adapter to train and how.
+
+        Every adapter's ``(confidence, IoU with the correction)`` on this frame, measured
+        before any training on it, is given to the object's calibrator.
+        """
         target = np.asarray(target).astype(bool)
         props = {p.adapter_name: p for p in self.proposals(decoder, inputs)}
         ious = {name: logits_iou(p.logits, target) for name, p in props.items()}
+        for name, p in props.items():
+            self.calibrator.observe(p.confidence, ious[name])
         examples = [(inputs, target)]
         room = len(self.names) < self.settings.max_adapters_per_object
         if not self.names or (room and max(ious.values()) <= self.settings.new_adapter_iou):
