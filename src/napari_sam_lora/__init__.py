@@ -1,25 +1,35 @@
 """napari-sam-lora: SAM2 on image stacks in napari, learning from every correction.
 
 Heavy dependencies (torch, sam2, peft) are imported lazily, so importing this package
-and starting napari stay fast. The scripting API lives in :mod:`napari_sam_lora.engine`;
-``Session`` is re-exported here for convenience.
+and starting napari stay fast. The scripting API::
+
+    from napari_sam_lora import Session, Learner, load_model
+
+is the engine's (:mod:`napari_sam_lora.engine`), the same one the widgets use.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from napari_sam_lora.engine.learning import Learner
+    from napari_sam_lora.engine.predictor import load_model
     from napari_sam_lora.engine.session import Session
 
-__all__ = ["Session", "__version__"]
+_LAZY = {
+    "Session": "napari_sam_lora.engine.session",
+    "Learner": "napari_sam_lora.engine.learning",
+    "load_model": "napari_sam_lora.engine.predictor",
+}
+
+__all__ = ["Learner", "Session", "__version__", "load_model"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "Session":
-        from napari_sam_lora.engine.session import Session
-
-        return Session
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'napari_sam_lora' has no attribute {name!r}")

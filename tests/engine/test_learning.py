@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from napari_sam_lora.engine.errors import PromptError
-from napari_sam_lora.engine.jobs import drain
 from napari_sam_lora.engine.session import Session
 
 N_FRAMES = 6
@@ -54,7 +53,7 @@ def test_correction_raises_iou_on_frame_and_following(disk):
     session, truth = disk
     base = [iou(session.labels[t] == 1, truth[t]) for t in range(2, N_FRAMES)]
     learner = Learner(session, "default")
-    report = drain(learner.learn(2, corrected(session, 2, truth[2])))
+    report = learner.learn(2, corrected(session, 2, truth[2]))
     assert len(report.trained) == 1 and report.trained[0].steps >= 1
     (candidate,) = learner.propose(frames=range(2, N_FRAMES))
     assert candidate.frames == list(range(2, N_FRAMES))
@@ -79,8 +78,8 @@ def test_training_uses_the_corrected_frames_own_inputs(disk, monkeypatch):
     monkeypatch.setattr(learning, "train_adapter", spy)
     learner = learning.Learner(session, "default")
     b_inputs = session.decoder_inputs(4, 1)
-    drain(learner.learn(2, corrected(session, 2, truth[2])))
-    drain(learner.learn(4, corrected(session, 4, truth[4])))
+    learner.learn(2, corrected(session, 2, truth[2]))
+    learner.learn(4, corrected(session, 4, truth[4]))
     assert seen[0][0] == 2 and seen[1][0] == 4  # newest example first
     assert session.decoder_inputs(4, 1) is b_inputs
 
@@ -94,7 +93,7 @@ def test_untracked_frame_is_tracked_first(tiny_model):
     session.add_mask(0, 1, truth[0] == 1)
     list(session.propagate("forward", frame_range=(0, 1)))
     assert session.decoder_inputs(3, 1) is None
-    report = drain(Learner(session, "default").learn(3, corrected(session, 3, truth[3] == 1)))
+    report = Learner(session, "default").learn(3, corrected(session, 3, truth[3] == 1))
     assert session.decoder_inputs(3, 1).frame == 3 and len(report.trained) == 1
 
 
@@ -107,7 +106,7 @@ def test_frame_that_cannot_be_tracked(tiny_model):
     session.add_mask(1, 1, truth[1] == 1)
     fixed = corrected(session, 1, np.zeros((64, 64), bool))
     with pytest.raises(PromptError, match="never tracked for object 1 and cannot be"):
-        drain(Learner(session, "default").learn(1, fixed))
+        Learner(session, "default").learn(1, fixed)
 
 
 def test_bad_corrections(disk):
@@ -116,11 +115,11 @@ def test_bad_corrections(disk):
     session, _ = disk
     learner = Learner(session, "default")
     with pytest.raises(PromptError, match="nothing to learn on frame 2"):
-        drain(learner.learn(2, session.labels[2].copy()))
+        learner.learn(2, session.labels[2].copy())
     with pytest.raises(PromptError, match=r"has shape \(3, 3\)"):
-        drain(learner.learn(2, np.zeros((3, 3), np.int32)))
+        learner.learn(2, np.zeros((3, 3), np.int32))
     with pytest.raises(PromptError, match="out of range"):
-        drain(learner.learn(99, session.labels[0]))
+        learner.learn(99, session.labels[0])
     assert learner.pools == {}
 
 
@@ -131,7 +130,7 @@ def test_erased_object_is_a_correction(disk):
     assert (session.labels[3] == 1).any(), "precondition: the model output object 1 here"
     user = session.labels[3].copy()
     user[user == 1] = 0
-    report = drain(Learner(session, "default").learn(3, user))
+    report = Learner(session, "default").learn(3, user)
     assert report.corrections[0].kind == "erased"
     assert not (session.labels[3] == 1).any()
 
@@ -142,7 +141,7 @@ def test_new_object_is_conditioned_not_trained(disk):
     session, _ = disk
     user = session.labels[2].copy()
     user[:8, :8] = 5
-    report = drain(Learner(session, "default").learn(2, user))
+    report = Learner(session, "default").learn(2, user)
     assert 5 in report.skipped and 5 in session.object_ids
     assert (session.labels[2][:8, :8] == 5).mean() > 0.5
 
@@ -153,16 +152,16 @@ def test_cancel_keeps_previous_adapter(disk):
 
     session, truth = disk
     learner = Learner(session, "default")
-    drain(learner.learn(2, corrected(session, 2, truth[2])))
+    learner.learn(2, corrected(session, 2, truth[2]))
     name = learner.pools[1].names[0]
     before = {k: v.clone() for k, v in adapter_state(learner.decoder, name).items()}
-    steps = learner.learn(4, corrected(session, 4, truth[4] | truth[3]))
+    steps = learner.learn_steps(4, corrected(session, 4, truth[4] | truth[3]))
     next(steps)
     steps.close()
     after = adapter_state(learner.decoder, name)
     assert all(np.array_equal(before[k].numpy(), after[k].numpy()) for k in before)
     assert learner.pools[1].names == [name]
-    drain(learner.learn(5, corrected(session, 5, truth[5])))  # the session is usable again
+    learner.learn(5, corrected(session, 5, truth[5]))  # the session is usable again
 
 
 def test_accept_conditions_sam2_and_feeds_replay(disk):
@@ -170,10 +169,10 @@ def test_accept_conditions_sam2_and_feeds_replay(disk):
 
     session, truth = disk
     learner = Learner(session, "default")
-    drain(learner.learn(2, corrected(session, 2, truth[2])))
+    learner.learn(2, corrected(session, 2, truth[2]))
     (candidate,) = learner.propose(frames=[3, 4])
     replay_before = len(learner.pools[1].replay)
-    labels = learner.accept(candidate, frames=[3])
+    labels = learner.accept(candidate, frames=[3]).labels
     assert labels.shape == (1, 64, 64)
     assert np.array_equal(session.labels[3] == 1, candidate.masks[0] | (session.labels[3] == 1))
     assert 3 in session.prompted_frames and len(learner.pools[1].replay) == replay_before + 1
@@ -184,15 +183,12 @@ def test_save_load_reproduces_candidates(disk, tiny_model, tmp_path):
 
     session, truth = disk
     learner = Learner(session, "default")
-    drain(learner.learn(2, corrected(session, 2, truth[2])))
+    learner.learn(2, corrected(session, 2, truth[2]))
     (original,) = learner.propose(frames=[3, 4, 5])
     learner.save(tmp_path / "disk")
     assert (tmp_path / "disk.safetensors").is_file() and (tmp_path / "disk.json").is_file()
+    learner.close()  # free the names so the load keeps them
     other = Learner(session, "default")
-    for name in learner.pools[1].names:  # free the names so the load keeps them
-        from napari_sam_lora.engine.adapters import delete_adapter
-
-        delete_adapter(learner.decoder, name)
     names = other.load(tmp_path / "disk")
     (reloaded,) = other.propose(frames=[3, 4, 5])
     assert names == [original.adapter_name]
@@ -206,7 +202,7 @@ def test_damaged_adapter_file_keeps_current_adapters(disk, tmp_path):
 
     session, truth = disk
     learner = Learner(session, "default")
-    drain(learner.learn(2, corrected(session, 2, truth[2])))
+    learner.learn(2, corrected(session, 2, truth[2]))
     learner.save(tmp_path / "a")
     (tmp_path / "a.safetensors").write_bytes(b"garbage")
     before = adapter_names(learner.decoder)
@@ -228,7 +224,7 @@ def test_two_objects_have_their_own_adapters(tiny_model):
     user[:] = 0
     user[truth[2] == 1] = 1
     user[truth[2] == 2] = 2
-    report = drain(Learner(session, "default").learn(2, user))
+    report = Learner(session, "default").learn(2, user)
     assert {r.adapter_name for r in report.trained} == {"obj1_a0", "obj2_a0"}
 
 
@@ -243,13 +239,10 @@ def _decoy_score(tiny_model, preset: str) -> float:
     session.add_mask(0, 1, truth[0])
     session.propagate_all("forward")
     learner = Learner(session, preset)
-    drain(learner.learn(2, corrected(session, 2, truth[2])))
+    learner.learn(2, corrected(session, 2, truth[2]))
     (candidate,) = learner.propose(frames=[1, 2, 3])
     scores = [iou(m, truth[f]) for f, m in zip(candidate.frames, candidate.masks, strict=True)]
-    from napari_sam_lora.engine.adapters import adapter_names, delete_adapter
-
-    for name in adapter_names(learner.decoder):
-        delete_adapter(learner.decoder, name)
+    learner.close()
     return float(np.mean(scores))
 
 
@@ -263,9 +256,9 @@ def test_adapter_assisted_propagation_uses_confident_adapter(disk):
 
     session, truth = disk
     learner = Learner(session, "strong", assist_margin=0.1)
-    drain(learner.learn(2, corrected(session, 2, truth[2])))
+    learner.learn(2, corrected(session, 2, truth[2]))
     base = [iou(session.labels[t] == 1, truth[t]) for t in (3, 4, 5)]
-    steps = list(learner.propagate("forward", frame_range=(3, 5)))
+    steps = list(learner.propagate_steps("forward", frame_range=(3, 5)))
     assisted = [iou(session.labels[t] == 1, truth[t]) for t in (3, 4, 5)]
     assert [s.frame for s in steps] == [3, 4, 5]
     assert set(learner.adapter_frames) == {3, 4, 5}

@@ -107,7 +107,7 @@ def test_adapter_file_starts_the_learning_run(tmp_path, fast_preset, shared_mode
     session.propagate_all("forward")
     learner = Learner(session, fast_preset)
     fixed = np.where(truth[1] == 1, 1, 0).astype(np.int32)
-    drain(learner.learn(1, fixed))
+    learner.learn(1, fixed)
     learner.save(tmp_path / "pretrained")
     for name in adapter_names(learner.decoder):
         delete_adapter(learner.decoder, name)

@@ -154,7 +154,7 @@ def test_adapter_loads_in_a_learner_and_changes_predictions(trained, tiny_model)
         )
         assert not np.allclose(ours.logits, plain.logits)
         # Live learning continues on top of it (the adapter is fine-tuned, not replaced).
-        report = drain(learner.learn(1, np.where(truth[1], 1, 0).astype(np.int32)))
+        report = learner.learn(1, np.where(truth[1], 1, 0).astype(np.int32))
         assert [(t.adapter_name, t.fine_tune) for t in report.trained] == [("obj1_ft", True)]
         clear(tiny_model)
         # Or as part of the model: plain tracking uses it.

@@ -1,7 +1,10 @@
 """The engine: SAM2, LoRA and training on numpy stacks; no Qt, no napari.
 
 Importing this package is cheap; torch and sam2 load when ``Session`` (or another name
-that needs them) is first used.
+that needs them) is first used. The names exported here are the engine's public API:
+applications (evaluation, fine-tuning, batch, the CLI) and the napari layers use only
+these and the public functions of the engine's modules, never SAM2's internals (which
+live in :mod:`.sam2_bridge`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,15 @@ from napari_sam_lora.engine.prompts import BoxPrompt, MaskPrompt, PointPrompt, P
 
 _LAZY = {
     "Session": "napari_sam_lora.engine.session",
+    "RepropagationReport": "napari_sam_lora.engine.session",
+    "Learner": "napari_sam_lora.engine.learning",
+    "Candidate": "napari_sam_lora.engine.learning",
+    "LearnReport": "napari_sam_lora.engine.learning",
+    "AcceptReport": "napari_sam_lora.engine.learning",
+    "AnnotationState": "napari_sam_lora.engine.annotations",
+    "LoraSettings": "napari_sam_lora.engine.lora_settings",
+    "load_settings": "napari_sam_lora.engine.lora_settings",
+    "drain": "napari_sam_lora.engine.jobs",
     "PropagationStep": "napari_sam_lora.engine.tracking",
     "LoadedModel": "napari_sam_lora.engine.predictor",
     "load_model": "napari_sam_lora.engine.predictor",

@@ -9,6 +9,7 @@ memory-conditioned pixel features and friends that LoRA training needs ("fresh f
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,9 @@ class BoundedStore:
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(list(self._items))
 
     def keys(self) -> list[Any]:
         """Keys from least to most recently used."""

@@ -4,19 +4,25 @@ A correction on frame *t* trains the object's adapter on the decoder inputs SAM2
 while *tracking* frame *t* — looked up by ``(frame, object)``, so another frame's features
 can never be used. A frame that was never tracked is tracked first (without its own
 prompt in memory). The adapted decoder then proposes masks for other frames; accepting a
-proposal makes it a conditioning frame for SAM2 and a replay example for the adapter.
+proposal makes it a confirmed conditioning frame for SAM2 and a replay example for the
+adapter. Frames the user confirmed are never overwritten unless asked.
 
 Example
 -------
->>> from napari_sam_lora.engine.jobs import drain
 >>> learner = Learner(session, settings="default")
->>> report = drain(learner.learn(frame=3, user_labels=edited_frame))
+>>> report = learner.learn(frame=3, user_labels=edited_frame)   # trains right away
 >>> candidates = learner.propose(frames=range(4, 10))
->>> learner.accept(candidates[0])
+>>> learner.accept(candidates[0])                               # skips confirmed frames
+>>> labels = learner.propagate_all("forward")                   # adapter-assisted
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
+import re
+import weakref
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,20 +39,36 @@ from napari_sam_lora.engine.adapter_files import (
     save_adapters,
 )
 from napari_sam_lora.engine.adapter_pool import AdapterPool, CorrectionPlan, ReplayEntry
-from napari_sam_lora.engine.adapters import Proposal, cpu_copy, propose, use_adapter
-from napari_sam_lora.engine.corrections import Correction, diff_corrections, merge_object
+from napari_sam_lora.engine.adapters import (
+    Proposal,
+    activate,
+    adapter_names,
+    cpu_copy,
+    delete_adapter,
+    lora_layers,
+    matching_modules,
+    propose,
+    use_adapter,
+)
+from napari_sam_lora.engine.corrections import Correction, merge_object
 from napari_sam_lora.engine.errors import PromptError, SamLoraError
 from napari_sam_lora.engine.features import DecoderInputs
+from napari_sam_lora.engine.jobs import drain, relay
 from napari_sam_lora.engine.lora_settings import LoraSettings, load_settings
-from napari_sam_lora.engine.prompts import MaskPrompt
-from napari_sam_lora.engine.session import Session
+from napari_sam_lora.engine.session import RepropagationReport, Session
 from napari_sam_lora.engine.tracking import PropagationStep
 from napari_sam_lora.engine.training import TrainingReport, TrainStep, train_adapter
+
+#: Live learners per decoder and namespace, so learners sharing a model keep apart.
+_NAMESPACES: weakref.WeakKeyDictionary[torch.nn.Module, weakref.WeakValueDictionary] = (
+    weakref.WeakKeyDictionary()
+)
+_NAMESPACE_RE = re.compile(r"^(l\d+_)")
 
 
 @dataclass(frozen=True)
 class LearnStep:
-    """Progress of :meth:`Learner.learn`: one training step of one object's adapter."""
+    """Progress of :meth:`Learner.learn_steps`: one training step of one object's adapter."""
 
     obj_id: int
     adapter_name: str
@@ -66,6 +88,25 @@ class LearnReport:
 
 
 @dataclass
+class AcceptReport:
+    """What :meth:`Learner.accept` wrote.
+
+    Attributes
+    ----------
+    frames : list of int
+        Frames whose mask of the object is now the candidate's.
+    skipped : list of int
+        Frames left alone because the user had confirmed them.
+    labels : np.ndarray
+        ``(len(frames), H, W)`` label images of ``frames`` after the accept.
+    """
+
+    frames: list[int]
+    skipped: list[int]
+    labels: np.ndarray
+
+
+@dataclass
 class Candidate:
     """One adapter's proposed masks for one object over some frames.
 
@@ -79,6 +120,9 @@ class Candidate:
         ``(len(frames), H, W)`` bool masks at the stack's resolution.
     confidences : np.ndarray
         Per frame: the model's own predicted IoU × object-score probability.
+    estimated_ious : np.ndarray, optional
+        Per frame: the IoU the user can expect, calibrated on the user's own corrections
+        when a calibrator is available; otherwise the confidences.
     """
 
     obj_id: int
@@ -86,6 +130,11 @@ class Candidate:
     frames: list[int]
     masks: np.ndarray
     confidences: np.ndarray
+    estimated_ious: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.estimated_ious is None:
+            self.estimated_ious = np.asarray(self.confidences, dtype=np.float32)
 
     @property
     def confidence(self) -> float:
@@ -93,16 +142,43 @@ class Candidate:
         return float(np.mean(self.confidences)) if len(self.confidences) else 0.0
 
     @property
+    def estimated_iou(self) -> float:
+        """Mean estimated IoU over the frames."""
+        return float(np.mean(self.estimated_ious)) if len(self.estimated_ious) else 0.0
+
+    @property
+    def span(self) -> str:
+        """``"3"`` or ``"3-7"``: the frames proposed."""
+        if len(self.frames) == 1:
+            return f"{self.frames[0]}"
+        return f"{self.frames[0]}-{self.frames[-1]}"
+
+    @property
+    def short_name(self) -> str:
+        """Short layer name keeping the adapter visible: ``"obj1_a0 3-7 ≈0.86"``."""
+        return f"{self.adapter_name} {self.span} ≈{self.estimated_iou:.2f}"
+
+    @property
     def name(self) -> str:
-        """Human-readable name: object, adapter, frame range, confidence."""
-        span = (
-            f"{self.frames[0]}" if len(self.frames) == 1 else f"{self.frames[0]}-{self.frames[-1]}"
+        """Human-readable name: object, adapter, frame range, estimated IoU."""
+        return (
+            f"obj {self.obj_id} {self.adapter_name} frames {self.span} "
+            f"≈ IoU {self.estimated_iou:.2f}"
         )
-        return f"obj {self.obj_id} {self.adapter_name} frames {span} conf {self.confidence:.2f}"
+
+    def frame_estimate(self, frame: int) -> float | None:
+        """The estimated IoU on ``frame`` (``None`` when the frame is not proposed)."""
+        if frame not in self.frames:
+            return None
+        return float(self.estimated_ious[self.frames.index(frame)])
 
 
 class Learner:
     """Per-object LoRA adapters for one session, trained from corrections.
+
+    A learner owns its adapters: they carry the learner's namespace on the (possibly
+    shared) decoder and are removed by :meth:`close` (or leaving a ``with`` block), so
+    several learners can share one loaded model.
 
     Parameters
     ----------
@@ -114,6 +190,11 @@ class Learner:
     assist_margin : float
         In adapter-assisted propagation, an adapter's mask replaces SAM2's when its
         confidence beats the base model's by this much.
+
+    Raises
+    ------
+    SettingsError, AdapterError
+        Bad settings, or ``target_modules`` matching no module of this decoder.
     """
 
     def __init__(
@@ -124,22 +205,65 @@ class Learner:
     ) -> None:
         self.session = session
         self.settings = settings if isinstance(settings, LoraSettings) else load_settings(settings)
+        if not matching_modules(self.decoder, self.settings.target_modules):
+            from napari_sam_lora.engine.adapters import AdapterError
+
+            raise AdapterError(
+                f"target_modules {self.settings.target_modules[:80]!r} matches no module of "
+                "the mask decoder; fix the LoRA settings"
+            )
+        self.assist_margin = float(assist_margin)
         self.pools: dict[int, AdapterPool] = {}
         self.reports: list[TrainingReport] = []
-        self.assist_margin = float(assist_margin)
         self.adapter_frames: dict[int, set[int]] = {}
+        self._loaded: dict[str, list[str]] = {}  # file content digest → names
+        self.namespace = _claim_namespace(self.decoder, self)
+        self._closed = False
 
     @property
     def decoder(self) -> torch.nn.Module:
         """SAM2's mask decoder (the adapters live on it, in place)."""
         return self.session.model.predictor.sam_mask_decoder
 
+    def adapter_names(self, obj_id: int | None = None) -> list[str]:
+        """This learner's adapters (of one object, or all)."""
+        pools = self.pools.values() if obj_id is None else [self.pools.get(int(obj_id))]
+        return [n for pool in pools if pool is not None for n in pool.names]
+
+    def _pool(self, obj_id: int) -> AdapterPool:
+        return self.pools.setdefault(
+            int(obj_id), AdapterPool(int(obj_id), self.settings, prefix=self.namespace)
+        )
+
+    # -- lifetime -------------------------------------------------------------------------
+    def close(self) -> None:
+        """Remove this learner's adapters from the decoder and release its namespace."""
+        if self._closed:
+            return
+        present = set(adapter_names(self.decoder))
+        for name in self.adapter_names():
+            if name in present:
+                delete_adapter(self.decoder, name)
+        self._base_mode()
+        self.pools.clear()
+        self._loaded.clear()
+        _NAMESPACES.get(self.decoder, {}).pop(self.namespace, None)
+        self._closed = True
+
+    def __enter__(self) -> Learner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- learning -------------------------------------------------------------------------
-    def learn(self, frame: int, user_labels: np.ndarray) -> Generator[LearnStep, None, LearnReport]:
+    def learn_steps(
+        self, frame: int, user_labels: np.ndarray
+    ) -> Generator[LearnStep, None, LearnReport]:
         """Turn the user's edit of ``frame`` into corrections and train on them right away.
 
-        The corrections become SAM2 conditioning masks; each corrected object's adapter
-        (new or fine-tuned, LIT's rule) trains on that frame's own recorded inputs.
+        The corrections become confirmed SAM2 conditioning masks; each corrected object's
+        adapter (new or fine-tuned, LIT's rule) trains on that frame's own recorded inputs.
         Closing the generator cancels: the adapter being trained keeps its old weights.
 
         Raises
@@ -149,17 +273,13 @@ class Learner:
             be tracked (no memory for the object yet).
         """
         session = self.session
-        if not 0 <= int(frame) < session.num_frames:
-            raise PromptError(f"frame {frame} is out of range (0–{session.num_frames - 1})")
-        corrections = diff_corrections(
-            frame, session.labels[frame], user_labels, set(session.object_ids)
-        )
+        corrections = session.diff(frame, user_labels)
         report = LearnReport(int(frame), corrections)
-        with session._job(), session.model.precision():
+        with session.exclusive():
             inputs = {c.obj_id: self._inputs_for(c, report) for c in corrections}
-            session._condition_on([MaskPrompt(c.frame, c.obj_id, c.mask) for c in corrections])
+            session.condition_on(corrections, "correction")
         to_train = [c for c in corrections if inputs.get(c.obj_id) is not None]
-        with session._job():
+        with session.exclusive():
             for index, correction in enumerate(to_train, start=1):
                 trained = yield from self._train_one(
                     correction, inputs[correction.obj_id], index, len(to_train)
@@ -168,6 +288,10 @@ class Learner:
         self._base_mode()
         return report
 
+    def learn(self, frame: int, user_labels: np.ndarray) -> LearnReport:
+        """Eager :meth:`learn_steps`: train on the correction and return the report."""
+        return drain(self.learn_steps(frame, user_labels))
+
     def _inputs_for(self, correction: Correction, report: LearnReport) -> DecoderInputs | None:
         if correction.kind == "new":
             report.skipped[correction.obj_id] = "new object: learning starts at its next correction"
@@ -175,7 +299,7 @@ class Learner:
         record = self.session.decoder_inputs(correction.frame, correction.obj_id)
         if record is None:
             self._base_mode()
-            record = self.session._track_to_record(correction.frame, correction.obj_id)
+            record = self.session.track_frame(correction.frame, correction.obj_id)
         if (record.frame, record.obj_id) != (correction.frame, correction.obj_id):
             raise SamLoraError(
                 f"recorded inputs belong to frame {record.frame}, object {record.obj_id}, not "
@@ -187,7 +311,7 @@ class Learner:
         self, correction: Correction, inputs: DecoderInputs, index: int, count: int
     ) -> Generator[LearnStep, None, TrainingReport]:
         obj_id = correction.obj_id
-        pool = self.pools.setdefault(obj_id, AdapterPool(obj_id, self.settings))
+        pool = self._pool(obj_id)
         plan: CorrectionPlan = pool.plan(self.decoder, inputs, correction.mask)
         pool.begin(self.decoder, plan)
         steps = train_adapter(
@@ -195,16 +319,11 @@ class Learner:
         )
         finished = False
         try:
-            while True:
-                try:
-                    step = next(steps)
-                except StopIteration as stop:
-                    report = stop.value
-                    break
-                yield LearnStep(obj_id, plan.adapter_name, index, count, step)
+            report = yield from relay(
+                steps, lambda step: LearnStep(obj_id, plan.adapter_name, index, count, step)
+            )
             finished = True
         finally:
-            steps.close()
             if not finished:
                 pool.abort(self.decoder, plan)
         pool.commit(plan, report)
@@ -212,43 +331,83 @@ class Learner:
         return report
 
     def _base_mode(self) -> None:
-        from napari_sam_lora.engine.adapters import activate, lora_layers
-
         if lora_layers(self.decoder):
             activate(self.decoder, None)
 
     # -- adapter-assisted propagation -----------------------------------------------------
-    def propagate(
-        self, direction: str = "forward", frame_range: tuple[int, int] | None = None
+    def propagate_steps(
+        self,
+        direction: str = "forward",
+        frame_range: tuple[int, int] | None = None,
+        assist: bool = True,
     ) -> Iterator[PropagationStep]:
-        """:meth:`Session.propagate` with the adapters assisting.
+        """:meth:`Session.propagate_steps` with the adapters assisting (when ``assist``).
 
         On every tracked frame, where an object's most confident adapter beats SAM2's own
         confidence by ``assist_margin``, the adapter's mask is used (and goes to memory);
-        such frames are recorded in :attr:`adapter_frames` (frame → object ids).
+        such frames get the source ``"adapter"`` and are listed in :attr:`adapter_frames`.
         """
-        state = self.session.state
-        state["assist"] = self._assist
+        if not assist or not self.adapter_names():
+            yield from self.session.propagate_steps(direction, frame_range)
+            return
         try:
-            yield from self.session.propagate(direction, frame_range)
+            with self.session.assisting(self._assist):
+                yield from self.session.propagate_steps(direction, frame_range)
         finally:
-            state.pop("assist", None)
             self._base_mode()
 
-    def _assist(self, frame: int, obj_id: int, kwargs: dict, output: tuple) -> tuple | None:
+    def propagate_all(
+        self,
+        direction: str = "both",
+        frame_range: tuple[int, int] | None = None,
+        assist: bool = True,
+    ) -> np.ndarray:
+        """Eager :meth:`propagate_steps`; returns the session's labels ``(T, H, W)``."""
+        for _ in self.propagate_steps(direction, frame_range, assist):
+            pass
+        return self.session.labels
+
+    def repropagate_steps(
+        self, frame: int, assist: bool = True, **options: Any
+    ) -> Generator[PropagationStep, None, RepropagationReport]:
+        """:meth:`Session.repropagate_steps` with the adapters assisting (when ``assist``)."""
+        if not assist or not self.adapter_names():
+            return (yield from self.session.repropagate_steps(frame, **options))
+        try:
+            with self.session.assisting(self._assist):
+                return (yield from self.session.repropagate_steps(frame, **options))
+        finally:
+            self._base_mode()
+
+    def repropagate(self, frame: int, assist: bool = True, **options: Any) -> RepropagationReport:
+        """Eager :meth:`repropagate_steps`."""
+        return drain(self.repropagate_steps(frame, assist, **options))
+
+    def _assist(
+        self, frame: int, obj_id: int, kwargs: dict, output: tuple
+    ) -> tuple[Any, str] | None:
         pool = self.pools.get(obj_id)
         record = self.session.decoder_inputs(frame, obj_id)
         if pool is None or not pool.names or record is None:
+            self._forget_adapter_frame(frame, obj_id)
             return None
         _, ious, _, object_logits = output
         base = float(ious[0].max()) * float(torch.sigmoid(object_logits.reshape(-1)[0]))
         best = pool.best(self.decoder, record)
         if best is None or best.confidence <= base + self.assist_margin:
+            self._forget_adapter_frame(frame, obj_id)
             return None
         with use_adapter(self.decoder, best.adapter_name):
             replaced = self.decoder(**kwargs)
         self.adapter_frames.setdefault(frame, set()).add(obj_id)
-        return replaced
+        return replaced, str(best.adapter_name)
+
+    def _forget_adapter_frame(self, frame: int, obj_id: int) -> None:
+        ids = self.adapter_frames.get(frame)
+        if ids is not None:
+            ids.discard(obj_id)
+            if not ids:
+                del self.adapter_frames[frame]
 
     # -- candidates -----------------------------------------------------------------------
     def propose(
@@ -258,18 +417,36 @@ class Learner:
 
         Uses the decoder inputs recorded while tracking (decoder only: fast). Frames
         without recorded inputs for an object are skipped for it.
+
+        Raises
+        ------
+        PromptError
+            A frame out of range, or an object this learner has no adapter for.
         """
-        wanted = range(self.session.num_frames) if frames is None else sorted(set(frames))
-        ids = self.pools if obj_ids is None else [i for i in obj_ids if i in self.pools]
+        n = self.session.num_frames
+        wanted = range(n) if frames is None else sorted({int(f) for f in frames})
+        bad = [f for f in wanted if not 0 <= f < n]
+        if bad:
+            raise PromptError(f"frame(s) {bad[:5]} out of range: the stack has frames 0–{n - 1}")
+        if obj_ids is None:
+            ids = list(self.pools)
+        else:
+            ids = [int(i) for i in obj_ids]
+            unknown = [i for i in ids if i not in self.pools]
+            if unknown:
+                raise PromptError(
+                    f"no adapter for object(s) {unknown}: correct a frame of it first "
+                    f"(objects with adapters: {sorted(self.pools) or 'none'})"
+                )
         candidates = []
-        with self.session._job():
+        with self.session.exclusive():
             for obj_id in ids:
                 records = [r for f in wanted if (r := self.session.decoder_inputs(f, obj_id))]
                 for name in self.pools[obj_id].names:
                     if records:
                         candidates.append(self._candidate(obj_id, name, records))
             self._base_mode()
-        return sorted(candidates, key=lambda c: c.confidence, reverse=True)
+        return sorted(candidates, key=lambda c: c.estimated_iou, reverse=True)
 
     def _candidate(self, obj_id: int, name: str, records: list[DecoderInputs]) -> Candidate:
         proposals = [propose(self.decoder, name, r) for r in records]
@@ -284,31 +461,67 @@ class Learner:
             F.interpolate(logits, size=size, mode="bilinear", align_corners=False)[0, 0].numpy() > 0
         )
 
-    def accept(self, candidate: Candidate, frames: Iterable[int] | None = None) -> np.ndarray:
-        """Make a candidate's masks SAM2 conditioning frames and replay examples.
+    def accept(
+        self,
+        candidate: Candidate,
+        frames: Iterable[int] | None = None,
+        overwrite_confirmed: bool = False,
+        source: str = "accepted",
+    ) -> AcceptReport:
+        """Make a candidate's masks confirmed SAM2 conditioning frames and replay examples.
 
-        Returns the ``(n, H, W)`` label images of the accepted frames after merging the
-        object's mask into the session's labels (other objects' pixels are kept).
+        Parameters
+        ----------
+        candidate : Candidate
+            From :meth:`propose`.
+        frames : iterable of int, optional
+            The frames to accept (default: all the candidate's).
+        overwrite_confirmed : bool
+            Also replace masks the user confirmed (prompted, corrected, accepted) on those
+            frames; by default they are skipped.
+        source : {"accepted", "auto_accepted"}
+            Recorded in the session's annotations.
+
+        Returns
+        -------
+        AcceptReport
+            Frames written and skipped; label images of the written frames.
         """
-        chosen = [f for f in candidate.frames if frames is None or f in set(frames)]
-        pool = self.pools[candidate.obj_id]
+        asked = None if frames is None else {int(f) for f in frames}
+        if asked is not None and not asked <= set(candidate.frames):
+            missing = sorted(asked - set(candidate.frames))
+            raise PromptError(f"the candidate does not propose frame(s) {missing[:5]}")
+        chosen = [f for f in candidate.frames if asked is None or f in asked]
+        annotations = self.session.annotations
+        skipped = [
+            f
+            for f in chosen
+            if not overwrite_confirmed
+            and annotations.is_confirmed(f, candidate.obj_id)
+            and annotations.source(f, candidate.obj_id) != "auto_accepted"
+        ]
+        pool = self._pool(candidate.obj_id)
         corrections = []
-        for frame in chosen:
+        for frame in (f for f in chosen if f not in skipped):
             mask = candidate.masks[candidate.frames.index(frame)]
             merged = merge_object(self.session.labels[frame], candidate.obj_id, mask)
             obj_mask = merged == candidate.obj_id
+            previous = annotations.confirmed_mask(frame, candidate.obj_id)
+            if previous is not None and np.array_equal(previous, obj_mask):
+                continue  # the same accept twice: nothing new for SAM2 or the replay
             corrections.append(Correction(frame, candidate.obj_id, obj_mask, "changed", 0))
             record = self.session.decoder_inputs(frame, candidate.obj_id)
             if record is not None and self.settings.replay_size > 0:
                 pool.replay.append(ReplayEntry(candidate.adapter_name, cpu_copy(record), obj_mask))
-        with self.session._job(), self.session.model.precision():
-            self.session._condition_on([MaskPrompt(c.frame, c.obj_id, c.mask) for c in corrections])
-        return self.session.labels[chosen]
+        with self.session.exclusive():
+            self.session.condition_on(corrections, source, adapter=candidate.adapter_name)
+        written = [c.frame for c in corrections]
+        return AcceptReport(written, skipped, self.session.labels[written])
 
     # -- files ----------------------------------------------------------------------------
     def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> tuple[Path, Path]:
         """Save every adapter (safetensors + JSON with base model, settings, reports)."""
-        names = [n for pool in self.pools.values() for n in pool.names]
+        names = self.adapter_names()
         if not names:
             raise SamLoraError("no adapters to save yet: correct a frame first")
         spec = self.session.model.spec
@@ -317,7 +530,7 @@ class Learner:
             self.decoder,
             names,
             {"model": spec.label, "untrained": spec.untrained, **(metadata or {})},
-            variant=spec.variant.name,
+            variant=("untrained:" if spec.untrained else "") + spec.variant.name,
             settings=self.settings,
             object_ids={n: obj for obj, pool in self.pools.items() for n in pool.names},
             reports={
@@ -330,34 +543,69 @@ class Learner:
     def load(self, path: str | Path) -> list[str]:
         """Load adapters from a file onto this session's model; returns their names.
 
-        Names already in use are renamed to the object's next free slot. On any error
-        (damaged file, other base model) the current adapters are kept unchanged.
+        Names already in use are renamed to the object's next free slot; a file whose
+        content is already loaded is not loaded again (its names are returned). On any
+        error (damaged file, other base model) the current adapters are kept unchanged.
         """
-        existing = {n for pool in self.pools.values() for n in pool.names}
-        rename = _free_names(path, existing)
+        digest = _content_digest(path)
+        if digest is not None and digest in self._loaded:
+            return list(self._loaded[digest])
+        rename = _free_names(path, set(adapter_names(self.decoder)), self.namespace)
         loaded = load_adapters(path, self.decoder, decoder_checksum(self.decoder), rename=rename)
         for name in loaded.names:
             obj_id = loaded.object_ids.get(name)
             if obj_id is None:
                 continue
-            self.pools.setdefault(int(obj_id), AdapterPool(int(obj_id), self.settings)).adopt(name)
+            self._pool(int(obj_id)).adopt(name)
         self._base_mode()
+        if digest is not None:
+            self._loaded[digest] = list(loaded.names)
         return loaded.names
 
 
-def _free_names(path: str | Path, existing: set[str]) -> dict[str, str]:
-    import json
+def _claim_namespace(decoder: torch.nn.Module, learner: Learner) -> str:
+    """The first free namespace on ``decoder``: ``""`` for the first learner, then ``l2_``…
 
+    A namespace is free when no live learner holds it and no adapter on the decoder
+    carries it (an adapter left by a learner that was dropped without ``close()``).
+    """
+    live = _NAMESPACES.setdefault(decoder, weakref.WeakValueDictionary())
+    used = {_namespace_of(name) for name in adapter_names(decoder)}
+    for k in itertools.count(1):
+        name = "" if k == 1 else f"l{k}_"
+        if name not in live and name not in used:
+            live[name] = learner
+            return name
+    raise AssertionError("unreachable")
+
+
+def _namespace_of(adapter_name: str) -> str:
+    match = _NAMESPACE_RE.match(adapter_name)
+    return match.group(1) if match else ""
+
+
+def _content_digest(path: str | Path) -> str | None:
+    """SHA-256 of an adapter file's tensors (``None`` when unreadable: load reports it)."""
+    st_path = adapter_paths(path)[0]
+    try:
+        return hashlib.sha256(st_path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _free_names(path: str | Path, existing: set[str], namespace: str) -> dict[str, str]:
+    """``{name in file: free name in this learner's namespace}``."""
     json_path = adapter_paths(path)[1]
     try:
-        names = [e["name"] for e in json.loads(json_path.read_text())["adapters"]]
+        names = [str(e["name"]) for e in json.loads(json_path.read_text("utf-8"))["adapters"]]
     except Exception:
         return {}  # load_adapters reports the problem
     rename, taken = {}, set(existing)
     for name in names:
-        new, k = name, 1
+        base = name if name.startswith(namespace) else f"{namespace}{name}"
+        new, k = base, 1
         while new in taken:
-            new, k = f"{name}_{k}", k + 1
+            new, k = f"{base}_{k}", k + 1
         taken.add(new)
         rename[name] = new
     return rename

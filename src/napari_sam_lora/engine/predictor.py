@@ -1,31 +1,22 @@
-"""SAM2's video predictor, adapted to stacks: feature cache, decoder-input capture, fixes.
+"""Loading SAM2 for stacks: :func:`load_model` → :class:`LoadedModel`.
 
-:class:`StackPredictor` subclasses sam2's ``SAM2VideoPredictor`` and changes three things:
-
-- image features of every visited frame are kept in a bounded cache held by the inference
-  state, so re-propagation makes no image-encoder call for cached frames;
-- while a frame is *tracked* (no prompt on it), the mask decoder's inputs are recorded per
-  (frame, object) — the "fresh features" LoRA training needs;
-- on devices without autocast, memory features stay float32 (sam2 stores them as bfloat16,
-  which crashes memory attention on CPU for a second object or reverse tracking).
-
-:func:`load_model` builds it from a model name (see :mod:`.models`).
+The predictor itself (feature cache, decoder-input capture, CPU fixes) is
+:class:`~napari_sam_lora.engine.sam2_bridge.StackPredictor`; model names, checkpoints and
+devices are in :mod:`.models`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Generator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from sam2 import sam2_video_predictor as _svp
 from sam2.build_sam import build_sam2_video_predictor
 
 from napari_sam_lora.engine.errors import CheckpointError
-from napari_sam_lora.engine.features import BoundedStore, DecoderInputs
-from napari_sam_lora.engine.jobs import drain
+from napari_sam_lora.engine.jobs import drain, relay
 from napari_sam_lora.engine.models import (
     ModelSpec,
     iter_download,
@@ -35,121 +26,16 @@ from napari_sam_lora.engine.models import (
     variant_of_state,
     verify_checksum,
 )
+from napari_sam_lora.engine.sam2_bridge import StackPredictor
 
-# sam2 wraps propagation in a tqdm bar printed to stderr; our callers show their own.
-_svp.tqdm = lambda iterable, **_: iterable
+__all__ = ["LoadedModel", "StackPredictor", "iter_load_model", "load_model"]
 
 _SAM2_OVERRIDES = [
-    "++model._target_=napari_sam_lora.engine.predictor.StackPredictor",
-    # Keep corrections on already tracked frames as conditioning frames (DESIGN §3b).
+    "++model._target_=napari_sam_lora.engine.sam2_bridge.StackPredictor",
+    # Keep corrections on already tracked frames as conditioning frames (see
+    # docs/architecture.md, "SAM2 settings").
     "++model.add_all_frames_to_correct_as_cond=true",
 ]
-
-
-class StackPredictor(_svp.SAM2VideoPredictor):
-    """``SAM2VideoPredictor`` with a feature cache, decoder-input capture and CPU fixes."""
-
-    encoder_calls: int = 0
-
-    def _get_image_feature(self, inference_state: dict, frame_idx: int, batch_size: int):
-        store: BoundedStore = inference_state["feature_store"]
-        cached = store.get(frame_idx)
-        if cached is None:
-            device = inference_state["device"]
-            image = inference_state["images"][frame_idx].to(device).float().unsqueeze(0)
-            backbone_out = self.forward_image(image)
-            self.encoder_calls += 1
-            shared_pos = inference_state.setdefault(
-                "shared_pos_enc", backbone_out["vision_pos_enc"]
-            )
-            cached = list(backbone_out["backbone_fpn"])
-            store.put(frame_idx, cached)
-        else:
-            shared_pos = inference_state["shared_pos_enc"]
-        backbone_out = {
-            "vision_features": cached[-1],
-            "vision_pos_enc": list(shared_pos),
-            "backbone_fpn": list(cached),
-        }
-        placeholder = inference_state["image_placeholder"]
-        inference_state["cached_features"] = {frame_idx: (placeholder, backbone_out)}
-        return super()._get_image_feature(inference_state, frame_idx, batch_size)
-
-    def _run_single_frame_inference(self, inference_state: dict, output_dict: dict, **kwargs):
-        frame_idx = kwargs["frame_idx"]
-        tracking = kwargs.get("point_inputs") is None and kwargs.get("mask_inputs") is None
-        obj_id = _obj_id_of(inference_state, output_dict)
-        capture = tracking and obj_id is not None and not kwargs.get("is_init_cond_frame")
-        with self._capturing(inference_state, frame_idx, obj_id) if capture else nullcontext():
-            out, masks = super()._run_single_frame_inference(
-                inference_state=inference_state, output_dict=output_dict, **kwargs
-            )
-        out["maskmem_features"] = self._storable(out["maskmem_features"])
-        return out, masks
-
-    def _run_memory_encoder(self, inference_state: dict, *args: Any, **kwargs: Any):
-        features, pos_enc = super()._run_memory_encoder(inference_state, *args, **kwargs)
-        return self._storable(features), pos_enc
-
-    def _storable(self, features: torch.Tensor | None) -> torch.Tensor | None:
-        """Memory features in a dtype memory attention accepts without autocast."""
-        if features is None or self.device.type == "cuda":
-            return features
-        return features.float()
-
-    @contextmanager
-    def _capturing(self, inference_state: dict, frame_idx: int, obj_id: int) -> Iterator[None]:
-        """Record the mask decoder's inputs for ``(frame_idx, obj_id)`` during the block."""
-        store: BoundedStore = inference_state["decoder_store"]
-
-        def hook(_module: torch.nn.Module, _args: tuple, kwargs: dict) -> None:
-            record = DecoderInputs(
-                frame=frame_idx,
-                obj_id=obj_id,
-                image_embeddings=kwargs["image_embeddings"].detach(),
-                image_pe=kwargs["image_pe"].detach(),
-                sparse_prompt_embeddings=kwargs["sparse_prompt_embeddings"].detach(),
-                dense_prompt_embeddings=kwargs["dense_prompt_embeddings"].detach(),
-                high_res_features=tuple(f.detach() for f in kwargs["high_res_features"]),
-                multimask_output=bool(kwargs["multimask_output"]),
-            )
-            store.put((frame_idx, obj_id), record)
-
-        handles = [self.sam_mask_decoder.register_forward_pre_hook(hook, with_kwargs=True)]
-        assist = inference_state.get("assist")
-        if assist is not None:
-            handles.append(self._assist_hook(assist, frame_idx, obj_id))
-        try:
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
-
-    def _assist_hook(self, assist: Any, frame_idx: int, obj_id: int) -> Any:
-        """Let ``assist(frame, obj_id, kwargs, output)`` replace the decoder's output.
-
-        ``assist`` may call the decoder itself; those nested calls are not re-assisted.
-        """
-        busy = False
-
-        def hook(_module: torch.nn.Module, _args: tuple, kwargs: dict, output: Any) -> Any:
-            nonlocal busy
-            if busy:
-                return None
-            busy = True
-            try:
-                return assist(frame_idx, obj_id, kwargs, output)
-            finally:
-                busy = False
-
-        return self.sam_mask_decoder.register_forward_hook(hook, with_kwargs=True)
-
-
-def _obj_id_of(inference_state: dict, output_dict: dict) -> int | None:
-    for obj_idx, obj_output in inference_state["output_dict_per_obj"].items():
-        if obj_output is output_dict:
-            return inference_state["obj_idx_to_id"][obj_idx]
-    return None
 
 
 @dataclass
@@ -197,7 +83,7 @@ def _build(spec: ModelSpec, device: torch.device, image_size: int | None) -> Sta
         spec.variant.config, ckpt_path=None, device="cpu", hydra_overrides_extra=overrides
     )
     # sam2's builder sets fill_hole_area=8 after hydra overrides; hole filling needs an
-    # optional compiled extension and warns on every frame without it (DESIGN §3c).
+    # optional compiled extension and warns on every frame without it.
     predictor.fill_hole_area = 0
     return predictor
 
@@ -216,16 +102,6 @@ def _load_weights(predictor: StackPredictor, spec: ModelSpec, path: Any) -> None
         raise CheckpointError(
             f"{path} does not fit {spec.variant.name}: {str(exc).splitlines()[0]}"
         ) from exc
-
-
-def _staged(stage: str, steps: Generator[tuple[int, int], None, Any]) -> Generator:
-    """Relay ``(done, total)`` progress as ``(stage, done, total)``; return the result."""
-    while True:
-        try:
-            done, total = next(steps)
-        except StopIteration as stop:
-            return stop.value
-        yield stage, done, total
 
 
 def iter_load_model(
@@ -248,7 +124,7 @@ def iter_load_model(
     torch_device = pick_device(device)
     path = spec.path
     if not spec.untrained and path is None:
-        path = yield from _staged("download", iter_download(spec.variant))
+        path = yield from relay(iter_download(spec.variant), lambda p: ("download", *p))
     yield ("build", 0, 1)
     predictor = _build(spec, torch_device, image_size)
     if path is not None:

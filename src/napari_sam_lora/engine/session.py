@@ -1,29 +1,43 @@
 """``Session``: the one object widgets and scripts use to segment a stack with SAM2.
 
+A session keeps, per (frame, object), who made the mask (:mod:`.annotations`): frames the
+user confirmed — prompted, corrected or accepted — stay SAM2 conditioning frames for the
+whole session and keep their masks exactly; propagation continues from all of them and
+rewrites only model-made masks.
+
 Example
 -------
 >>> from napari_sam_lora import Session
 >>> session = Session(stack, model="untrained:sam2.1_hiera_tiny", image_size=512)
 >>> session.add_points(frame=0, obj_id=1, points=[[64, 40]], labels=[1])  # (row, col)
 >>> labels = session.propagate_all(direction="forward")                    # (T, H, W)
+>>> edited = labels[5].copy(); edited[10:20, 10:20] = 1                   # the user's fix
+>>> session.add_correction(5, edited)                                      # confirmed
+>>> report = session.repropagate(5)          # re-tracks only what the correction changes
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from napari_sam_lora.engine import sam2_bridge as bridge
+from napari_sam_lora.engine.annotations import AnnotationState, overlay_confirmed
+from napari_sam_lora.engine.corrections import Correction, diff_corrections
 from napari_sam_lora.engine.errors import PromptError, SamLoraError
 from napari_sam_lora.engine.features import BoundedStore, DecoderInputs
 from napari_sam_lora.engine.frames import NormalisedFrames, new_inference_state
+from napari_sam_lora.engine.jobs import drain
 from napari_sam_lora.engine.models import DEFAULT_MODEL
 from napari_sam_lora.engine.predictor import LoadedModel, load_model
 from napari_sam_lora.engine.prompts import BoxPrompt, MaskPrompt, PointPrompt, Prompt
 from napari_sam_lora.engine.tracking import (
+    Pass,
     PropagationStep,
     compose_labels,
     plan_passes,
@@ -35,8 +49,31 @@ from napari_sam_lora.engine.tracking import (
 _MB = 2**20
 
 
+@dataclass
+class RepropagationReport:
+    """What :meth:`Session.repropagate_steps` did.
+
+    Attributes
+    ----------
+    frame : int
+        The frame the change was made on.
+    tracked : list of int
+        Frames re-tracked, in order.
+    stopped : dict
+        ``{"forward"|"backward": frame}`` where a pass stopped early because the new masks
+        agreed with the previous ones; a direction missing here ran to the stack's end.
+    full : bool
+        Whether a full re-propagation was asked for.
+    """
+
+    frame: int
+    tracked: list[int] = field(default_factory=list)
+    stopped: dict[str, int] = field(default_factory=dict)
+    full: bool = False
+
+
 class Session:
-    """SAM2 on one image stack: prompts in, label images out.
+    """SAM2 on one image stack: prompts and corrections in, label images out.
 
     Parameters
     ----------
@@ -45,7 +82,8 @@ class Session:
         Frames are read and normalised lazily (see :mod:`napari_sam_lora.engine.frames`).
     model : str or LoadedModel
         A variant name (``"sam2.1_hiera_tiny"``), ``"untrained:<variant>"`` (random
-        weights), a checkpoint path, or an already loaded model to share between stacks.
+        weights), a checkpoint path, or an already loaded model. Several sessions may share
+        one loaded model (one job at a time on it).
     device : str, optional
         ``"cuda"``, ``"mps"``, ``"cpu"``; default: the best available.
     image_size : int, optional
@@ -73,15 +111,23 @@ class Session:
         feature_cache_mb: float = 2048.0,
         decoder_cache_mb: float = 1024.0,
     ) -> None:
+        # The stack is checked before a model is loaded: bad input fails fast.
+        frames = NormalisedFrames(stack, image_size or 1024)
         self.model = (
             model if isinstance(model, LoadedModel) else load_model(model, device, image_size)
         )
-        self.frames = NormalisedFrames(stack, self.model.image_size)
+        self.frames = (
+            frames
+            if frames.image_size == self.model.image_size
+            else NormalisedFrames(stack, self.model.image_size, intensity=frames.intensity)
+        )
         self.state = new_inference_state(
             self.frames, self.model.device, feature_cache_mb * _MB, decoder_cache_mb * _MB
         )
         self.labels = np.zeros((self.num_frames, *self.frame_shape), dtype=np.int32)
         self.prompts: list[Prompt] = []
+        self.annotations = AnnotationState()
+        self._assisted: dict[tuple[int, int], str] = {}
         self._busy = threading.Lock()
 
     # -- facts -----------------------------------------------------------------------------
@@ -103,17 +149,36 @@ class Session:
     @property
     def object_ids(self) -> list[int]:
         """Ids of the objects SAM2 currently tracks."""
-        return list(self.state["obj_ids"])
+        return bridge.object_ids(self.state)
 
     @property
     def prompted_frames(self) -> list[int]:
-        """Frames that carry a prompt."""
-        return prompted_frames(self.prompts)
+        """Frames SAM2 is conditioned on: prompted, corrected or accepted (= confirmed)."""
+        return self.annotations.confirmed_frames()
+
+    @property
+    def confirmed_frames(self) -> list[int]:
+        """Frames with a mask the user confirmed (prompted, corrected or accepted)."""
+        return self.annotations.confirmed_frames()
+
+    def conditioning_frames(self, obj_id: int) -> list[int]:
+        """Frames SAM2 holds as conditioning frames for ``obj_id``."""
+        return bridge.conditioning_frames(self.state, obj_id)
 
     @property
     def encoder_calls(self) -> int:
-        """Image-encoder runs so far (cached frames cost none)."""
+        """Image-encoder runs so far on this session's model (cached frames cost none)."""
         return self.model.predictor.encoder_calls
+
+    @property
+    def encoder_seconds(self) -> float:
+        """Seconds the image encoder ran so far on this session's model."""
+        return self.model.predictor.encoder_seconds
+
+    @property
+    def memory_frames(self) -> int:
+        """Frames SAM2's memory bank holds (7 for SAM2.1)."""
+        return bridge.memory_frames(self.model.predictor)
 
     @property
     def feature_cache(self) -> BoundedStore:
@@ -124,20 +189,85 @@ class Session:
         """What the mask decoder saw while tracking ``obj_id`` on ``frame`` (or ``None``)."""
         return self.state["decoder_store"].get((int(frame), int(obj_id)))
 
+    def clear_records(self, obj_id: int | None = None) -> None:
+        """Forget recorded decoder inputs (of one object, or all)."""
+        store: BoundedStore = self.state["decoder_store"]
+        if obj_id is None:
+            store.clear()
+            return
+        for key in [k for k in store if k[1] == int(obj_id)]:
+            store.pop(key)
+
+    # -- jobs ------------------------------------------------------------------------------
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the session for one job; a second job meanwhile is refused, not queued.
+
+        Raises
+        ------
+        SamLoraError
+            Another job is running on this session.
+        """
+        if not self._busy.acquire(blocking=False):
+            raise SamLoraError("this session is busy with another job; wait or cancel it first")
+        try:
+            yield
+        finally:
+            self._busy.release()
+
+    # -- encoding --------------------------------------------------------------------------
+    def encode_steps(
+        self, frames: Iterable[int] | None = None
+    ) -> Generator[tuple[int, int], None, int]:
+        """Fill the feature cache, yielding ``(done, total)``; returns frames encoded.
+
+        Stops after the first frame when the cache cannot hold every frame asked for
+        (they are then encoded when tracked).
+        """
+        wanted = range(self.num_frames) if frames is None else sorted(set(map(int, frames)))
+        total, store = len(wanted), self.feature_cache
+        with self.exclusive():
+            for done, frame in enumerate(wanted, start=1):
+                with self.model.precision():
+                    bridge.encode(self.model.predictor, self.state, frame)
+                yield done, total
+                if done == 1 and store.nbytes * total > store.budget_bytes:
+                    return 1
+        return total
+
+    def encode(self, frames: Iterable[int] | None = None) -> int:
+        """Eager :meth:`encode_steps`."""
+        return drain(self.encode_steps(frames))
+
     # -- prompts ---------------------------------------------------------------------------
     def validate_prompts(self, prompts: Sequence[Prompt]) -> None:
         """Raise :class:`PromptError` naming the first prompt SAM2 cannot use."""
         validate_prompts(prompts, self.num_frames, self.frame_shape)
 
     def reset(self) -> None:
-        """Forget prompts and tracking results; keep cached image features."""
-        with self._job():
+        """Forget prompts, corrections and tracking results; keep cached image features."""
+        with self.exclusive():
             self.model.predictor.reset_state(self.state)
             self.prompts = []
+            self.annotations.clear()
+            self._assisted.clear()
             self.labels[:] = 0
+
+    def reset_object(self, obj_id: int) -> None:
+        """Forget one object — its prompts, confirmed frames and masks; the others stay."""
+        obj_id = int(obj_id)
+        with self.exclusive():
+            bridge.remove_object(self.model.predictor, self.state, obj_id)
+            self.prompts = [p for p in self.prompts if int(p.obj_id) != obj_id]
+            self.annotations.forget_object(obj_id)
+            self.clear_records(obj_id)
+            self.labels[self.labels == obj_id] = 0
 
     def add_prompts(self, prompts: Iterable[Prompt]) -> np.ndarray:
         """Add prompts (validated first); return the label images of the prompted frames.
+
+        The prompted (frame, object)s become confirmed: their masks are SAM2's answer to
+        the prompt (for a mask prompt, the mask itself).
 
         Returns
         -------
@@ -146,12 +276,25 @@ class Session:
         """
         prompts = list(prompts)
         self.validate_prompts(prompts)
-        with self._job(), self.model.precision():
-            send_prompts(self.model.predictor, self.state, prompts)
-            self.prompts.extend(prompts)
-            for frame in prompted_frames(prompts):
-                self.labels[frame] = self._frame_labels(frame)
+        with self.exclusive():
+            self._send(prompts)
         return self.labels[self.prompted_frames]
+
+    def _send(self, prompts: Sequence[Prompt]) -> None:
+        """Give validated prompts to SAM2 and confirm what they produce (job held)."""
+        with self.model.precision():
+            send_prompts(self.model.predictor, self.state, prompts)
+        self.prompts.extend(prompts)
+        for frame, obj_id in sorted({(int(p.frame), int(p.obj_id)) for p in prompts}):
+            group = [p for p in prompts if (int(p.frame), int(p.obj_id)) == (frame, obj_id)]
+            if all(isinstance(p, MaskPrompt) for p in group):
+                mask = group[-1].mask  # SAM2 takes a mask prompt as it is
+            else:
+                mask = self._model_mask(frame, obj_id)
+            self.annotations.confirm(frame, obj_id, "prompt", mask)
+            self._assisted.pop((frame, obj_id), None)
+        for frame in prompted_frames(prompts):
+            self.labels[frame] = self._frame_labels(frame)
 
     def add_points(self, frame: int, obj_id: int, points: Any, labels: Any = None) -> np.ndarray:
         """Clicks ``(N, 2)`` in ``(row, col)``; labels 1 positive / 0 negative (default 1).
@@ -171,14 +314,159 @@ class Session:
         self.add_prompts([MaskPrompt(frame, obj_id, mask)])
         return self.labels[frame]
 
+    def set_prompts(self, prompts: Sequence[Prompt]) -> bool:
+        """Make SAM2's prompts equal to ``prompts``, keeping corrections and accepts.
+
+        What the widget calls with the prompt layers' content before propagating. New
+        prompts are added; when a prompt was changed or removed, SAM2 is reset and given
+        the prompts and then every confirmed correction and accept again (cached image
+        features are kept). Returns whether anything changed.
+        """
+        prompts = list(prompts)
+        if prompts:
+            self.validate_prompts(prompts)
+        old = [_prompt_key(p) for p in self.prompts]
+        new = [_prompt_key(p) for p in prompts]
+        if new == old:
+            return False
+        with self.exclusive():
+            if new[: len(old)] == old:
+                self._send(prompts[len(old) :])
+                return True
+            kept = [
+                (frame, obj_id, self.annotations.entry(frame, obj_id))
+                for frame, obj_id in self.annotations.confirmed()
+                if self.annotations.source(frame, obj_id) != "prompt"
+            ]
+            self.model.predictor.reset_state(self.state)
+            self.annotations.clear()
+            self._assisted.clear()
+            self.prompts = []
+            if prompts:
+                self._send(prompts)
+            with self.model.precision():
+                for frame, obj_id, entry in kept:
+                    self._condition(frame, obj_id, entry.mask, entry.source, entry.adapter)
+            for frame in {f for f, _, _ in kept}:
+                self.labels[frame] = self._frame_labels(frame)
+        return True
+
+    # -- corrections -----------------------------------------------------------------------
+    def diff(self, frame: int, user_labels: np.ndarray) -> list[Correction]:
+        """The corrections ``user_labels`` makes to the session's labels of ``frame``.
+
+        Raises
+        ------
+        PromptError
+            Frame out of range, wrong shape, invalid ids, or nothing changed.
+        """
+        if not 0 <= int(frame) < self.num_frames:
+            raise PromptError(f"frame {frame} is out of range (0–{self.num_frames - 1})")
+        return diff_corrections(
+            int(frame), self.labels[int(frame)], user_labels, set(self.object_ids)
+        )
+
+    def add_correction(self, frame: int, user_labels: np.ndarray) -> list[Correction]:
+        """Make the user's edit of ``frame`` confirmed SAM2 conditioning masks (no training).
+
+        Returns the corrections (one per changed object).
+        """
+        corrections = self.diff(frame, user_labels)
+        with self.exclusive():
+            self.condition_on(corrections, "correction")
+        return corrections
+
+    def condition_on(
+        self,
+        masks: Iterable[MaskPrompt | Correction],
+        source: str = "correction",
+        adapter: str | None = None,
+    ) -> None:
+        """Make masks confirmed SAM2 conditioning frames; callers hold :meth:`exclusive`.
+
+        Parameters
+        ----------
+        masks : iterable of MaskPrompt or Correction
+            ``frame``, ``obj_id`` and ``mask`` of each.
+        source : {"correction", "accepted", "auto_accepted", "prompt"}
+            Recorded in :attr:`annotations`.
+        adapter : str, optional
+            The adapter whose candidate was accepted.
+        """
+        frames = set()
+        with self.model.precision():
+            for item in masks:
+                self._condition(int(item.frame), int(item.obj_id), item.mask, source, adapter)
+                frames.add(int(item.frame))
+        for frame in frames:
+            self.labels[frame] = self._frame_labels(frame)
+
+    def _condition(
+        self, frame: int, obj_id: int, mask: np.ndarray, source: str, adapter: str | None
+    ) -> None:
+        mask = np.asarray(mask, bool)
+        self.model.predictor.add_new_mask(self.state, frame_idx=frame, obj_id=obj_id, mask=mask)
+        self.annotations.confirm(frame, obj_id, source, mask, adapter)
+        self._assisted.pop((frame, obj_id), None)
+
+    # -- tracking single frames (learning, evaluation, fine-tuning) ------------------------
+    def track_frame(self, frame: int, obj_id: int) -> DecoderInputs:
+        """Track ``frame`` for ``obj_id`` from memory (its own prompt hidden) and return the
+        decoder inputs that records; callers hold :meth:`exclusive`.
+
+        Raises
+        ------
+        PromptError
+            The object has no other conditioning frame, so the frame cannot be tracked.
+        """
+        with self.model.precision():
+            tracked = bridge.track_hidden(self.model.predictor, self.state, frame, obj_id)
+        if not tracked:
+            raise PromptError(
+                f"frame {frame} was never tracked for object {obj_id} and cannot be: "
+                "the object has no other prompted frame yet. Prompt it elsewhere and "
+                "propagate first."
+            )
+        return self.decoder_inputs(frame, obj_id)
+
+    @contextmanager
+    def recording_prompts(self, frame: int, obj_id: int) -> Iterator[None]:
+        """Record the decoder inputs of prompts added to ``frame`` for ``obj_id`` in the
+        block (read them with :meth:`decoder_inputs`)."""
+        self.state["decoder_store"].pop((int(frame), int(obj_id)))
+        with bridge.recording(self.model.predictor, self.state, int(frame), int(obj_id)):
+            yield
+
+    @contextmanager
+    def assisting(self, hook: bridge.AssistHook) -> Iterator[None]:
+        """Let ``hook(frame, obj_id, decoder_kwargs, output)`` replace SAM2's decoder output
+        on tracked frames while the block runs.
+
+        The hook returns ``None`` (keep SAM2's) or ``(output, adapter_name)``; frames where
+        it replaced the output get the source ``"adapter"``.
+        """
+
+        def wrapped(frame: int, obj_id: int, kwargs: dict, output: tuple) -> tuple | None:
+            result = hook(frame, obj_id, kwargs, output)
+            if result is None:
+                self._assisted.pop((frame, obj_id), None)
+                return None
+            replaced, adapter_name = result
+            self._assisted[(frame, obj_id)] = adapter_name
+            return replaced
+
+        with bridge.assisting(self.state, wrapped):
+            yield
+
     # -- propagation -----------------------------------------------------------------------
-    def propagate(
+    def propagate_steps(
         self, direction: str = "forward", frame_range: tuple[int, int] | None = None
     ) -> Iterator[PropagationStep]:
         """Track every object through the stack, one :class:`PropagationStep` per frame.
 
-        Stop iterating (or ``close()`` the generator) to cancel: frames already yielded
-        stay in :attr:`labels`.
+        Continues from every confirmed frame (nothing is reset) and rewrites only
+        model-made masks. Stop iterating (or ``close()`` the generator) to cancel: frames
+        already yielded stay in :attr:`labels`.
 
         Parameters
         ----------
@@ -186,18 +474,95 @@ class Session:
         frame_range : tuple of int, optional
             Inclusive ``(first, last)``; default the whole stack.
         """
-        if not self.prompts:
+        anchors = self.annotations.confirmed_frames()
+        if not anchors:
             raise PromptError("no prompts: add a point, box or mask before propagating")
-        passes = plan_passes(direction, frame_range, self.prompted_frames, self.num_frames)
+        passes = plan_passes(direction, frame_range, anchors, self.num_frames)
         total = sum(len(p.frames) for p in passes)
         done = 0
-        with self._job():
+        with self.exclusive():
             for sam_pass in passes:
                 for frame in self._run_pass(sam_pass):
                     done += 1
                     yield PropagationStep(frame, done, total, self.labels[frame].copy())
 
-    def _run_pass(self, sam_pass: Any) -> Iterator[int]:
+    propagate = propagate_steps  # the name scripts of version 0.1 used
+
+    def propagate_all(
+        self, direction: str = "both", frame_range: tuple[int, int] | None = None
+    ) -> np.ndarray:
+        """Run :meth:`propagate_steps` to the end; return :attr:`labels` ``(T, H, W)`` int32."""
+        for _ in self.propagate_steps(direction, frame_range):
+            pass
+        return self.labels
+
+    def repropagate_steps(
+        self,
+        frame: int,
+        direction: str = "both",
+        agree_iou: float = 0.98,
+        agree_frames: int | None = None,
+        full: bool = False,
+    ) -> Generator[PropagationStep, None, RepropagationReport]:
+        """Re-track after a change on ``frame`` (a correction or an accept), only as far as
+        it changes anything.
+
+        From ``frame``, each direction re-tracks until the new masks agree with the previous
+        ones (IoU ≥ ``agree_iou`` for every object) on ``agree_frames`` consecutive frames
+        (default: SAM2's memory bank, 7 for SAM2.1). ``full=True`` re-tracks the whole stack
+        in ``direction`` (``both``: forward from the first confirmed frame, then backward).
+        Yields a :class:`PropagationStep` per frame (``total`` is the most it could track);
+        returns a :class:`RepropagationReport`.
+        """
+        frame = int(frame)
+        if not 0 <= frame < self.num_frames:
+            raise PromptError(f"frame {frame} is out of range (0–{self.num_frames - 1})")
+        if not 0.0 < float(agree_iou) <= 1.0:
+            raise PromptError(f"agree_iou must be in (0, 1], not {agree_iou}")
+        needed = self.memory_frames if agree_frames is None else int(agree_frames)
+        if needed < 1:
+            raise PromptError(f"agree_frames must be at least 1, not {agree_frames}")
+        report = RepropagationReport(frame, full=bool(full))
+        if full:
+            for step in self.propagate_steps(direction):
+                report.tracked.append(step.frame)
+                yield step
+            return report
+        if not self.annotations.confirmed_frames():
+            raise PromptError("no prompts: add a point, box or mask before propagating")
+        plan_passes(direction, None, [frame], self.num_frames)  # validates the direction
+        passes = []
+        if direction in ("forward", "both") and frame < self.num_frames - 1:
+            passes.append(("forward", Pass(frame, self.num_frames - 1 - frame, reverse=False)))
+        if direction in ("backward", "both") and frame > 0:
+            passes.append(("backward", Pass(frame, frame, reverse=True)))
+        total = sum(len(p.frames) for _, p in passes)
+        done = 0
+        with self.exclusive():
+            for name, sam_pass in passes:
+                agreeing = 0
+                steps = self._run_pass(sam_pass, compare=True)
+                try:
+                    for tracked, agrees in steps:
+                        done += 1
+                        report.tracked.append(tracked)
+                        yield PropagationStep(tracked, done, total, self.labels[tracked].copy())
+                        if tracked == frame:
+                            continue
+                        agreeing = agreeing + 1 if _all_agree(agrees, agree_iou) else 0
+                        if agreeing >= needed:
+                            report.stopped[name] = tracked
+                            break
+                finally:
+                    steps.close()
+        return report
+
+    def repropagate(self, frame: int, **options: Any) -> RepropagationReport:
+        """Eager :meth:`repropagate_steps`."""
+        return drain(self.repropagate_steps(frame, **options))
+
+    def _run_pass(self, sam_pass: Pass, compare: bool = False) -> Iterator[Any]:
+        """Track one pass; yields each frame (with per-object IoUs vs before if ``compare``)."""
         predictor = self.model.predictor
         steps = predictor.propagate_in_video(
             self.state,
@@ -212,18 +577,53 @@ class Session:
                         frame, obj_ids, logits = next(steps)
                     except StopIteration:
                         return
-                self.labels[frame] = compose_labels(obj_ids, logits.float().cpu().numpy())
-                yield frame
+                before = self.labels[frame].copy() if compare else None
+                self.labels[frame] = self._compose(frame, obj_ids, logits)
+                if compare:
+                    yield frame, _ious(before, self.labels[frame], obj_ids)
+                else:
+                    yield frame
         finally:
             steps.close()
 
-    def propagate_all(
-        self, direction: str = "both", frame_range: tuple[int, int] | None = None
-    ) -> np.ndarray:
-        """Run :meth:`propagate` to the end; return :attr:`labels` ``(T, H, W)`` int32."""
-        for _ in self.propagate(direction, frame_range):
-            pass
-        return self.labels
+    def _compose(self, frame: int, obj_ids: Sequence[int], logits: Any) -> np.ndarray:
+        """Label image of ``frame``: model-made masks, then confirmed masks over them."""
+        obj_ids = [int(i) for i in obj_ids]
+        scores = logits.float().cpu().numpy() if hasattr(logits, "float") else np.asarray(logits)
+        model_made = []
+        for k, obj_id in enumerate(obj_ids):
+            adapter = self._assisted.get((frame, obj_id))
+            source = "adapter" if adapter else "sam2"
+            if self.annotations.model_made(frame, obj_id, source, adapter):
+                model_made.append(k)
+        labels = np.zeros(self.frame_shape, dtype=np.int32)
+        if model_made:
+            labels = compose_labels([obj_ids[k] for k in model_made], scores[model_made])
+        return overlay_confirmed(labels, self.annotations, frame)
+
+    def _model_mask(self, frame: int, obj_id: int) -> np.ndarray:
+        """SAM2's current mask of ``obj_id`` on ``frame`` at the stack's resolution."""
+        out = bridge.frame_output(self.state, obj_id, frame)
+        if out is None:
+            return np.zeros(self.frame_shape, dtype=bool)
+        masks = bridge.video_masks(self.model.predictor, self.state, out["pred_masks"])
+        return masks[0, 0] > 0
+
+    def _frame_labels(self, frame: int) -> np.ndarray:
+        """Current label image of ``frame`` from SAM2's outputs and the confirmed masks."""
+        import torch
+
+        ids, logits = [], []
+        for obj_id in self.object_ids:
+            out = bridge.frame_output(self.state, obj_id, frame)
+            if out is not None and not self.annotations.is_confirmed(frame, obj_id):
+                ids.append(obj_id)
+                logits.append(out["pred_masks"])
+        labels = np.zeros(self.frame_shape, dtype=np.int32)
+        if ids:
+            masks = bridge.video_masks(self.model.predictor, self.state, torch.cat(logits, dim=0))
+            labels = compose_labels(ids, masks)
+        return overlay_confirmed(labels, self.annotations, frame)
 
     def segment(
         self,
@@ -231,104 +631,40 @@ class Session:
         direction: str = "forward",
         frame_range: tuple[int, int] | None = None,
     ) -> Iterator[PropagationStep]:
-        """Validate, reset, add ``prompts`` and propagate: what the widget's button does.
+        """Validate, reset, add ``prompts`` and propagate from scratch, in one generator.
 
-        Nothing is reset unless every prompt and the frame range are valid.
+        Everything confirmed before is forgotten (use :meth:`set_prompts` and
+        :meth:`propagate_steps` to keep corrections). Nothing is reset unless every prompt
+        and the frame range are valid.
         """
         prompts = list(prompts)
         self.validate_prompts(prompts)
         plan_passes(direction, frame_range, prompted_frames(prompts), self.num_frames)
         self.reset()
         self.add_prompts(prompts)
-        yield from self.propagate(direction, frame_range)
-
-    # -- for the learner (callers hold the job) ----------------------------------------
-    def _track_to_record(self, frame: int, obj_id: int) -> DecoderInputs:
-        """Track ``frame`` for ``obj_id`` from memory, its own outputs hidden, and return the
-        decoder inputs that records (the frame's prompt must not leak into its features).
-
-        Raises
-        ------
-        PromptError
-            The object has no other conditioning frame, so the frame cannot be tracked.
-        """
-        import torch
-
-        state = self.state
-        obj_idx = state["obj_id_to_idx"].get(obj_id)
-        outputs = state["output_dict_per_obj"][obj_idx] if obj_idx is not None else {}
-        hidden = {k: outputs[k].pop(frame) for k in outputs if frame in outputs[k]}
-        try:
-            if not outputs or not outputs["cond_frame_outputs"]:
-                raise PromptError(
-                    f"frame {frame} was never tracked for object {obj_id} and cannot be: "
-                    "the object has no other prompted frame yet. Prompt it elsewhere and "
-                    "propagate first."
-                )
-            tracked = state["frames_tracked_per_obj"][obj_idx].get(frame, {})
-            with torch.inference_mode():
-                self.model.predictor._run_single_frame_inference(
-                    inference_state=state,
-                    output_dict=outputs,
-                    frame_idx=frame,
-                    batch_size=1,
-                    is_init_cond_frame=False,
-                    point_inputs=None,
-                    mask_inputs=None,
-                    reverse=tracked.get("reverse", False),
-                    run_mem_encoder=False,
-                )
-        finally:
-            for key, value in hidden.items():
-                outputs[key][frame] = value
-        return self.decoder_inputs(frame, obj_id)
-
-    def _condition_on(self, masks: Iterable[MaskPrompt]) -> None:
-        """Make masks SAM2 conditioning frames (corrections, accepted candidates)."""
-        frames = set()
-        for prompt in masks:
-            self.model.predictor.add_new_mask(
-                self.state, frame_idx=prompt.frame, obj_id=prompt.obj_id, mask=prompt.mask
-            )
-            self.prompts.append(prompt)
-            frames.add(prompt.frame)
-        for frame in frames:
-            self.labels[frame] = self._frame_labels(frame)
-
-    # -- helpers ---------------------------------------------------------------------------
-    def _frame_labels(self, frame: int) -> np.ndarray:
-        """Current label image of ``frame`` from SAM2's per-object outputs."""
-        logits, ids = [], []
-        for obj_idx, obj_id in self.state["obj_idx_to_id"].items():
-            out = _frame_output(self.state, obj_idx, frame)
-            if out is not None:
-                ids.append(obj_id)
-                logits.append(out["pred_masks"])
-        if not ids:
-            return np.zeros(self.frame_shape, dtype=np.int32)
-        import torch
-
-        with torch.inference_mode():
-            _, video_masks = self.model.predictor._get_orig_video_res_output(
-                self.state, torch.cat(logits, dim=0)
-            )
-        return compose_labels(ids, video_masks.float().cpu().numpy())
-
-    @contextmanager
-    def _job(self) -> Iterator[None]:
-        if not self._busy.acquire(blocking=False):
-            raise SamLoraError("this session is busy with another job; wait or cancel it first")
-        try:
-            yield
-        finally:
-            self._busy.release()
+        yield from self.propagate_steps(direction, frame_range)
 
 
-def _frame_output(state: dict, obj_idx: int, frame: int) -> dict | None:
-    """SAM2's latest output for one object on one frame (temporary outputs first)."""
-    for store in (state["temp_output_dict_per_obj"], state["output_dict_per_obj"]):
-        outputs = store[obj_idx]
-        for key in ("cond_frame_outputs", "non_cond_frame_outputs"):
-            if frame in outputs[key]:
-                return outputs[key][frame]
-    return None
+def _prompt_key(prompt: Prompt) -> tuple:
+    """What makes two prompts the same prompt (kind, place and content)."""
+    if isinstance(prompt, PointPrompt):
+        content = (prompt.points.tobytes(), prompt.labels.tobytes())
+    elif isinstance(prompt, BoxPrompt):
+        content = (prompt.box.tobytes(),)
+    else:
+        content = (np.packbits(np.asarray(prompt.mask, bool)).tobytes(),)
+    return (type(prompt).__name__, int(prompt.frame), int(prompt.obj_id), *content)
+
+
+def _ious(before: np.ndarray, after: np.ndarray, obj_ids: Sequence[int]) -> list[float]:
+    """Per object, the IoU of its mask before and after (two empty masks agree: 1.0)."""
+    ious = []
+    for obj_id in obj_ids:
+        a, b = before == int(obj_id), after == int(obj_id)
+        union = np.count_nonzero(a | b)
+        ious.append(1.0 if union == 0 else np.count_nonzero(a & b) / union)
+    return ious
+
+
+def _all_agree(ious: Sequence[float], threshold: float) -> bool:
+    return all(iou >= threshold for iou in ious)

@@ -32,12 +32,11 @@ import numpy as np
 from scipy import ndimage
 
 from napari_sam_lora.engine.features import DecoderInputs
-from napari_sam_lora.evaluation.clicks import iou, next_click
-from napari_sam_lora.evaluation.protocol import scan_order, start_frame
 from napari_sam_lora.finetune.config import ExamplesConfig, FineTuneConfig
 from napari_sam_lora.finetune.events import Progress
 from napari_sam_lora.finetune.pairs import StackData
 from napari_sam_lora.finetune.store import ExampleSet, ExampleWriter
+from napari_sam_lora.simulation import SessionTracker, iou, next_click, scan_order, start_frame
 
 __all__ = ["cache_key", "load_or_record", "record_examples"]
 
@@ -117,8 +116,8 @@ def record_examples(
         session = Session(stack.images, model=model)
         for obj_id in stack.object_ids:
             truth = stack.labels == obj_id
-            recorder = _Recorder(
-                session, obj_id, _Sink(writer, stack, truth, val_frames[stack.name])
+            recorder = SessionTracker(
+                session, obj_id, on_record=_Sink(writer, stack, truth, val_frames[stack.name])
             )
             for frame in _annotate(recorder, truth, stack.annotated, config):
                 done += 1
@@ -165,51 +164,8 @@ class _Sink:
         )
 
 
-class _Recorder:
-    """Drives a :class:`Session` for one object and hands recorded inputs to ``sink``."""
-
-    def __init__(self, session: Any, obj_id: int, sink: _Sink) -> None:
-        self.session, self.obj_id, self.sink = session, int(obj_id), sink
-        self.store = session.state["decoder_store"]
-
-    def begin(self, frame: int, mask: np.ndarray) -> None:
-        self.session.reset()
-        self.store.clear()
-        self.session.add_mask(frame, self.obj_id, mask)
-
-    def begin_fresh(self) -> None:
-        """Forget every prompt: the next prompt lands on an untracked frame (no memory)."""
-        self.session.reset()
-        self.store.clear()
-
-    def track(self, frame: int, reverse: bool, record: bool) -> np.ndarray:
-        direction = "backward" if reverse else "forward"
-        for _ in self.session.propagate(direction, frame_range=(frame, frame)):
-            pass
-        if record:
-            self.sink("tracking", frame, self.obj_id, self.store.get((frame, self.obj_id)))
-        return self.session.labels[frame] == self.obj_id
-
-    def prompt(self, kind: str, frame: int, **prompt: Any) -> np.ndarray:
-        """Points or a box on ``frame``, recording the decoder inputs as ``kind``."""
-        self.store.pop((frame, self.obj_id))
-        predictor, state = self.session.model.predictor, self.session.state
-        with predictor._capturing(state, frame, self.obj_id):
-            if "box" in prompt:
-                labels = self.session.add_box(frame, self.obj_id, prompt["box"])
-            else:
-                labels = self.session.add_points(
-                    frame, self.obj_id, prompt["points"], prompt["labels"]
-                )
-        self.sink(kind, frame, self.obj_id, self.store.get((frame, self.obj_id)))
-        return labels == self.obj_id
-
-    def correct(self, frame: int, mask: np.ndarray) -> None:
-        self.session.add_mask(frame, self.obj_id, mask)
-
-
 def _annotate(
-    rec: _Recorder, truth: np.ndarray, annotated: np.ndarray, config: ExamplesConfig
+    rec: SessionTracker, truth: np.ndarray, annotated: np.ndarray, config: ExamplesConfig
 ) -> Generator[int, None, None]:
     """Track the object like the evaluation's simulated user; yield each frame visited."""
     if not (config.tracking or config.clicks) or len(truth) < 2:
@@ -237,7 +193,7 @@ def _annotate(
 
 
 def _prompt(
-    rec: _Recorder,
+    rec: SessionTracker,
     truth: np.ndarray,
     annotated: np.ndarray,
     config: ExamplesConfig,

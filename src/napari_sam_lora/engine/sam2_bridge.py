@@ -1,0 +1,329 @@
+"""Every call into SAM2's private API, and every read of its inference-state dict.
+
+SAM2's video predictor keeps its tracking state in a plain dict and exposes the steps we
+need (encode one frame, track one frame, turn low-resolution logits into video-size masks)
+only as underscored methods. They are used here and nowhere else, so an upgrade of
+``sam2`` that changes them breaks one module, and :func:`check_private_api` says what
+changed (the test suite runs it). The supported range is pinned in ``pyproject.toml``.
+
+:class:`StackPredictor` subclasses sam2's ``SAM2VideoPredictor`` and changes three things:
+
+- image features of every visited frame are kept in a bounded cache held by the inference
+  state, so re-propagation makes no image-encoder call for cached frames (and the calls
+  and seconds the encoder did spend are counted);
+- while a frame is *tracked* (no prompt on it), the mask decoder's inputs are recorded per
+  (frame, object) — the "fresh features" LoRA training needs — and an optional *assist*
+  hook may replace the decoder's output (adapter-assisted propagation);
+- on devices without autocast, memory features stay float32 (sam2 stores them as
+  bfloat16, which crashes memory attention on CPU for a second object or reverse tracking).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+from sam2 import sam2_video_predictor as _svp
+
+from napari_sam_lora.engine.errors import SamLoraError
+from napari_sam_lora.engine.features import BoundedStore, DecoderInputs
+
+# sam2 wraps propagation in a tqdm bar printed to stderr; our callers show their own.
+_svp.tqdm = lambda iterable, **_: iterable
+
+#: ``assist(frame, obj_id, decoder_kwargs, decoder_output)`` → replacement output or None.
+AssistHook = Callable[[int, int, dict, tuple], "tuple | None"]
+
+#: The private methods we override or call, with the parameters we rely on.
+_PRIVATE_API: dict[str, tuple[str, ...]] = {
+    "_get_image_feature": ("inference_state", "frame_idx", "batch_size"),
+    "_run_single_frame_inference": (
+        "inference_state",
+        "output_dict",
+        "frame_idx",
+        "batch_size",
+        "is_init_cond_frame",
+        "point_inputs",
+        "mask_inputs",
+        "reverse",
+        "run_mem_encoder",
+    ),
+    "_run_memory_encoder": ("inference_state", "frame_idx", "batch_size", "high_res_masks"),
+    "_get_orig_video_res_output": ("inference_state", "any_res_masks"),
+    "remove_object": ("inference_state", "obj_id"),
+}
+#: Inference-state keys read here.
+_STATE_KEYS = (
+    "obj_id_to_idx",
+    "obj_idx_to_id",
+    "obj_ids",
+    "output_dict_per_obj",
+    "temp_output_dict_per_obj",
+    "frames_tracked_per_obj",
+    "point_inputs_per_obj",
+    "mask_inputs_per_obj",
+)
+
+
+class Sam2ApiError(SamLoraError):
+    """The installed sam2 does not have the private API this engine was written against."""
+
+
+def check_private_api(state: dict | None = None) -> None:
+    """Raise :class:`Sam2ApiError` naming what changed in sam2's private API.
+
+    Parameters
+    ----------
+    state : dict, optional
+        An inference state to check the keys of as well.
+    """
+    problems = []
+    for name, params in _PRIVATE_API.items():
+        method = getattr(_svp.SAM2VideoPredictor, name, None)
+        if method is None:
+            problems.append(f"SAM2VideoPredictor.{name} is gone")
+            continue
+        found = tuple(inspect.signature(method).parameters)
+        missing = [p for p in params if p not in found]
+        if missing:
+            problems.append(f"SAM2VideoPredictor.{name} lost parameter(s) {missing}")
+    if state is not None:
+        problems += [f"inference state lacks {k!r}" for k in _STATE_KEYS if k not in state]
+    if problems:
+        from importlib.metadata import version
+
+        raise Sam2ApiError(
+            f"sam2 {version('sam2')} is not the version napari-sam-lora supports: "
+            + "; ".join(problems)
+            + ". Install the sam2 version pinned in napari-sam-lora's requirements."
+        )
+
+
+class StackPredictor(_svp.SAM2VideoPredictor):
+    """``SAM2VideoPredictor`` with a feature cache, decoder-input capture and CPU fixes."""
+
+    encoder_calls: int = 0
+    encoder_seconds: float = 0.0
+
+    def _get_image_feature(self, inference_state: dict, frame_idx: int, batch_size: int):
+        store: BoundedStore = inference_state["feature_store"]
+        cached = store.get(frame_idx)
+        if cached is None:
+            device = inference_state["device"]
+            started = _now(self.device)
+            image = inference_state["images"][frame_idx].to(device).float().unsqueeze(0)
+            backbone_out = self.forward_image(image)
+            self.encoder_calls += 1
+            self.encoder_seconds += _now(self.device) - started
+            shared_pos = inference_state.setdefault(
+                "shared_pos_enc", backbone_out["vision_pos_enc"]
+            )
+            cached = list(backbone_out["backbone_fpn"])
+            store.put(frame_idx, cached)
+        else:
+            shared_pos = inference_state["shared_pos_enc"]
+        backbone_out = {
+            "vision_features": cached[-1],
+            "vision_pos_enc": list(shared_pos),
+            "backbone_fpn": list(cached),
+        }
+        placeholder = inference_state["image_placeholder"]
+        inference_state["cached_features"] = {frame_idx: (placeholder, backbone_out)}
+        return super()._get_image_feature(inference_state, frame_idx, batch_size)
+
+    def _run_single_frame_inference(self, inference_state: dict, output_dict: dict, **kwargs):
+        frame_idx = kwargs["frame_idx"]
+        tracking = kwargs.get("point_inputs") is None and kwargs.get("mask_inputs") is None
+        obj_id = _obj_id_of(inference_state, output_dict)
+        capture = tracking and obj_id is not None and not kwargs.get("is_init_cond_frame")
+        with recording(self, inference_state, frame_idx, obj_id) if capture else nullcontext():
+            out, masks = super()._run_single_frame_inference(
+                inference_state=inference_state, output_dict=output_dict, **kwargs
+            )
+        out["maskmem_features"] = self._storable(out["maskmem_features"])
+        return out, masks
+
+    def _run_memory_encoder(self, inference_state: dict, *args: Any, **kwargs: Any):
+        features, pos_enc = super()._run_memory_encoder(inference_state, *args, **kwargs)
+        return self._storable(features), pos_enc
+
+    def _storable(self, features: torch.Tensor | None) -> torch.Tensor | None:
+        """Memory features in a dtype memory attention accepts without autocast."""
+        if features is None or self.device.type == "cuda":
+            return features
+        return features.float()
+
+
+def _now(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def _obj_id_of(inference_state: dict, output_dict: dict) -> int | None:
+    for obj_idx, obj_output in inference_state["output_dict_per_obj"].items():
+        if obj_output is output_dict:
+            return inference_state["obj_idx_to_id"][obj_idx]
+    return None
+
+
+# ------------------------------------------------------------------ decoder hooks
+#: Assist hooks per inference state (keyed by ``id(state)``), set by :func:`assisting`.
+_ASSIST: dict[int, AssistHook] = {}
+
+
+@contextmanager
+def recording(predictor: StackPredictor, state: dict, frame: int, obj_id: int) -> Iterator[None]:
+    """Record the mask decoder's inputs for ``(frame, obj_id)`` while the block runs.
+
+    Also applies the state's assist hook (see :func:`assisting`), if any.
+    """
+    store: BoundedStore = state["decoder_store"]
+    decoder = predictor.sam_mask_decoder
+
+    def hook(_module: torch.nn.Module, _args: tuple, kwargs: dict) -> None:
+        record = DecoderInputs(
+            frame=frame,
+            obj_id=obj_id,
+            image_embeddings=kwargs["image_embeddings"].detach(),
+            image_pe=kwargs["image_pe"].detach(),
+            sparse_prompt_embeddings=kwargs["sparse_prompt_embeddings"].detach(),
+            dense_prompt_embeddings=kwargs["dense_prompt_embeddings"].detach(),
+            high_res_features=tuple(f.detach() for f in kwargs["high_res_features"]),
+            multimask_output=bool(kwargs["multimask_output"]),
+        )
+        store.put((frame, obj_id), record)
+
+    handles = [decoder.register_forward_pre_hook(hook, with_kwargs=True)]
+    assist = _ASSIST.get(id(state))
+    if assist is not None:
+        handles.append(_assist_hook(decoder, assist, frame, obj_id))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _assist_hook(decoder: torch.nn.Module, assist: AssistHook, frame: int, obj_id: int) -> Any:
+    """Let ``assist`` replace the decoder's output; its own nested decoder calls are not
+    re-assisted."""
+    busy = False
+
+    def hook(_module: torch.nn.Module, _args: tuple, kwargs: dict, output: Any) -> Any:
+        nonlocal busy
+        if busy:
+            return None
+        busy = True
+        try:
+            return assist(frame, obj_id, kwargs, output)
+        finally:
+            busy = False
+
+    return decoder.register_forward_hook(hook, with_kwargs=True)
+
+
+@contextmanager
+def assisting(state: dict, hook: AssistHook) -> Iterator[None]:
+    """While the block runs, every tracked frame of ``state`` goes through ``hook``."""
+    key = id(state)
+    if key in _ASSIST:
+        raise SamLoraError("this session already has an assist hook")
+    _ASSIST[key] = hook
+    try:
+        yield
+    finally:
+        _ASSIST.pop(key, None)
+
+
+# ------------------------------------------------------------------ the tracking state
+def object_index(state: dict, obj_id: int) -> int | None:
+    """SAM2's internal index of ``obj_id`` (``None`` when it is not tracked)."""
+    return state["obj_id_to_idx"].get(int(obj_id))
+
+
+def object_ids(state: dict) -> list[int]:
+    """Ids of the objects SAM2 tracks, in its order."""
+    return [int(i) for i in state["obj_ids"]]
+
+
+def frame_output(state: dict, obj_id: int, frame: int) -> dict | None:
+    """SAM2's latest output for one object on one frame (temporary outputs first)."""
+    obj_idx = object_index(state, obj_id)
+    if obj_idx is None:
+        return None
+    for store in (state["temp_output_dict_per_obj"], state["output_dict_per_obj"]):
+        outputs = store.get(obj_idx, {})
+        for key in ("cond_frame_outputs", "non_cond_frame_outputs"):
+            if frame in outputs.get(key, {}):
+                return outputs[key][frame]
+    return None
+
+
+def conditioning_frames(state: dict, obj_id: int) -> list[int]:
+    """Frames SAM2 holds as conditioning frames for ``obj_id`` (sorted)."""
+    obj_idx = object_index(state, obj_id)
+    if obj_idx is None:
+        return []
+    frames = set(state["output_dict_per_obj"][obj_idx]["cond_frame_outputs"])
+    frames |= set(state["temp_output_dict_per_obj"][obj_idx]["cond_frame_outputs"])
+    return sorted(int(f) for f in frames)
+
+
+def video_masks(predictor: StackPredictor, state: dict, logits: torch.Tensor) -> np.ndarray:
+    """``(N, 1, H, W)`` float32 logits at the stack's resolution from SAM2's mask logits."""
+    with torch.inference_mode():
+        _, masks = predictor._get_orig_video_res_output(state, logits)
+    return masks.float().cpu().numpy()
+
+
+def encode(predictor: StackPredictor, state: dict, frame: int) -> None:
+    """Run (or read from the cache) the image encoder on ``frame``."""
+    with torch.inference_mode():
+        predictor._get_image_feature(state, int(frame), 1)
+
+
+def track_hidden(predictor: StackPredictor, state: dict, frame: int, obj_id: int) -> bool:
+    """Track ``frame`` for ``obj_id`` from memory with the frame's own outputs hidden, so
+    the decoder inputs recorded on the way carry no trace of the frame's prompt.
+
+    Returns ``False`` (and tracks nothing) when the object has no other conditioning frame.
+    """
+    obj_idx = object_index(state, obj_id)
+    outputs = state["output_dict_per_obj"][obj_idx] if obj_idx is not None else {}
+    hidden = {k: outputs[k].pop(frame) for k in outputs if frame in outputs[k]}
+    try:
+        if not outputs or not outputs["cond_frame_outputs"]:
+            return False
+        tracked = state["frames_tracked_per_obj"][obj_idx].get(frame, {})
+        with torch.inference_mode():
+            predictor._run_single_frame_inference(
+                inference_state=state,
+                output_dict=outputs,
+                frame_idx=frame,
+                batch_size=1,
+                is_init_cond_frame=False,
+                point_inputs=None,
+                mask_inputs=None,
+                reverse=tracked.get("reverse", False),
+                run_mem_encoder=False,
+            )
+        return True
+    finally:
+        for key, value in hidden.items():
+            outputs[key][frame] = value
+
+
+def remove_object(predictor: StackPredictor, state: dict, obj_id: int) -> None:
+    """Forget one object (its prompts, memories and outputs); the others stay."""
+    predictor.remove_object(state, int(obj_id), strict=False, need_output=False)
+
+
+def memory_frames(predictor: StackPredictor) -> int:
+    """How many frames SAM2's memory bank holds (``num_maskmem``: 7 for SAM2.1)."""
+    return int(getattr(predictor, "num_maskmem", 7))
