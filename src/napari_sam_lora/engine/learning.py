@@ -452,7 +452,8 @@ class Learner:
         proposals = [propose(self.decoder, name, r) for r in records]
         masks = np.stack([self._full_res(p) for p in proposals])
         confidences = np.array([p.confidence for p in proposals], dtype=np.float32)
-        return Candidate(obj_id, name, [r.frame for r in records], masks, confidences)
+        estimated = np.asarray(self.pools[obj_id].estimate_ious(confidences), dtype=np.float32)
+        return Candidate(obj_id, name, [r.frame for r in records], masks, confidences, estimated)
 
     def _full_res(self, proposal: Proposal) -> np.ndarray:
         logits = torch.from_numpy(proposal.logits)[None, None]
