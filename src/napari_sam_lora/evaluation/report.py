@@ -12,6 +12,15 @@ with ``encode``/``track``/``train``/``propose``/``total``, ``peak_memory_mb``,
 ``mean_iou`` is over scored frames, of the mask each run had before any correction: what
 SAM2 tracked, or the candidate the user accepted. ``mean_iou_tracked`` is SAM2's own
 output only, ``mean_iou_final`` what the frames ended as after the user.
+
+Each run also has ``by_presence``: ``present`` and ``absent`` (frames where the object has
+ground-truth pixels or not), each with ``scored_frames``, ``corrections``,
+``accepted_candidates`` and ``mean_iou_final``; the top level has ``reduction_present``
+and ``reduction_absent``. ``headline`` puts corrections, reductions and the final mean IoU
+of both runs side by side. ``calibration`` (see :mod:`.calibration`) measures how well the
+confidence shown with the candidates the user examined predicts their true IoU:
+``spearman``, ``ece`` (10 bins), ``precision_recall`` of "confidence >= tau => IoU >=
+threshold", ``reliability`` bins, and the same for the raw model score under ``raw``.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import numpy as np
 
 from napari_sam_lora.engine.atomic import atomic_files
 from napari_sam_lora.engine.jsonable import json_default
+from napari_sam_lora.evaluation.calibration import calibration_summary, pairs_from_frames
 from napari_sam_lora.evaluation.data import EvalData
 from napari_sam_lora.evaluation.protocol import ObjectResult
 from napari_sam_lora.evaluation.runner import PHASES, RUNS, EvalResult, RunResult
@@ -49,7 +59,39 @@ def _mean(results: list[ObjectResult], key: str) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def _run_dict(run: RunResult) -> dict[str, Any]:
+def _presence(datasets: Sequence[EvalData]) -> dict[tuple[str, int], np.ndarray]:
+    """``(stack, object) -> (T,)`` bool: the object has ground-truth pixels on the frame."""
+    return {
+        (d.name, int(obj)): (np.asarray(d.labels) == int(obj)).any(axis=(1, 2))
+        for d in datasets
+        for obj in d.object_ids
+    }
+
+
+def _by_presence(
+    per_object: list[dict[str, Any]], presence: dict[tuple[str, int], np.ndarray]
+) -> dict[str, dict[str, Any]]:
+    """Scored frames, corrections, accepts and final mean IoU where the object is / is not."""
+    groups: dict[str, list[dict[str, Any]]] = {"present": [], "absent": []}
+    for obj in per_object:
+        here = presence.get((obj["stack"], int(obj["obj_id"])))
+        for f in obj["frames"]:
+            if f["action"] == "unscored" or here is None:
+                continue
+            groups["present" if here[f["frame"]] else "absent"].append(f)
+    out = {}
+    for key, frames in groups.items():
+        finals = [f["iou_final"] for f in frames if f["iou_final"] is not None]
+        out[key] = {
+            "scored_frames": len(frames),
+            "corrections": sum(f["action"] in ("clicks", "mask") for f in frames),
+            "accepted_candidates": sum(f["action"] == "accepted" for f in frames),
+            "mean_iou_final": float(np.mean(finals)) if finals else None,
+        }
+    return out
+
+
+def _run_dict(run: RunResult, presence: dict[tuple[str, int], np.ndarray]) -> dict[str, Any]:
     results = [r for _, r in run.objects]
     per_object = [{"stack": stack, **r.to_dict()} for stack, r in run.objects]
     out: dict[str, Any] = {k: int(sum(o[k] for o in per_object)) for k in _COUNTS}
@@ -62,6 +104,7 @@ def _run_dict(run: RunResult) -> dict[str, Any]:
     out["peak_gpu_memory_mb"] = (
         None if run.peak_gpu_memory_mb is None else round(run.peak_gpu_memory_mb, 1)
     )
+    out["by_presence"] = _by_presence(per_object, presence)
     out["per_object"] = per_object
     if run.name == "lora":
         out["trainings"] = run.trainings
@@ -78,16 +121,50 @@ def build_report(
     """The content of ``report.json`` (see the module docstring for the keys)."""
     from napari_sam_lora import __version__
 
-    runs = {name: _run_dict(result.runs[name]) for name in RUNS}
+    presence = _presence(datasets)
+    runs = {name: _run_dict(result.runs[name], presence) for name in RUNS}
     base, lora = runs["baseline"], runs["lora"]
     reduction = _ratio(base["corrections"] - lora["corrections"], base["corrections"])
+    split = {
+        key: _ratio(
+            base["by_presence"][key]["corrections"] - lora["by_presence"][key]["corrections"],
+            base["by_presence"][key]["corrections"],
+        )
+        for key in ("present", "absent")
+    }
+    threshold = float(settings.get("threshold", 0.5))
+    frames = [f for o in lora["per_object"] for f in o["frames"]]
+    pairs, source = pairs_from_frames(frames)
+    calibration = calibration_summary(
+        [p["confidence"] for p in pairs],
+        [p["iou"] for p in pairs],
+        threshold,
+        raw_confidence=[p["raw"] for p in pairs],
+        source=source,
+    )
+    confidence_vs_oracle = _ratio(lora["accepted_candidates"], lora["accepted_candidates_oracle"])
     return {
+        "headline": {
+            "threshold": threshold,
+            "corrections": {"baseline": base["corrections"], "lora": lora["corrections"]},
+            "reduction": reduction,
+            "corrections_present": {
+                "baseline": base["by_presence"]["present"]["corrections"],
+                "lora": lora["by_presence"]["present"]["corrections"],
+            },
+            "reduction_present": split["present"],
+            "mean_iou_final": {"baseline": base["mean_iou_final"], "lora": lora["mean_iou_final"]},
+            "confidence_vs_oracle": confidence_vs_oracle,
+            "spearman": calibration["spearman"],
+            "ece": calibration["ece"],
+        },
         **runs,
         "reduction": reduction,
+        "reduction_present": split["present"],
+        "reduction_absent": split["absent"],
+        "calibration": calibration,
         "accepted_candidates_oracle": lora["accepted_candidates_oracle"],
-        "confidence_vs_oracle": _ratio(
-            lora["accepted_candidates"], lora["accepted_candidates_oracle"]
-        ),
+        "confidence_vs_oracle": confidence_vs_oracle,
         "seconds": {
             "encode_shared": round(result.encode_shared_seconds, 3),
             "total": round(result.total_seconds, 3),
@@ -136,10 +213,16 @@ def markdown(report: dict[str, Any]) -> str:
         f"start {report['settings'].get('start')}.",
         "",
         f"**Corrections: {base['corrections']} without learning, {lora['corrections']} with "
-        f"learning (reduction {_pct(report['reduction'])}).** Candidates accepted by model "
+        f"learning (reduction {_pct(report['reduction'])}); final mean IoU "
+        f"{_fmt(base['mean_iou_final'])} / {_fmt(lora['mean_iou_final'])}.** "
+        f"On frames where the object is present: {_presence_line(report, 'present')}; "
+        f"absent: {_presence_line(report, 'absent')}. Candidates accepted by model "
         f"confidence: {lora['accepted_candidates']}; by oracle selection (true IoU): "
         f"{report['accepted_candidates_oracle']} (confidence/oracle "
         f"{_pct(report['confidence_vs_oracle'])}).",
+        "",
+        "Untrained SAM2 (random weights) unless the model above says otherwise: the figures "
+        "measure the learning machinery, not SAM2's accuracy.",
         "",
         "| | baseline | lora |",
         "|---|---:|---:|",
@@ -167,9 +250,58 @@ def markdown(report: dict[str, Any]) -> str:
             f"{lo['accepted_candidates']} | {lo['accepted_candidates_oracle']} | "
             f"{_fmt(b['mean_iou'], 2)} / {_fmt(lo['mean_iou'], 2)} |"
         )
+    lines += _calibration_lines(report.get("calibration"))
     settings = {k: v for k, v in report["settings"].items() if k != "lora"}
     lines += ["", "## Settings", "", "```json", json.dumps(settings, indent=2), "```", ""]
     return "\n".join(lines)
+
+
+def _presence_line(report: dict[str, Any], key: str) -> str:
+    base = report["baseline"].get("by_presence", {}).get(key)
+    lora = report["lora"].get("by_presence", {}).get(key)
+    if not base or not lora:
+        return "n/a"
+    return (
+        f"{base['corrections']} → {lora['corrections']} corrections "
+        f"({_pct(report.get(f'reduction_{key}'))} fewer) over {base['scored_frames']} frames, "
+        f"{lora['accepted_candidates']} accepted, final mean IoU "
+        f"{_fmt(base['mean_iou_final'], 2)} / {_fmt(lora['mean_iou_final'], 2)}"
+    )
+
+
+def _calibration_lines(cal: dict[str, Any] | None) -> list[str]:
+    """The ``## Calibration`` section of ``report.md``."""
+    if not cal:
+        return []
+    raw = cal.get("raw") or {}
+    lines = [
+        "",
+        "## Calibration",
+        "",
+        f"{cal['n']} (confidence shown, true IoU) pairs: {cal['source'] or 'candidates'}. "
+        f"Spearman rank correlation {_fmt(cal['spearman'], 2)}, expected calibration error "
+        f"(10 bins) {_fmt(cal['ece'], 3)}; the raw model score (predicted IoU × object "
+        f"score): Spearman {_fmt(raw.get('spearman'), 2)}, ECE {_fmt(raw.get('ece'), 3)}.",
+        "",
+        f"| confidence ≥ τ | selected | precision (IoU ≥ {cal['threshold']:g}) | recall |",
+        "|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['tau']:g} | {r['selected']} | {_fmt(r['precision'], 2)} | {_fmt(r['recall'], 2)} |"
+        for r in cal["precision_recall"]
+    ]
+    lines += [
+        "",
+        "| confidence bin | candidates | mean confidence | mean IoU |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {b['lo']:.1f}–{b['hi']:.1f} | {b['count']} | {_fmt(b['mean_confidence'], 2)} | "
+        f"{_fmt(b['mean_iou'], 2)} |"
+        for b in cal["reliability"]
+        if b["count"]
+    ]
+    return lines
 
 
 def _digits(key: str) -> int:
@@ -195,7 +327,7 @@ def plot(report: dict[str, Any], path: str | Path) -> bool:
         return False
     base, lora = report["baseline"]["per_object"], report["lora"]["per_object"]
     names = [f"{o['stack']}:{o['obj_id']}" for o in base]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    fig, (left, right, diagram) = plt.subplots(1, 3, figsize=(17, 4.5), constrained_layout=True)
     x = np.arange(len(names))
     left.bar(x - 0.2, [o["corrections"] for o in base], 0.4, label="baseline", color="0.6")
     left.bar(x + 0.2, [o["corrections"] for o in lora], 0.4, label="lora", color="tab:blue")
@@ -235,9 +367,43 @@ def plot(report: dict[str, Any], path: str | Path) -> bool:
     right.set_title("IoU over frames (dashed: baseline, solid: lora)")
     if len(names) <= 6:
         right.legend(fontsize=7)
+    _reliability_diagram(diagram, report.get("calibration"))
+    fig.suptitle(
+        f"{report['settings'].get('model_label', '')} — untrained SAM2 = random weights", fontsize=9
+    )
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
+
+
+def _reliability_diagram(ax: Any, cal: dict[str, Any] | None) -> None:
+    """Mean true IoU per confidence bin against the diagonal (shown and raw confidence)."""
+    ax.plot([0, 1], [0, 1], color="k", lw=0.8, ls=":", label="perfect calibration")
+    if cal:
+        for table, style, label in (
+            (cal.get("reliability") or [], "o-", "shown"),
+            ((cal.get("raw") or {}).get("reliability") or [], "s--", "raw model score"),
+        ):
+            pts = [(b["mean_confidence"], b["mean_iou"], b["count"]) for b in table if b["count"]]
+            if pts:
+                x, y, _ = zip(*pts, strict=True)
+                ax.plot(x, y, style, label=label, alpha=0.85)
+                if label == "shown":
+                    for xi, yi, ni in pts:
+                        ax.annotate(
+                            str(ni), (xi, yi), fontsize=6, xytext=(2, 2), textcoords="offset points"
+                        )
+        ax.set_title(
+            f"Reliability: Spearman {_fmt(cal.get('spearman'), 2)}, ECE {_fmt(cal.get('ece'), 3)}"
+            f" ({cal.get('n', 0)} candidates)"
+        )
+    else:
+        ax.set_title("Reliability (no candidates)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (bin mean)")
+    ax.set_ylabel("true IoU (bin mean)")
+    ax.legend(fontsize=7, loc="upper left")
 
 
 def write_report(
