@@ -214,14 +214,15 @@ def _check_adapters(adapters: Sequence[str | os.PathLike[str]], model: str) -> l
             continue
         try:
             doc = json.loads(json_path.read_text(encoding="utf-8"))
-            trained_on = str(doc["base"]["variant"])
+            recorded = str(doc["base"]["variant"])
+            trained_on = recorded.removeprefix("untrained:")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             problems.append(f"{json_path}: not a readable adapter record ({exc!r})")
             continue
         if trained_on != variant:
             problems.append(
-                f"{json_path} was trained on {trained_on}, not on the model {model} "
-                f"({variant}); use --model {trained_on} or an adapter trained on {variant}"
+                f"{json_path} was trained on {recorded}, not on the model {model} "
+                f"({variant}); use --model {recorded} or an adapter trained on {variant}"
             )
         paths.append(str(st_path.with_suffix("").resolve()))
     if problems:
@@ -483,15 +484,21 @@ def segment_steps(
     note = f"{len(plan.skipped)} stack(s) up to date, skipped; " if plan.skipped else ""
     if not plan.tasks:
         yield BatchStep(0, 0, message=f"{note}nothing to do")
-    else:
-        try:
-            yield from _run(
-                plan, state, adapter_paths, size, out, note, model=model, device=device, **cluster
-            )
-        finally:
-            if state.submitted:
-                for task in plan.tasks:
-                    state.rows.setdefault(task.name, _cancelled(task))
+        return _record(plan, state, out)
+    try:
+        yield from _run(
+            plan, state, adapter_paths, size, out, note, model=model, device=device, **cluster
+        )
+    finally:  # finished, cancelled (generator closed) or interrupted: record what is done
+        if state.submitted:
+            for task in plan.tasks:
+                state.rows.setdefault(task.name, _cancelled(task))
+            result = _record(plan, state, out)
+    return result
+
+
+def _record(plan: _Plan, state: _State, out: Path) -> BatchResult:
+    """Write the manifest and the summary (rows in input order); return the result."""
     ordered = [state.rows[name] for name in plan.order if name in state.rows]
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = outputs.write_manifest(out, plan.job, state.stacks)

@@ -1,9 +1,12 @@
 """Batch outputs: labels images (OME-Zarr or TIFF), the manifest and the summary table.
 
-Every file or folder is written under a temporary name in its own folder and moved into
-place with ``os.replace``, so a reader (or a resumed run) sees either the old complete
-output or the new complete output, never half of one. Leftover temporary names from an
-interrupted run start with ``.`` and contain ``.tmp-``; :func:`remove_partials` deletes them.
+Files (TIFF labels, ``manifest.json``, ``summary.csv``) go through the project's one atomic
+writer, :func:`napari_sam_lora.engine.atomic.write_files`. An OME-Zarr output is a folder,
+which that writer does not handle: :func:`write_atomic` writes it under a temporary name
+in the same folder and moves it into place with ``os.replace``. Either way a reader (or a
+resumed run) sees the old complete output or the new complete one, never half of one.
+Leftover temporary names of an interrupted run start with ``.`` and contain ``.tmp-``;
+:func:`remove_partials` deletes them.
 """
 
 from __future__ import annotations
@@ -86,6 +89,8 @@ def _replace(tmp: Path, final: Path) -> None:
 def write_atomic(final: Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` for a temporary sibling of ``final``, then move it into place.
 
+    For folders (zarr); single files go through :func:`~napari_sam_lora.engine.atomic.write_files`.
+
     On any error the temporary output is removed and ``final`` is left as it was.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -139,7 +144,10 @@ def write_labels(
     if fmt == "ome-zarr":
         return write_atomic(final, lambda tmp: _write_ome_zarr(labels, tmp, axis, attrs or {}))
     if fmt == "tiff":
-        return write_atomic(final, lambda tmp: _write_tiff(labels, tmp, axis, attrs or {}))
+        from napari_sam_lora.engine.atomic import write_files
+
+        write_files({final: lambda tmp: _write_tiff(labels, tmp, axis, attrs or {})})
+        return final
     raise ValueError(f"unknown output format {fmt!r}; choose {' or '.join(FORMATS)}")
 
 
@@ -181,7 +189,6 @@ def _write_tiff(labels: np.ndarray, path: Path, axis: str, attrs: Mapping) -> No
 
     labels = np.asarray(labels)
     axes = ("T" if axis == "t" else "Z") + "YX" if labels.ndim == 3 else "YX"
-    # the temporary name has no .tif suffix; tifffile writes what it is given
     with open(path, "wb") as handle:
         tifffile.imwrite(
             handle,
@@ -219,10 +226,9 @@ def fingerprint_bytes(path: str | os.PathLike[str]) -> str:
 
 
 def _write_text(path: Path, text: str) -> None:
-    def write(tmp: Path) -> None:
-        tmp.write_text(text, encoding="utf-8")
+    from napari_sam_lora.engine.atomic import write_files
 
-    write_atomic(path, write)
+    write_files({path: text})
 
 
 def read_manifest(output_dir: str | os.PathLike[str]) -> dict[str, Any]:

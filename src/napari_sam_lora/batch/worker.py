@@ -151,32 +151,16 @@ class ModelPlugin(WorkerPlugin):
 
 
 def check_adapter(path: str, model: Any) -> None:
-    """Load an adapter file onto ``model``'s decoder and take it off again.
+    """Validate an adapter file against ``model``'s decoder, as loading would (no injection).
 
     Raises
     ------
     AdapterFileError
         Damaged file, another base model (decoder checksum), tensors that do not fit.
     """
-    from napari_sam_lora.engine.adapter_files import load_adapters
-    from napari_sam_lora.engine.adapters import delete_adapter
+    from napari_sam_lora.engine.adapter_files import check_adapters
 
-    decoder = model.predictor.sam_mask_decoder
-    loaded = load_adapters(path, decoder, rename=_trial_names(path))
-    for name in loaded.names:
-        delete_adapter(decoder, name)
-
-
-def _trial_names(path: str) -> dict[str, str]:
-    import json
-
-    from napari_sam_lora.engine.adapter_files import adapter_paths
-
-    try:
-        doc = json.loads(adapter_paths(path)[1].read_text(encoding="utf-8"))
-        return {e["name"]: f"batchcheck{i}" for i, e in enumerate(doc["adapters"])}
-    except Exception:
-        return {}  # load_adapters reports what is wrong with the file
+    check_adapters(path, model.predictor.sam_mask_decoder)
 
 
 def _plugin() -> ModelPlugin:
