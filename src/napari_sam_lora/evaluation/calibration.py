@@ -12,7 +12,10 @@ From those pairs this module computes
   reach the threshold; recall: of those that reach it, the share one would accept),
 - the **reliability diagram** data (per bin: count, mean confidence, mean IoU).
 
-Numpy only; used by ``evaluate``'s report and by the fine-tuning diagnosis.
+The metrics live in :mod:`napari_sam_lora.engine.calibration` (shared with the fine-tuning
+diagnosis) and are re-exported here; this module adds the simulated user's hook
+(:func:`candidate_scores`) and the collection of pairs from protocol records
+(:func:`pairs_from_frames`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
+from napari_sam_lora.engine.calibration import (
+    TAUS,
+    calibration_summary,
+    expected_calibration_error,
+    precision_recall,
+    reliability_bins,
+    spearman,
+)
 
 __all__ = [
     "TAUS",
@@ -32,167 +42,6 @@ __all__ = [
     "reliability_bins",
     "spearman",
 ]
-
-#: Confidence cut-offs for the precision/recall table.
-TAUS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
-N_BINS = 10
-
-
-def _pairs(confidence: Sequence[float], iou: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    c = np.asarray(confidence, dtype=np.float64).reshape(-1)
-    y = np.asarray(iou, dtype=np.float64).reshape(-1)
-    if c.shape != y.shape:
-        raise ValueError(f"{c.size} confidences but {y.size} IoUs: they must pair up")
-    keep = np.isfinite(c) & np.isfinite(y)
-    return c[keep], y[keep]
-
-
-def _ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties sharing their average rank."""
-    order = np.argsort(values, kind="mergesort")
-    ranks = np.empty(len(values), dtype=np.float64)
-    ranks[order] = np.arange(1, len(values) + 1)
-    uniq, inverse = np.unique(values, return_inverse=True)
-    if len(uniq) < len(values):
-        sums = np.bincount(inverse, weights=ranks)
-        counts = np.bincount(inverse)
-        ranks = (sums / counts)[inverse]
-    return ranks
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Spearman rank correlation of ``x`` and ``y`` (ties get average ranks).
-
-    Returns ``None`` with fewer than 3 pairs or when either side is constant (undefined).
-    """
-    a, b = _pairs(x, y)
-    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return None
-    ra, rb = _ranks(a), _ranks(b)
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def reliability_bins(
-    confidence: Sequence[float], iou: Sequence[float], bins: int = N_BINS
-) -> list[dict[str, Any]]:
-    """Per equal-width confidence bin over ``[0, 1]``: ``lo``, ``hi``, ``count``, means.
-
-    Confidences are clipped to ``[0, 1]``; a confidence of exactly 1 falls in the last bin.
-    Empty bins have ``None`` means.
-    """
-    c, y = _pairs(confidence, iou)
-    c = np.clip(c, 0.0, 1.0)
-    index = np.minimum((c * bins).astype(int), bins - 1)
-    out = []
-    for k in range(bins):
-        sel = index == k
-        n = int(sel.sum())
-        out.append(
-            {
-                "lo": k / bins,
-                "hi": (k + 1) / bins,
-                "count": n,
-                "mean_confidence": float(c[sel].mean()) if n else None,
-                "mean_iou": float(y[sel].mean()) if n else None,
-            }
-        )
-    return out
-
-
-def expected_calibration_error(
-    confidence: Sequence[float], iou: Sequence[float], bins: int = N_BINS
-) -> float | None:
-    """Expected calibration error: ``sum_b n_b / N * |mean conf_b - mean IoU_b|``.
-
-    ``None`` without pairs.
-    """
-    table = reliability_bins(confidence, iou, bins)
-    total = sum(b["count"] for b in table)
-    if total == 0:
-        return None
-    return float(
-        sum(
-            b["count"] / total * abs(b["mean_confidence"] - b["mean_iou"])
-            for b in table
-            if b["count"]
-        )
-    )
-
-
-def precision_recall(
-    confidence: Sequence[float],
-    iou: Sequence[float],
-    threshold: float,
-    taus: Sequence[float] = TAUS,
-) -> list[dict[str, Any]]:
-    """For each ``tau``: precision and recall of "confidence >= tau ⇒ IoU >= threshold".
-
-    Each row has ``tau``, ``selected`` (pairs with confidence >= tau), ``good`` (pairs with
-    IoU >= threshold), ``precision`` (``None`` when nothing is selected) and ``recall``
-    (``None`` when nothing is good).
-    """
-    c, y = _pairs(confidence, iou)
-    good = y >= threshold
-    rows = []
-    for tau in taus:
-        chosen = c >= tau
-        hits = int((chosen & good).sum())
-        rows.append(
-            {
-                "tau": float(tau),
-                "selected": int(chosen.sum()),
-                "good": int(good.sum()),
-                "precision": hits / int(chosen.sum()) if chosen.any() else None,
-                "recall": hits / int(good.sum()) if good.any() else None,
-            }
-        )
-    return rows
-
-
-def calibration_summary(
-    confidence: Sequence[float],
-    iou: Sequence[float],
-    threshold: float,
-    *,
-    raw_confidence: Sequence[float] | None = None,
-    source: str = "",
-    taus: Sequence[float] = TAUS,
-    bins: int = N_BINS,
-) -> dict[str, Any]:
-    """Everything above in one JSON-ready dict (the ``calibration`` report section).
-
-    Parameters
-    ----------
-    confidence, iou : sequence of float
-        The confidence shown for each candidate examined and its true IoU.
-    threshold : float
-        The IoU a candidate must reach to be accepted.
-    raw_confidence : sequence of float, optional
-        The model's own score (predicted IoU × object score) of the same candidates, when
-        what is shown is a calibrated estimate; reported as ``raw`` for comparison.
-    source : str
-        What the pairs are (e.g. ``"every candidate examined"``).
-    """
-    c, y = _pairs(confidence, iou)
-    out: dict[str, Any] = {
-        "source": source,
-        "n": len(c),
-        "threshold": float(threshold),
-        "spearman": spearman(c, y),
-        "ece": expected_calibration_error(c, y, bins),
-        "mean_confidence": float(c.mean()) if len(c) else None,
-        "mean_iou": float(y.mean()) if len(y) else None,
-        "precision_recall": precision_recall(c, y, threshold, taus),
-        "reliability": reliability_bins(c, y, bins),
-    }
-    if raw_confidence is not None:
-        r, ry = _pairs(raw_confidence, iou)
-        out["raw"] = {
-            "spearman": spearman(r, ry),
-            "ece": expected_calibration_error(r, ry, bins),
-            "reliability": reliability_bins(r, ry, bins),
-        }
-    return out
 
 
 def candidate_scores(candidates: Sequence[Any], ious: Sequence[float]) -> list[dict[str, float]]:

@@ -6,7 +6,11 @@ thresholded at the config's ``threshold`` (SAM2 itself uses 0.5). Reported: the 
 distribution, predicted-IoU and object-score statistics, the share of empty predictions,
 and a mean IoU per threshold. When most predictions are empty although the object is there,
 a warning suggests the threshold with the best mean IoU, or says that the object score (not
-the threshold) is what empties them. Written to ``diagnosis.json`` and ``diagnosis.md``.
+the threshold) is what empties them. ``calibration`` holds the same confidence metrics as
+``evaluate``'s report (:mod:`napari_sam_lora.engine.calibration`): the confidence shown
+with proposals (predicted IoU × object-score probability) against the true IoU — Spearman,
+expected calibration error (10 bins), precision/recall of "confidence >= tau => IoU >= 0.5"
+and reliability bins. Written to ``diagnosis.json`` and ``diagnosis.md``.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_sam_lora.engine.adapters import decoder_device, use_adapter
+from napari_sam_lora.engine.calibration import calibration_summary
 from napari_sam_lora.finetune.events import Progress
 from napari_sam_lora.finetune.store import ExampleSet
 
@@ -32,6 +37,8 @@ __all__ = ["SWEEP", "Diagnosis", "diagnose", "write_diagnosis"]
 #: Mask probability thresholds tried for the suggestion.
 SWEEP = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 EMPTY_WARNING = 0.5
+#: IoU a proposal must reach to count as good in the calibration table (LIT's threshold).
+GOOD_IOU = 0.5
 
 
 @dataclass
@@ -98,7 +105,7 @@ def _model_stats(
 ) -> Generator[int, None, dict[str, Any]]:
     thresholds = sorted({*SWEEP, threshold})
     cuts = [math.log(t / (1 - t)) for t in thresholds]
-    ious, preds, scores, empty, gated, sweep = [], [], [], [], [], []
+    ious, preds, scores, empty, gated, sweep, shown = [], [], [], [], [], [], []
     kinds: dict[str, list[float]] = {}
     cut = math.log(threshold / (1 - threshold))
     for i in range(len(examples)):
@@ -111,6 +118,7 @@ def _model_stats(
         kinds.setdefault(examples.infos[i].kind, []).append(value)
         preds.append(iou_pred)
         scores.append(score)
+        shown.append(iou_pred * score)
         if target.any():
             empty.append(not bool(pred.any()))
             gated.append(not present)
@@ -144,6 +152,12 @@ def _model_stats(
         "mean_iou_by_threshold": {
             f"{t:g}": float(v) for t, v in zip(thresholds, np.mean(sweep, axis=0), strict=True)
         },
+        "calibration": calibration_summary(
+            shown,
+            ious,
+            GOOD_IOU,
+            source="validation examples; confidence = predicted IoU x object-score probability",
+        ),
     }
 
 
@@ -211,6 +225,42 @@ def _warn(diag: Diagnosis) -> None:
             f"the predicted IoU hardly follows the real IoU (correlation {corr:.2f}): the "
             "confidence shown with proposals will be unreliable"
         )
+    cal = a.get("calibration") or {}
+    ece = cal.get("ece")
+    if ece is not None and ece > 0.1:
+        diag.warnings.append(
+            f"the confidence is miscalibrated (expected calibration error {ece:.2f}, mean "
+            f"confidence {_f(cal.get('mean_confidence'))} vs mean IoU "
+            f"{_f(cal.get('mean_iou'))}): the live learner's per-object calibrator "
+            "corrects this from the user's own corrections"
+        )
+
+
+def _calibration_md(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Calibration of the shown confidence (predicted IoU × object score), adapter and base."""
+    lines = [
+        "## Calibration of the confidence (predicted IoU x object score)",
+        "",
+        "| | adapter | base |",
+        "|---|---|---|",
+        f"| Spearman rank correlation with IoU | {_f(a['spearman'])} | {_f(b['spearman'])} |",
+        f"| expected calibration error (10 bins) | {_f(a['ece'])} | {_f(b['ece'])} |",
+    ]
+    for ra, rb in zip(a["precision_recall"], b["precision_recall"], strict=True):
+        lines.append(
+            f"| precision / recall of conf >= {ra['tau']:g} => IoU >= {a['threshold']:g} | "
+            f"{_f(ra['precision'])} / {_f(ra['recall'])} | "
+            f"{_f(rb['precision'])} / {_f(rb['recall'])} |"
+        )
+    lines += ["", "| confidence bin | examples | mean confidence | mean IoU (adapter) |"]
+    lines += ["|---|---|---|---|"]
+    lines += [
+        f"| {r['lo']:.1f}-{r['hi']:.1f} | {r['count']} | {_f(r['mean_confidence'])} | "
+        f"{_f(r['mean_iou'])} |"
+        for r in a["reliability"]
+        if r["count"]
+    ]
+    return [*lines, ""]
 
 
 def write_diagnosis(diag: Diagnosis, folder: str | Path) -> tuple[Path, Path]:
@@ -241,6 +291,8 @@ def _markdown(diag: Diagnosis) -> str:
     lines += [f"| {label} | {_f(x)} | {_f(y)} |" for label, x, y in rows]
     corr = a["predicted_iou"]["correlation_with_iou"]
     lines += ["", f"Correlation of predicted and real IoU (adapter): {_f(corr)}", ""]
+    if a.get("calibration") and b.get("calibration"):
+        lines += _calibration_md(a["calibration"], b["calibration"])
     lines += ["## IoU histogram (adapter)", "", "| IoU | examples |", "|---|---|"]
     lines += [
         f"| {k / 10:.1f}-{(k + 1) / 10:.1f} | {n} |" for k, n in enumerate(a["iou"]["histogram"])
