@@ -416,6 +416,21 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def _dashboard(client: Any) -> str | None:
+    """The dask dashboard address, or ``None`` where it cannot be served.
+
+    A scheduler started in this process (a LocalCluster) serves it only with bokeh installed.
+    """
+    import importlib.util
+
+    if getattr(client, "cluster", None) is not None and importlib.util.find_spec("bokeh") is None:
+        return None
+    try:
+        return str(client.dashboard_link)
+    except Exception:  # a scheduler without a dashboard service
+        return None
+
+
 def _failure(task: Any, exc: BaseException) -> dict[str, Any]:
     text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
     if type(exc).__name__ == "KilledWorker":
@@ -543,15 +558,15 @@ def _run(
     with _client(client, scheduler, total, workers, memory_limit, device, env) as (dask, threads):
         plugin = ModelPlugin(model, size, device, adapter_paths, torch_threads or threads)
         dask.register_plugin(plugin, name=PLUGIN_NAME)  # loads the model, checks adapters
-        state.dashboard = getattr(dask, "dashboard_link", None)
+        state.dashboard = _dashboard(dask)
         n_workers = len(dask.scheduler_info().get("workers", {}))
         out.mkdir(parents=True, exist_ok=True)
         outputs.remove_partials(out)
         yield BatchStep(
             0,
             total,
-            message=f"{note}{total} stack(s) on {n_workers} worker(s); "
-            f"dashboard: {state.dashboard}",
+            message=f"{note}{total} stack(s) on {n_workers} worker(s); dashboard: "
+            + (state.dashboard or "not available (dask's dashboard needs bokeh installed)"),
             dashboard=state.dashboard,
         )
         run_id = uuid.uuid4().hex[:8]
