@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install napari-sam-lora with its test dependencies into .venv and run the checks:
-# ruff, then pytest under a virtual X display. What CI runs (.ci/run).
+# ruff, import-linter's layering contracts, then pytest under a virtual X display. What CI
+# runs (.ci/run).
 #
 #   bash scripts/test.sh                 # everything
 #   bash scripts/test.sh -k synthetic    # extra arguments go to pytest
@@ -22,6 +23,8 @@ for path in src tests benchmarks; do
 done
 log "ruff check ${lint_paths[*]}"
 "$VENV/bin/python" -m ruff check "${lint_paths[@]}"
+log "lint-imports (the layering contracts in pyproject.toml)"
+"$VENV/bin/lint-imports" --no-cache
 
 pytest_cmd=("$VENV/bin/python" -m pytest -v -p no:cacheprovider "$@")
 if command -v xvfb-run >/dev/null 2>&1; then

@@ -592,7 +592,7 @@ class Session:
         scores = logits.float().cpu().numpy() if hasattr(logits, "float") else np.asarray(logits)
         model_made = []
         for k, obj_id in enumerate(obj_ids):
-            adapter = self._assisted.get((frame, obj_id))
+            adapter = self._assisted.pop((frame, obj_id), None)  # set by the assist hook
             source = "adapter" if adapter else "sam2"
             if self.annotations.model_made(frame, obj_id, source, adapter):
                 model_made.append(k)
