@@ -19,6 +19,7 @@ from napari_sam_lora.layers import (
     reject_candidate,
     stack_from_image_layer,
 )
+from napari_sam_lora.layers.candidates import CANDIDATE_OPACITY
 
 T, H, W = 5, 16, 20
 
@@ -61,9 +62,11 @@ def test_candidate_layer_name_metadata_shape_and_transform(scene):
     viewer, image, source, out = scene
     cand = candidate()
     layer = add_candidate_layer(viewer, image, source, cand)
-    assert layer.name == f"candidate {cand.name}"
-    assert "obj 1" in layer.name and "obj1_a0" in layer.name and "frames 2-4" in layer.name
-    assert f"conf {cand.confidence:.2f}" in layer.name
+    # behaviour change (issue 9): a short name keeps the adapter id visible in the layer list
+    assert layer.name == f"cand {cand.short_name}"
+    assert "obj1_a0" in layer.name and "2-4" in layer.name
+    assert f"≈{cand.estimated_iou:.2f}" in layer.name
+    assert layer.contour > 0  # an outline, apart from the filled masks layer
     info = layer.metadata["napari_sam_lora"]
     assert info["candidate"] is True and info["obj_id"] == 1 and info["adapter"] == "obj1_a0"
     assert info["frames"] == [2, 3, 4]
@@ -71,7 +74,7 @@ def test_candidate_layer_name_metadata_shape_and_transform(scene):
     assert layer.data.shape == out.data.shape
     np.testing.assert_allclose(layer.scale, image.scale)
     np.testing.assert_allclose(layer.translate, image.translate)
-    assert layer.opacity == pytest.approx(0.5)
+    assert layer.opacity == pytest.approx(CANDIDATE_OPACITY)  # outlines: nearly opaque
     assert not layer.data[:2].any()
     np.testing.assert_array_equal(layer.data[2:] == 1, cand.masks)
     assert is_candidate_layer(layer) and not is_candidate_layer(out)

@@ -7,14 +7,12 @@ the real engine with the untrained model at a small image size.
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
 
 from napari_sam_lora._qt import threading as qt_threading
 from napari_sam_lora._qt._propagation import SessionCache
-from napari_sam_lora._qt.widget import SamLoraWidget
 from napari_sam_lora.engine.tracking import PropagationStep, validate_prompts
 
 pytestmark = pytest.mark.viewer
@@ -35,23 +33,44 @@ class FakeSession:
         self.model_label = f"{loaded} (UNTRAINED: random weights)"
         self.gate, self.open_frames = gate, open_frames
         self.closed = False
+        self.prompts = []
+        self.corrections = []
+        self.labels = np.zeros((self.num_frames, *self.frame_shape), np.int32)
+
+    @property
+    def object_ids(self):
+        return sorted({p.obj_id for p in self.prompts})
 
     def validate_prompts(self, prompts):
         validate_prompts(prompts, self.num_frames, self.frame_shape)
 
-    def segment(self, prompts, direction="forward", frame_range=None):
+    def set_prompts(self, prompts):
         self.validate_prompts(prompts)
+        self.prompts = list(prompts)
+        return True
+
+    def add_correction(self, frame, user_labels):
+        self.corrections.append((frame, np.array(user_labels)))
+        self.labels[frame] = user_labels
+
+    def reset(self):
+        self.prompts, self.labels[:] = [], 0
+
+    def propagate_steps(self, direction="forward", frame_range=None):
         first, last = frame_range or (0, self.num_frames - 1)
         frames = list(range(first, last + 1))
         if direction == "backward":
             frames.reverse()
+        if direction == "both":  # like the engine: the prompted frame is tracked twice
+            frames = frames + frames[::-1][1:2]
         try:
             for done, frame in enumerate(frames, 1):
                 if done > self.open_frames and self.gate is not None:
                     assert self.gate.wait(30)
                 labels = np.zeros(self.frame_shape, np.int32)
-                for k, prompt in enumerate(sorted({p.obj_id for p in prompts})):
+                for k, prompt in enumerate(sorted({p.obj_id for p in self.prompts})):
                     labels[2 * k : 2 * k + 4, 2:6] = prompt
+                self.labels[frame] = labels
                 yield PropagationStep(frame, done, len(frames), labels)
         finally:
             self.closed = True
@@ -61,22 +80,6 @@ def fake_load(model, device, image_size):
     yield ("build", 0, 1)
     yield ("build", 1, 1)
     return f"fake-{model}"
-
-
-@pytest.fixture
-def viewer_widget(make_napari_viewer):
-    viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-sam-lora", "SAM2 LoRA")
-    assert isinstance(widget, SamLoraWidget)
-    yield viewer, widget
-    if widget.job is not None:
-        widget.job.cancel()
-        deadline = time.monotonic() + 30
-        while widget.job.is_running and time.monotonic() < deadline:
-            from qtpy.QtWidgets import QApplication
-
-            QApplication.processEvents()
-            time.sleep(0.01)
 
 
 def use_fake(widget, **session_kwargs):
@@ -179,18 +182,20 @@ def test_4d_image_writes_the_plane_at_the_dims_point(viewer_widget, qtbot, notes
     assert out[:, 2].any() and not np.delete(out, 2, axis=1).any()
 
 
-def test_shift_p_propagates_and_is_unbound_on_close(viewer_widget, qtbot, notes):
+def test_shortcut_propagates_and_the_dock_close_button_shuts_down(viewer_widget, qtbot, notes):
+    """Behaviour change (issue 12): Propagate is Shift-T (Shift-P is the Shapes lasso), and
+    the dock's own close button (not only ``widget.close()``) unbinds it."""
     from napari.utils.key_bindings import KeyBinding
 
     viewer, widget = viewer_widget
     use_fake(widget)
     add_image_and_point(viewer, widget)
-    key = KeyBinding.from_str("Shift-P")
+    key = KeyBinding.from_str("Shift-T")
     viewer.keymap[key](viewer)
     wait_done(qtbot, widget)
     assert viewer.layers["img masks"].data.any()
-    widget.close()
-    assert key not in viewer.keymap
+    widget.parent().title.close_button.click()
+    assert key not in viewer.keymap and not widget.life.alive
 
 
 def test_set_model_and_device(viewer_widget):
@@ -201,6 +206,10 @@ def test_set_model_and_device(viewer_widget):
     widget.set_model("/tmp/checkpoints/my.pt")
     assert widget.model == "/tmp/checkpoints/my.pt"
     assert widget.model_combo.currentText() == "my.pt"
+    widget.set_model("untrained:sam2.1_hiera_tiny")
+    assert "UNTRAINED" in widget.model_combo.currentText()  # in the box, before any run
+    assert "UNTRAINED" in widget.status.text()
+    widget.set_model("/tmp/checkpoints/my.pt")
     assert "my.pt" in widget.status.text()
     widget.device_combo.setCurrentText("cpu")
     assert widget.device == "cpu"

@@ -35,6 +35,9 @@ def viewer_widget(make_napari_viewer, tiny_model):
         return tiny_model
 
     widget.sessions = SessionCache(load_model=load)
+    # these tests check one job at a time; automatic re-propagation after Learn / Accept
+    # (on by default) is tested in test_correction_loop.py
+    widget.learning.repropagate_check.setChecked(False)
     yield viewer, widget
     if widget.job is not None:
         widget.job.cancel()
@@ -118,23 +121,37 @@ def test_learn_propose_accept_undo_reject(viewer_widget, qtbot, notes):
     (layer,) = candidate_layers(viewer)
     info = layer.metadata["napari_sam_lora"]
     assert info["frames"] == [1, 2, 3] and info["obj_id"] == 1
-    assert layer.name.startswith("candidate obj 1 obj1_a0 frames 1-3 conf ")
+    # short name keeping the adapter id visible; drawn as an outline (issue 9)
+    assert layer.name.startswith(f"cand {info['adapter']} 1-3 ≈") and layer.contour > 0
     assert viewer.layers.selection.active is layer
     masks = layer.data != 0
     before = out.data.copy()
     from napari.utils.key_bindings import KeyBinding
 
-    viewer.keymap[KeyBinding.from_str("Shift-A")](viewer)  # Accept
-    assert layer not in viewer.layers
+    viewer.keymap[KeyBinding.from_str("Shift-C")](viewer)  # Accept (Shift-A is Points')
+    # behaviour change (issue 9): frame 2, corrected by the user, is kept
+    assert layer in viewer.layers and layer.metadata["napari_sam_lora"]["frames"] == [2]
     np.testing.assert_array_equal(out.data[0], before[0])
-    for t in (1, 2, 3):
+    np.testing.assert_array_equal(out.data[2], before[2])
+    for t in (1, 3):
         np.testing.assert_array_equal(out.data[t], merge_object(before[t], 1, masks[t]))
-    assert (out.data != before).any()
+    assert (out.data != before).any() and "kept your frame(s) [2]" in panel.status.text()
     wait_done(qtbot, widget)
     assert panel.job.state == "finished" and notes == []
-    assert {1, 2, 3} <= set(widget.sessions.session.prompted_frames)
-    out.undo()  # ONE undo reverts every accepted frame
+    assert {1, 3} <= set(widget.sessions.session.annotations.confirmed_frames(1))
+    after_first = out.data.copy()
+    panel.overwrite_check.setChecked(True)  # now frame 2 too, explicitly
+    viewer.keymap[KeyBinding.from_str("Shift-C")](viewer)
+    assert layer not in viewer.layers
+    np.testing.assert_array_equal(out.data[2], merge_object(before[2], 1, masks[2]))
+    assert viewer.layers.selection.active is out  # the next key has a sensible target
+    wait_done(qtbot, widget)
+    assert panel.job.state == "finished" and notes == []
+    out.undo()  # ONE undo per accept
+    np.testing.assert_array_equal(out.data, after_first)
+    out.undo()
     np.testing.assert_array_equal(out.data, before)
+    panel.overwrite_check.setChecked(False)
 
     panel.propose(3, 3)
     wait_done(qtbot, widget)
@@ -191,7 +208,7 @@ def test_shift_l_and_automatic_learning(viewer_widget, qtbot, notes):
     out, truth = propagated(viewer, widget, qtbot)
     panel = widget.learning
     correct(viewer, out, 1, truth[1])
-    viewer.keymap[KeyBinding.from_str("Shift-L")](viewer)
+    viewer.keymap[KeyBinding.from_str("Shift-E")](viewer)  # Learn (Shift-L is Shapes')
     assert panel.job is not None
     wait_done(qtbot, widget)
     assert panel.job.state == "finished" and panel.report.frame == 1
@@ -218,6 +235,11 @@ def test_save_and_load_adapters_and_a_damaged_file(viewer_widget, qtbot, notes, 
     wait_done(qtbot, widget)
     assert panel.job.state == "finished" and notes == []
     assert learner.pools[1].names == [name] and name in panel.status.text()
+    assert panel.load_adapters(str(tmp_path / "disk.safetensors"))  # the same file again
+    wait_done(qtbot, widget)
+    assert panel.job.state == "finished" and notes == []
+    assert learner.pools[1].names == [name]  # not duplicated
+    assert panel.status.text().startswith("already loaded: ") and name in panel.status.text()
     (tmp_path / "disk.safetensors").write_bytes(b"garbage")
     before = adapter_names(learner.decoder)
     assert panel.load_adapters(str(tmp_path / "disk"))

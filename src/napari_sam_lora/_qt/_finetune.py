@@ -13,15 +13,19 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QFileDialog,
+    QFrame,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QLineEdit,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -30,7 +34,7 @@ from qtpy.QtWidgets import (
 
 from napari_sam_lora._qt import threading as _threading
 
-__all__ = ["FineTuneWidget", "check_job", "train_job"]
+__all__ = ["FineTuneWidget", "check_job", "example_job", "train_job"]
 
 COLUMNS = ("epoch", "train loss", "val loss", "train IoU", "val IoU")
 FILTER = "Fine-tuning config (*.yaml *.yml);;All files (*)"
@@ -42,6 +46,30 @@ def check_job(path: str) -> Generator[Any, None, None]:
     from napari_sam_lora.finetune.data_check import check_data
 
     yield check_data(load_config(path))
+
+
+def example_job(folder: str | None = None) -> Generator[Any, None, None]:
+    """Worker: write the example config and the synthetic stacks it trains on; yields the
+    config's path.
+
+    The packaged ``configs/finetune/example.yaml`` points at ``../../synthetic_suite`` (a
+    repository checkout); the copy written here points at the stacks written beside it, so
+    *Check data* passes out of the box. ``folder`` defaults to the user cache.
+    """
+    import re
+
+    from napari_sam_lora.engine.models import cache_dir
+    from napari_sam_lora.synthetic import write_suite
+
+    out = Path(folder) if folder else cache_dir() / "finetune-example"
+    text = (Path(__file__).parents[1] / "configs" / "finetune" / "example.yaml").read_text(
+        encoding="utf-8"
+    )
+    kinds = sorted(set(re.findall(r"synthetic_suite/(\w+)_image\.tif", text)))
+    write_suite(out / "synthetic_suite", kinds=kinds)
+    config = out / "example.yaml"
+    config.write_text(text.replace("../../synthetic_suite", "synthetic_suite"), encoding="utf-8")
+    yield str(config)
 
 
 def train_job(path: str, restart: bool = False) -> Generator[Any, None, None]:
@@ -82,6 +110,10 @@ class FineTuneWidget(QWidget):
         self.path_edit = QLineEdit(self)
         self.path_edit.setPlaceholderText("fine-tuning config (.yaml)")
         self.browse_button = QPushButton("Browse…", self)
+        self.example_button = QPushButton("Example", self)
+        self.example_button.setToolTip(
+            "Write the example config and the synthetic stacks it trains on (user cache) and use it"
+        )
         self.check_button = QPushButton("Check data", self)
         self.train_button = QPushButton("Train", self)
         self.cancel_button = QPushButton("Cancel", self)
@@ -92,22 +124,41 @@ class FineTuneWidget(QWidget):
         self.table = QTableWidget(0, len(COLUMNS), self)
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.verticalHeader().setVisible(False)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.Stretch)  # every column readable, no sideways cut
+        header.setMinimumSectionSize(40)
+        self.table.setMinimumHeight(90)
         self.text = QPlainTextEdit(self)
         self.text.setReadOnly(True)
+        self.text.setMinimumHeight(60)
+        self.text.setLineWrapMode(QPlainTextEdit.WidgetWidth)
         self.status = QLabel("choose a config, check the data, then train", self)
         self.status.setWordWrap(True)
-        layout = QVBoxLayout(self)
+        self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        content = QWidget(self)
+        inner = QVBoxLayout(content)
+        inner.setContentsMargins(2, 2, 2, 2)
         for row in (
-            (self.path_edit, self.browse_button),
+            (self.path_edit, self.browse_button, self.example_button),
             (self.check_button, self.train_button, self.cancel_button),
         ):
             line = QHBoxLayout()
             for w in row:
                 line.addWidget(w)
-            layout.addLayout(line)
-        for w in (self.restart_check, self.progress, self.table, self.text, self.status):
-            layout.addWidget(w)
+            inner.addLayout(line)
+        for w in (self.restart_check, self.progress, self.table, self.text):
+            inner.addWidget(w)
+        scroll = QScrollArea(self)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        scroll.setWidget(content)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(2, 2, 2, 2)
+        layout.addWidget(scroll, 1)
+        layout.addWidget(self.status)
         self.browse_button.clicked.connect(lambda *_: self.browse())
+        self.example_button.clicked.connect(lambda *_: self.use_example())
         self.check_button.clicked.connect(lambda *_: self.check())
         self.train_button.clicked.connect(lambda *_: self.train())
         self.cancel_button.clicked.connect(lambda *_: self.cancel())
@@ -118,6 +169,14 @@ class FineTuneWidget(QWidget):
         path, _ = QFileDialog.getOpenFileName(self, "Fine-tuning config", "", FILTER)
         if path:
             self.path_edit.setText(path)
+
+    def use_example(self, folder: str | None = None) -> bool:
+        """Write the example config and its data (on the worker), then select it."""
+        if self._busy():
+            return False
+        self.status.setText("writing the example config and its synthetic stacks…")
+        self._start(example_job, folder)
+        return True
 
     def set_config(self, path: str | Path) -> None:
         """Use ``path`` as the config."""
@@ -171,7 +230,13 @@ class FineTuneWidget(QWidget):
         )
 
     def _set_running(self, running: bool) -> None:
-        for w in (self.check_button, self.train_button, self.browse_button, self.path_edit):
+        for w in (
+            self.check_button,
+            self.train_button,
+            self.browse_button,
+            self.example_button,
+            self.path_edit,
+        ):
             w.setEnabled(not running)
         self.cancel_button.setEnabled(running)
 
@@ -179,7 +244,10 @@ class FineTuneWidget(QWidget):
         from napari_sam_lora.finetune.data_check import DataReport
         from napari_sam_lora.finetune.events import Progress
 
-        if isinstance(item, Progress):
+        if isinstance(item, str):  # example_job: the config written
+            self.set_config(item)
+            self.status.setText(f"example config: {item}; Check data, then Train")
+        elif isinstance(item, Progress):
             self._show_progress(item)
         elif isinstance(item, DataReport):
             self.report = item
@@ -197,7 +265,7 @@ class FineTuneWidget(QWidget):
             self.text.appendPlainText(p.message)
         if p.epoch is not None:
             self._add_epoch(p.epoch)
-        self.status.setText(p.message[:200])
+        self.status.setText(p.message)
 
     def _add_epoch(self, e: Any) -> None:
         row = self.table.rowCount()

@@ -1,8 +1,9 @@
 """The learning panel: learn from a corrected frame, propose, accept/reject, adapter files.
 
-Embedded in :class:`~napari_sam_lora._qt.widget.SamLoraWidget`; shares its session cache, its
-job slot (one job at a time across propagation and learning) and its lifecycle. The checks
-and layer work live in :mod:`._learning_control`; this module holds widgets and jobs.
+Embedded in :class:`~napari_sam_lora._qt.widget.SamLoraWidget`; shares its session cache,
+its job slot (one job at a time across propagation and learning, ``host.slot``) and its
+lifecycle (``host.life``). The checks and layer work live in :mod:`._learning_control`;
+this module holds widgets and jobs.
 """
 
 from __future__ import annotations
@@ -16,18 +17,20 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
-    QGroupBox,
     QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
+    QWidget,
 )
 
 from napari_sam_lora._qt import threading as _threading
+from napari_sam_lora._qt._jobs import Activity
 from napari_sam_lora._qt._learning_control import (
     LearningControl,
+    Loaded,
     accept_job,
     describe_report,
     learn_job,
@@ -35,26 +38,29 @@ from napari_sam_lora._qt._learning_control import (
     propose_job,
 )
 from napari_sam_lora._qt._loss_plot import LossPlot
+from napari_sam_lora._qt._shortcuts import key_of, with_key
 from napari_sam_lora.engine.errors import PromptError
-from napari_sam_lora.engine.lora_settings import available_presets
+from napari_sam_lora.engine.lora_settings import available_presets, load_settings
+from napari_sam_lora.layers import candidate_layers, find_output_layer, is_candidate_layer
 
 if TYPE_CHECKING:
     from napari_sam_lora._qt.widget import SamLoraWidget
 
-__all__ = ["ACCEPT_KEY", "LEARN_KEY", "REJECT_KEY", "LearningPanel"]
+__all__ = ["KINDS", "LearningPanel"]
 
-LEARN_KEY, ACCEPT_KEY, REJECT_KEY = "Shift-L", "Shift-A", "Shift-R"
 FILTER = "LoRA adapters (*.safetensors *.json);;All files (*)"
+#: The job kinds this panel starts (its Cancel button is enabled for these only).
+KINDS = ("learn", "propose", "accept", "load")
 
 
-class LearningPanel(QGroupBox):
+class LearningPanel(QWidget):
     """Learn, Propose, Accept/Reject, Save/Load adapters; progress, loss/IoU plot, status.
 
     Parameters
     ----------
     host : SamLoraWidget
-        The dock widget; its ``sessions`` hold the session the learner uses, its ``job`` is
-        the one job slot.
+        The dock widget: its ``sessions`` hold the session the learner uses, its ``slot``
+        is the one job slot, its ``life`` the teardown.
 
     Attributes
     ----------
@@ -63,11 +69,11 @@ class LearningPanel(QGroupBox):
     report : LearnReport or None
         The last finished learn call.
     job : Job or None
-        The last job this panel started (it is also the host's ``job`` while it runs).
+        The last job this panel started.
     """
 
     def __init__(self, host: SamLoraWidget) -> None:
-        super().__init__("Learn from corrections (LoRA)", host)
+        super().__init__(host)
         self.host, self.viewer = host, host.viewer
         self.control = LearningControl(host)
         self.report: Any = None
@@ -75,6 +81,8 @@ class LearningPanel(QGroupBox):
         self._kind = ""
         self._pending: int | None = None
         self._proposing: tuple = ()
+        self._accepted: tuple = ()
+        self._activity: Activity | None = None
         self._build_ui()
         self._connect()
         self._reset_range()
@@ -85,43 +93,74 @@ class LearningPanel(QGroupBox):
         self.preset_combo.addItems(available_presets() or ["default"])
         self.preset_combo.setCurrentText("default")
         self.preset_combo.setToolTip("LoRA settings: default (fast), lit (paper), strong")
-        self.learn_button = QPushButton(f"Learn from this frame ({LEARN_KEY})", self)
+        self.learn_button = QPushButton(with_key("Learn from this frame", "learn"), self)
+        self.learn_button.setToolTip(
+            with_key("Train the corrected objects' adapters on this frame's edit", "learn")
+        )
         self.cancel_button = QPushButton("Cancel", self)
         self.cancel_button.setEnabled(False)
+        self.cancel_button.setToolTip("Stop learning: the adapter keeps its previous weights")
         self.auto_check = QCheckBox("automatic: learn when a stroke ends", self)
+        self.repropagate_check = QCheckBox("re-propagate after Learn / Accept", self)
+        self.repropagate_check.setChecked(True)
+        self.repropagate_check.setToolTip(
+            "Re-track from the corrected or accepted frame until the masks agree with the "
+            "previous run (frames you confirmed are kept)"
+        )
         self.progress = QProgressBar(self)
         self.progress.setFormat("idle")
         self.progress.setValue(0)
         self.plot = LossPlot(self)
         self.from_spin, self.to_spin = QSpinBox(self), QSpinBox(self)
-        self.propose_button = QPushButton("Propose", self)
-        self.accept_button = QPushButton(f"Accept ({ACCEPT_KEY})", self)
-        self.reject_button = QPushButton(f"Reject ({REJECT_KEY})", self)
+        self.propose_button = QPushButton(with_key("Propose", "propose"), self)
+        self.propose_button.setToolTip(
+            with_key("Each adapter's masks over 'propose frames', as candidate layers", "propose")
+        )
+        self.accept_button = QPushButton(with_key("Accept", "accept"), self)
+        self.accept_button.setToolTip(
+            with_key("Write the selected candidate on all its frames (one undo step)", "accept")
+        )
+        self.accept_frame_button = QPushButton(with_key("Accept frame", "accept_frame"), self)
+        self.accept_frame_button.setToolTip(
+            with_key("Write the selected candidate on the current frame only", "accept_frame")
+        )
+        self.reject_button = QPushButton(with_key("Reject", "reject"), self)
+        self.reject_button.setToolTip(with_key("Remove the selected candidate layer", "reject"))
+        self.overwrite_check = QCheckBox("overwrite confirmed frames", self)
+        self.overwrite_check.setToolTip(
+            "Accept also replaces masks you confirmed (prompted, corrected, accepted)"
+        )
         self.save_button = QPushButton("Save adapters…", self)
         self.load_button = QPushButton("Load adapters…", self)
         self.status = QLabel("correct a frame in the masks layer, then Learn", self)
         self.status.setWordWrap(True)
         form = QFormLayout()
+        form.setContentsMargins(4, 2, 4, 2)
         form.addRow("preset", self.preset_combo)
         form.addRow(_row(self.learn_button, self.cancel_button))
         form.addRow(self.auto_check)
+        form.addRow(self.repropagate_check)
         form.addRow(self.progress)
         form.addRow(self.plot)
         form.addRow("propose frames", _row(self.from_spin, QLabel("to", self), self.to_spin))
-        form.addRow(_row(self.propose_button, self.accept_button, self.reject_button))
+        form.addRow(_row(self.propose_button, self.reject_button))
+        form.addRow(_row(self.accept_button, self.accept_frame_button))
+        form.addRow(self.overwrite_check)
         form.addRow(_row(self.save_button, self.load_button))
         layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(form)
         layout.addWidget(self.status)
 
     def _connect(self) -> None:
-        life, viewer = self.host._life, self.viewer
+        life = self.host.life
         self.preset_combo.currentTextChanged.connect(self._apply_preset)
         for button, action in (
             (self.learn_button, self.learn),
             (self.cancel_button, self.cancel),
             (self.propose_button, self.propose),
             (self.accept_button, self.accept),
+            (self.accept_frame_button, self.accept_frame),
             (self.reject_button, self.reject),
             (self.save_button, self.save_adapters),
             (self.load_button, self.load_adapters),
@@ -129,35 +168,30 @@ class LearningPanel(QGroupBox):
             button.clicked.connect(lambda *_, a=action: a())
         self.host.image_combo.currentIndexChanged.connect(self._reset_range)
         self.host.axis_spin.valueChanged.connect(self._reset_range)
-        for emitter, callback in (
-            (viewer.dims.events.current_step, self._reset_range),
-            (viewer.layers.events.inserted, self._on_inserted),
-        ):
-            emitter.connect(callback)
-            life.teardown.append(lambda e=emitter, c=callback: e.disconnect(c))
-        for layer in viewer.layers:
+        life.connect(self.viewer.dims.events.current_step, self._reset_range)
+        life.connect(self.viewer.layers.events.inserted, self._on_inserted)
+        life.connect(self.viewer.layers.selection.events.active, self._on_active)
+        for layer in self.viewer.layers:
             self._watch(layer)
-        for key, action in ((LEARN_KEY, self.learn), (ACCEPT_KEY, self.accept)):
-            self._bind(key, action)
-        self._bind(REJECT_KEY, self.reject)
+        self.host.slot.add_listener(self._on_slot)
 
-    def _bind(self, key: str, action: Any) -> None:
-        def handler(_viewer: Any = None) -> None:
-            if self.host._life.alive:
-                action()
-
-        viewer = self.viewer
-        viewer.bind_key(key, handler, overwrite=True)
-        self.host._life.teardown.append(lambda: viewer.bind_key(key, None))
+    def shortcut_actions(self) -> dict[str, Any]:
+        """The panel's keyboard actions (bound by the host)."""
+        return {
+            "learn": self.learn,
+            "propose": self.propose,
+            "accept": self.accept,
+            "accept_frame": self.accept_frame,
+            "reject": self.reject,
+        }
 
     def _on_inserted(self, event: Any) -> None:
-        if self.host._life.alive:
+        if self.host.life.alive:
             self._watch(event.value)
 
     def _watch(self, layer: Any) -> None:
         if isinstance(layer, Labels):
-            layer.events.paint.connect(self._on_paint)
-            self.host._life.teardown.append(lambda: layer.events.paint.disconnect(self._on_paint))
+            self.host.life.connect(layer.events.paint, self._on_paint)
 
     # -- public API --------------------------------------------------------------------------
     @property
@@ -168,7 +202,7 @@ class LearningPanel(QGroupBox):
     @property
     def busy(self) -> bool:
         """Whether a job (propagation or learning) is running."""
-        return self.host.job is not None and self.host.job.is_running
+        return self.host.slot.busy
 
     def learn(self, frame: int | None = None, quiet: bool = False) -> bool:
         """Train on the user's edit of ``frame`` (default: the viewer's current frame).
@@ -186,11 +220,13 @@ class LearningPanel(QGroupBox):
         if args is None:
             return False
         frame = args[2]
+        steps = self._max_steps()
         self.plot.clear()
-        self.progress.setRange(0, 0)  # busy until the first step
+        self.progress.setRange(0, steps)
         self.progress.setValue(0)
-        self.progress.setFormat(f"learning from frame {frame}…")
+        self.progress.setFormat(f"learning from frame {frame}: step 0 of up to {steps}")
         self.status.setText(f"learning from frame {frame}…")
+        self._activity = Activity(f"LoRA: learning from frame {frame}", steps)
         self._start("learn", learn_job, *args)
         return True
 
@@ -210,19 +246,33 @@ class LearningPanel(QGroupBox):
         self._start("propose", propose_job, ctx.learner, list(range(first, last + 1)))
         return True
 
-    def accept(self, layer: Any = None) -> bool:
-        """Accept the selected candidate layer: one undo step, then SAM2 memory + replay."""
+    def accept(self, layer: Any = None, frames: list[int] | None = None) -> bool:
+        """Accept the selected candidate layer on all its frames (or ``frames``): one undo
+        step, then SAM2 memory + replay. Frames you confirmed are skipped unless *overwrite
+        confirmed frames* is ticked."""
         if self._refuse_if_busy():
             return False
         layer = self.viewer.layers.selection.active if layer is None else layer
+        overwrite = self.overwrite_check.isChecked()
         try:
-            learner, candidate, frames = self.control.accept(layer)
+            learner, candidate, written, skipped = self.control.accept(layer, frames, overwrite)
         except Exception as exc:
             self._error(exc)
             return False
-        self.status.setText(f"accepted object {candidate.obj_id} on frames {frames} (undoable)")
-        self._start("accept", accept_job, learner, candidate)
+        self._select_after_accept(layer)
+        note = f"; kept your frame(s) {skipped}" if skipped else ""
+        self.status.setText(
+            f"accepted object {candidate.obj_id} on frame(s) {written} (undoable){note}"
+        )
+        self._accepted = (candidate.obj_id, written)
+        self._start("accept", accept_job, learner, candidate, written, overwrite)
         return True
+
+    def accept_frame(self, layer: Any = None) -> bool:
+        """Accept the selected candidate on the current frame only."""
+        image = self.host.image_combo.layer
+        frame = 0 if image is None else self.control.frame_range()[1]
+        return self.accept(layer, [frame])
 
     def reject(self, layer: Any = None) -> bool:
         """Remove the selected candidate layer; the masks layer is untouched."""
@@ -237,8 +287,8 @@ class LearningPanel(QGroupBox):
 
     def cancel(self) -> None:
         """Stop the running job at its next step (training keeps the previous adapter)."""
-        if self.busy:
-            self.host.job.cancel()
+        if self.busy and self.host.slot.kind in KINDS:
+            self.host.slot.cancel()
             self.cancel_button.setEnabled(False)
             self.status.setText("cancelling…")
 
@@ -274,7 +324,40 @@ class LearningPanel(QGroupBox):
         self._start("load", load_job, self.control, session, str(path))
         return True
 
+    def release(self) -> None:
+        """Close the learner (its adapters leave the decoder); the dock is closing."""
+        if self._activity is not None:
+            self._activity.close()
+            self._activity = None
+        self.control.release()
+
+    def frame_notes(self) -> list[str]:
+        """What the selected candidate layer says about the current frame (estimated IoU)."""
+        layer = self.viewer.layers.selection.active
+        if not is_candidate_layer(layer):
+            return []
+        info = layer.metadata["napari_sam_lora"]
+        frame = self.control.frame_range()[1]
+        frames = info.get("frames", [])
+        values = info.get("estimated_ious") or info.get("confidences") or []
+        if frame not in frames or frames.index(frame) >= len(values):
+            return [f"candidate {info['adapter']}: no proposal on frame {frame}"]
+        return [
+            f"candidate {info['adapter']} on frame {frame}: estimated IoU "
+            f"{values[frames.index(frame)]:.2f}"
+        ]
+
     # -- internals ---------------------------------------------------------------------------
+    def _max_steps(self) -> int:
+        learner = self.control.learner
+        settings = learner.settings if learner is not None else None
+        if settings is None:
+            try:
+                settings = load_settings(self.preset_combo.currentText())
+            except Exception:
+                return 0
+        return int(settings.max_steps_new)
+
     def _apply_preset(self, *_: Any) -> None:
         try:
             self.control.set_preset(self.preset_combo.currentText())
@@ -283,60 +366,73 @@ class LearningPanel(QGroupBox):
 
     def _start(self, kind: str, fn: Any, *args: Any) -> None:
         self._kind = kind
-        self.host._set_running(True)
-        self._set_running(True)
-        job = _threading.start_job(fn, *args, on_yield=self._on_yield, on_done=self._on_done)
-        self.job = self.host.job = self.host._life.job = job
+        try:
+            self.job = self.host.slot.start(
+                kind, fn, *args, on_yield=self._on_yield, on_done=self._on_done
+            )
+        except Exception as exc:
+            self._error(exc)
+            return
+        self.host.life.job = self.job
 
-    def _set_running(self, running: bool) -> None:
+    def _on_slot(self, kind: str, running: bool) -> None:
+        if not self.host.life.alive:
+            return
         for widget in (
             self.preset_combo,
             self.learn_button,
             self.propose_button,
             self.accept_button,
+            self.accept_frame_button,
             self.save_button,
             self.load_button,
         ):
             widget.setEnabled(not running)
-        self.cancel_button.setEnabled(running)
+        self.cancel_button.setEnabled(running and kind in KINDS)
 
     def _on_yield(self, item: Any) -> None:
-        if not self.host._life.alive:
+        if not self.host.life.alive:
             return
         step = getattr(item, "step", None)
         if step is not None and hasattr(step, "loss"):  # a LearnStep
-            if self.progress.maximum() == 0:
-                self.progress.setMaximum(self.control.learner.settings.max_steps_new)
             self.plot.add(step.loss, step.iou)
             self.progress.setMaximum(max(self.progress.maximum(), step.step))
             self.progress.setValue(step.step)
             self.progress.setFormat(
-                f"object {item.obj_id} ({item.index}/{item.count}) step {step.step}: "
-                f"loss {step.loss:.3f}, IoU {step.iou:.2f}"
+                f"object {item.obj_id} ({item.index}/{item.count}) step {step.step} of up to "
+                f"{self.progress.maximum()}: loss {step.loss:.3f}, IoU {step.iou:.2f}"
             )
+            if self._activity is not None:
+                self._activity.update(step.step, self.progress.maximum())
         elif hasattr(item, "trained"):  # the LearnReport
             self.report = item
             self.status.setText(describe_report(item))
-        elif self._kind == "load":
-            self.status.setText(f"loaded {len(item)} adapter(s): {', '.join(item)}")
+        elif isinstance(item, Loaded):
+            if item.names and not item.new:
+                self.status.setText(
+                    f"already loaded: {', '.join(item.names)} (same file content; not added again)"
+                )
+            else:
+                self.status.setText(f"loaded {len(item.new)} adapter(s): {', '.join(item.new)}")
         elif self._kind == "propose":
             image, source, first, last = self._proposing
             shown = self.control.show_candidates(image, source, item)
+            best = getattr(item[0], "short_name", item[0].name) if item else ""
             self.status.setText(
-                f"{shown} candidate layer(s); best: {item[0].name}. Accept ({ACCEPT_KEY}) or "
-                f"Reject ({REJECT_KEY}) the selected one"
+                f"{shown} candidate layer(s); best: {best}. Accept ({key_of('accept')}), "
+                f"Accept frame ({key_of('accept_frame')}) or Reject ({key_of('reject')}) "
+                f"the selected one"
                 if shown
                 else f"no proposals for frames {first}–{last}: propagate over them first"
             )
 
     def _on_done(self, state: str) -> None:
-        if not self.host._life.alive:
+        if self._activity is not None:
+            self._activity.close()
+            self._activity = None
+        if not self.host.life.alive:
             return
         kind, job = self._kind, self.job
-        self.host._set_running(False)
-        self._set_running(False)
-        if kind == "learn":  # leave the busy indicator
-            self.progress.setRange(0, max(self.progress.maximum(), 1))
         if state == _threading.CANCELLED:
             self.status.setText(
                 "learning cancelled: the adapter keeps its previous weights"
@@ -351,19 +447,48 @@ class LearningPanel(QGroupBox):
         elif kind == "learn":
             self.progress.setValue(self.progress.maximum())
             self.progress.setFormat("learned")
+        self.host.refresh_objects()
         pending, self._pending = self._pending, None
         if pending is not None and state != _threading.CANCELLED:
             self.learn(pending, quiet=True)
+            return
+        if state == _threading.FINISHED and self.repropagate_check.isChecked():
+            frame = self._changed_frame(kind)
+            if frame is not None:
+                self.host.repropagate(frame)
+
+    def _changed_frame(self, kind: str) -> int | None:
+        if kind == "learn" and self.report is not None:
+            return int(self.report.frame)
+        if kind == "accept" and self._accepted and self._accepted[1]:
+            return int(min(self._accepted[1]))
+        return None
+
+    def _select_after_accept(self, accepted: Any) -> None:
+        """Leave the next candidate (or the masks layer) selected, so the next key works."""
+        others = [x for x in candidate_layers(self.viewer) if x is not accepted]
+        if accepted in self.viewer.layers:  # only some frames were accepted: keep it
+            return
+        image = self.host.image_combo.layer
+        target = others[-1] if others else None
+        if target is None and image is not None:
+            target = find_output_layer(self.viewer, image, self.control.source(image))
+        if target is not None:
+            self.viewer.layers.selection.active = target
+
+    def _on_active(self, *_: Any) -> None:
+        if self.host.life.alive:
+            self.host.show_frame_info()
 
     def _on_paint(self, event: Any) -> None:
-        if not self.host._life.alive or not self.auto_check.isChecked():
+        if not self.host.life.alive or not self.auto_check.isChecked():
             return
         frame = self.control.painted_frame(event.source)
         if frame is not None:  # leave the paint event first
             QTimer.singleShot(0, lambda: self._auto_learn(frame))
 
     def _auto_learn(self, frame: int) -> None:
-        if not self.host._life.alive:
+        if not self.host.life.alive:
             return
         if self.busy:
             self._pending = frame  # learn from it when the running job ends
@@ -377,19 +502,21 @@ class LearningPanel(QGroupBox):
         return True
 
     def _error(self, exc: BaseException, quiet: bool = False) -> None:
-        if quiet:
-            self.status.setText(_threading.describe_error(exc))
-        else:
+        """The error in full in this panel's status line, and as a notification unless
+        ``quiet``."""
+        self.status.setText(f"error: {_threading.describe_error(exc)}")
+        if not quiet:
             _threading.notify_error(exc)
 
     def _reset_range(self, *_: Any) -> None:
-        if not self.host._life.alive:
+        if not self.host.life.alive:
             return
         count, current = self.control.frame_range()
         for spin in (self.from_spin, self.to_spin):
             spin.setRange(0, count - 1)
         self.from_spin.setValue(min(current + 1, count - 1))
         self.to_spin.setValue(count - 1)
+        self.host.show_frame_info()
 
 
 def _row(*widgets: Any) -> QHBoxLayout:

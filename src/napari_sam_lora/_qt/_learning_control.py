@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_sam_lora._qt._shortcuts import key_of
 from napari_sam_lora.engine.corrections import diff_corrections
 from napari_sam_lora.engine.errors import PromptError, SamLoraError, StackError
 from napari_sam_lora.engine.lora_settings import load_settings
@@ -34,6 +35,7 @@ from napari_sam_lora.layers import (
 __all__ = [
     "Context",
     "LearningControl",
+    "Loaded",
     "accept_job",
     "describe_report",
     "learn_job",
@@ -42,7 +44,7 @@ __all__ = [
 ]
 
 NO_CANDIDATE = (
-    "no candidate layer selected: select a 'candidate …' layer in the layer list "
+    "no candidate layer selected: select a 'cand …' (candidate) layer in the layer list "
     "(Propose makes them)"
 )
 
@@ -64,13 +66,28 @@ def learn_job(control: LearningControl, session: Any, frame: int, user: np.ndarr
     The learner is made here, so the first one's import of peft does not block the viewer.
     """
     learner = control.learner_for(session)
-    report = yield from learner.learn(frame, user)
+    report = yield from learner.learn_steps(frame, user)
     yield report
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """Yielded by :func:`load_job`: the adapters of a file, and whether they were new."""
+
+    names: list[str]
+    new: list[str]
+
+
 def load_job(control: LearningControl, session: Any, path: str) -> Generator:
-    """Worker: loads adapters onto the session's model; yields their names."""
-    yield control.learner_for(session).load(path)
+    """Worker: loads adapters onto the session's model; yields :class:`Loaded`.
+
+    Loading a file whose content is already loaded adds nothing (the learner recognises
+    it); ``Loaded.new`` is then empty.
+    """
+    learner = control.learner_for(session)
+    before = set(learner.adapter_names())
+    names = list(learner.load(path))
+    yield Loaded(names, [n for n in names if n not in before])
 
 
 def propose_job(learner: Any, frames: list[int]) -> Generator:
@@ -78,10 +95,12 @@ def propose_job(learner: Any, frames: list[int]) -> Generator:
     yield learner.propose(frames=frames)
 
 
-def accept_job(learner: Any, candidate: Any) -> Generator:
-    """Worker: feeds an accepted candidate to SAM2's memory and the replay buffer."""
-    learner.accept(candidate)
-    yield candidate
+def accept_job(
+    learner: Any, candidate: Any, frames: list[int], overwrite_confirmed: bool = False
+) -> Generator:
+    """Worker: makes the accepted frames SAM2 conditioning frames and replay examples;
+    yields the engine's ``AcceptReport``."""
+    yield learner.accept(candidate, frames=frames, overwrite_confirmed=overwrite_confirmed)
 
 
 def describe_report(report: Any) -> str:
@@ -96,7 +115,16 @@ def describe_report(report: Any) -> str:
 
 
 def _has_adapters(learner: Any) -> bool:
-    return any(pool.names for pool in learner.pools.values())
+    return bool(learner.adapter_names())
+
+
+def keeps_frame(annotations: Any, frame: int, obj_id: int) -> bool:
+    """Whether an accept leaves ``frame`` alone for ``obj_id`` (the user confirmed it; an
+    automatic accept does not count)."""
+    return annotations is not None and (
+        annotations.is_confirmed(frame, obj_id)
+        and annotations.source(frame, obj_id) != "auto_accepted"
+    )
 
 
 class LearningControl:
@@ -136,17 +164,13 @@ class LearningControl:
         if image is None:
             raise StackError("no image layer: open a stack, propagate, then correct a frame")
         source = self.source(image)
-        sessions = self.host.sessions
-        key = getattr(sessions, "_session_key", None)  # (image id, data id, axis, fixed, ...)
-        here = (image.unique_id, id(image.data), source.stack_axis)
-        fixed = tuple(sorted(source.fixed_indices.items()))
-        if sessions.session is None or key is None or tuple(key[:4]) != (*here, fixed):
+        session = self.host.sessions.session_matching(image, source)
+        if session is None:
             raise PromptError(
                 f"no segmentation of '{image.name}' here yet: propagate it first "
-                f"(Propagate, Shift-P), then correct a frame"
+                f"(Propagate, {key_of('propagate')}), then correct a frame"
             )
         output = find_output_layer(self.viewer, image, source)
-        session = sessions.session
         learner = None if self.learner is None else self.learner_for(session)
         return Context(image, source, session, learner, output)
 
@@ -157,11 +181,26 @@ class LearningControl:
         old = self.learner
         if old is not None and old.session is session:
             return old
-        learner = Learner(session, self.preset)
-        if old is not None and old.decoder is learner.decoder:
-            learner.pools, learner.reports = old.pools, old.reports
-        self.learner = learner
-        return learner
+        if old is not None and old.decoder is session.model.predictor.sam_mask_decoder:
+            # same model: the adapters (they live on its decoder) go on with the new stack
+            old.session = session
+            old.adapter_frames.clear()
+            return old
+        if old is not None:
+            old.close()
+        self.learner = Learner(session, self.preset)
+        return self.learner
+
+    def learner_of(self, session: Any) -> Any:
+        """The learner of ``session`` if there is one (never makes one; any thread)."""
+        learner = self.learner
+        return learner if learner is not None and learner.session is session else None
+
+    def release(self) -> None:
+        """Close the learner: its adapters leave the decoder."""
+        learner, self.learner = self.learner, None
+        if learner is not None:
+            learner.close()
 
     def set_preset(self, preset: str) -> None:
         """Use ``preset`` from now on (also for the current learner's next trainings)."""
@@ -223,29 +262,51 @@ class LearningControl:
             add_candidate_layer(self.viewer, image, source, candidate)
         return len(candidates)
 
-    def accept(self, layer: Any) -> tuple[Any, Any, list[int]]:
-        """Write a candidate layer into the masks layer (one undo step) and drop it.
+    def accept(
+        self, layer: Any, frames: list[int] | None = None, overwrite_confirmed: bool = False
+    ) -> tuple[Any, Any, list[int], list[int]]:
+        """Write a candidate layer into the masks layer (one undo step), all its frames or
+        ``frames``; frames the user confirmed are skipped unless ``overwrite_confirmed``.
 
-        Returns ``(learner, candidate, frames)`` for :func:`accept_job`.
+        Returns ``(learner, candidate, written, skipped)``; :func:`accept_job` takes the
+        first three.
         """
         if layer is None or not is_candidate_layer(layer):
             raise PromptError(f"{NO_CANDIDATE}, then Accept")
         ctx = self.context()
         info = layer.metadata["napari_sam_lora"]
-        pool = None if ctx.learner is None else ctx.learner.pools.get(info["obj_id"])
-        if pool is None or info["adapter"] not in pool.names:
+        if ctx.learner is None or info["adapter"] not in ctx.learner.adapter_names(info["obj_id"]):
             raise PromptError(
                 f"candidate '{layer.name}' comes from adapter '{info['adapter']}', which this "
                 f"session does not have (any more); Propose again"
             )
         candidate = candidate_of(layer, ctx.source)
+        asked = candidate.frames if frames is None else [int(f) for f in frames]
+        missing = [f for f in asked if f not in candidate.frames]
+        if missing:
+            raise PromptError(
+                f"candidate '{layer.name}' proposes frames {candidate.frames}, not {missing}: "
+                f"step onto one of its frames first"
+            )
+        annotations = getattr(ctx.session, "annotations", None)
+        skipped = (
+            []
+            if overwrite_confirmed
+            else [f for f in asked if keeps_frame(annotations, f, candidate.obj_id)]
+        )
+        chosen = [f for f in asked if f not in skipped]
+        if not chosen:
+            raise PromptError(
+                f"frame(s) {skipped} of object {candidate.obj_id} are confirmed by you: "
+                f"nothing to accept (tick 'overwrite confirmed frames' to replace them)"
+            )
         output = ctx.output or output_labels_layer(self.viewer, ctx.image, ctx.source)
         self.writing = True
         try:
-            frames = accept_candidate(output, ctx.source, layer, viewer=self.viewer)
+            written = accept_candidate(output, ctx.source, layer, frames=chosen, viewer=self.viewer)
         finally:
             self.writing = False
-        return ctx.learner, candidate, frames
+        return ctx.learner, candidate, written, skipped
 
     def reject(self, layer: Any) -> str:
         """Remove a candidate layer; returns its name."""

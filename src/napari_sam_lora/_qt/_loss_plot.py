@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from qtpy.QtCore import QPointF, Qt
+from qtpy.QtCore import QPointF, QSize, Qt
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
@@ -27,8 +27,18 @@ class LossPlot(QWidget):
         self.losses: list[float] = []
         self.ious: list[float] = []
         self.setMinimumHeight(48)
+        # a real size hint: without one a Fixed policy gives the plot no height of its own
+        # and the rows below are drawn over it
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
         self.setToolTip("training: loss (orange, relative) and IoU (teal, 0–1) per step")
+
+    def sizeHint(self) -> QSize:
+        """80 px high: room of its own in the panel."""
+        return QSize(240, 80)
+
+    def minimumSizeHint(self) -> QSize:
+        """Never less than 48 px high."""
+        return QSize(80, 48)
 
     def clear(self) -> None:
         """Forget every point."""

@@ -19,6 +19,13 @@ MODELS = (
     "untrained:sam2.1_hiera_tiny",
 )
 BROWSE = "Browse…"
+UNTRAINED_NOTE = " (UNTRAINED: random weights)"
+
+
+def model_label(name: str) -> str:
+    """How a model string is shown: file name for paths, UNTRAINED for random weights."""
+    label = Path(name).name if ("/" in name or "\\" in name) else name
+    return label + UNTRAINED_NOTE if name.startswith("untrained:") else label
 
 
 class ModelCombo(QComboBox):
@@ -33,7 +40,7 @@ class ModelCombo(QComboBox):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         for name in MODELS:
-            self.addItem(name, name)
+            self.addItem(model_label(name), name)
         self.addItem(BROWSE, None)
         self._index = 0
         self.activated.connect(self._on_activated)
@@ -44,14 +51,18 @@ class ModelCombo(QComboBox):
         data = self.currentData()
         return data if data is not None else self.itemData(self._index)
 
+    @property
+    def label(self) -> str:
+        """The selected model as shown to users (says UNTRAINED for random weights)."""
+        return model_label(self.model)
+
     def set_model(self, name: str) -> None:
         """Select ``name``, adding it (before "Browse…") if it is not listed yet."""
         name = str(name)
         index = self.findData(name)
         if index < 0:
             index = self.count() - 1
-            label = Path(name).name if ("/" in name or "\\" in name) else name
-            self.insertItem(index, label, name)
+            self.insertItem(index, model_label(name), name)
             self.setItemData(index, name, Qt.ToolTipRole)
         self._index = index
         self.setCurrentIndex(index)

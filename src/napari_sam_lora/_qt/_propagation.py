@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from napari_sam_lora.engine.errors import PromptError, StackError
 from napari_sam_lora.engine.prompts import Prompt
@@ -28,7 +30,9 @@ __all__ = [
     "Run",
     "SessionCache",
     "build_request",
+    "pending_edits",
     "propagation_job",
+    "repropagation_job",
 ]
 
 
@@ -50,7 +54,13 @@ class ModelReady:
 
 @dataclass(frozen=True)
 class PropagateRequest:
-    """Everything a propagation job needs, read on the main thread."""
+    """Everything a propagation job needs, read on the main thread.
+
+    ``user_labels`` is a snapshot of the masks layer's frames ``(T, H, W)`` (``None``
+    without a masks layer): frames where it differs from the session's labels are the
+    user's pending hand edits, registered as corrections before propagating. ``assist``
+    asks for adapter-assisted propagation (used once an object has an adapter).
+    """
 
     image_layer: Any
     source: StackSource
@@ -60,6 +70,14 @@ class PropagateRequest:
     image_size: int | None
     direction: str
     frame_range: tuple[int, int] | None
+    user_labels: Any = None
+    assist: bool = True
+
+    @property
+    def frames(self) -> list[int]:
+        """The frames this request covers, ascending."""
+        first, last = self.frame_range or (0, self.source.num_frames - 1)
+        return list(range(first, last + 1))
 
     @property
     def session_key(self) -> tuple:
@@ -92,8 +110,12 @@ def build_request(
     image_size: int | None,
     direction: str,
     frame_range: tuple[int, int] | None,
+    user_labels: Any = None,
+    assist: bool = True,
 ) -> PropagateRequest:
     """Read the stack and the prompts from the selected layers (main thread).
+
+    ``user_labels`` is the masks layer's ``(T, H, W)`` snapshot (or ``None``).
 
     Raises
     ------
@@ -120,7 +142,16 @@ def build_request(
     if frame_range is not None and frame_range == (0, source.num_frames - 1):
         frame_range = None
     return PropagateRequest(
-        image_layer, source, prompts, model, device, image_size, direction, frame_range
+        image_layer,
+        source,
+        prompts,
+        model,
+        device,
+        image_size,
+        direction,
+        frame_range,
+        user_labels,
+        assist,
     )
 
 
@@ -165,6 +196,32 @@ class SessionCache:
         """The cached session if ``request`` can reuse it, else ``None``."""
         return self.session if request.session_key == self._session_key else None
 
+    def session_matching(self, image_layer: Any, source: StackSource) -> Any:
+        """The cached session of ``image_layer`` seen as ``source`` (any model), else ``None``.
+
+        The learning panel uses it: it acts on whatever the last propagation of this image,
+        stack axis and plane made.
+        """
+        key = self._session_key
+        here = (
+            image_layer.unique_id,
+            id(image_layer.data),
+            source.stack_axis,
+            tuple(sorted(source.fixed_indices.items())),
+        )
+        return self.session if key is not None and tuple(key[:4]) == here else None
+
+    @property
+    def model(self) -> Any:
+        """The loaded model (``None`` before the first propagation or after :meth:`release`)."""
+        return self._model
+
+    def release(self) -> None:
+        """Drop the session and the model (their memory is freed once nothing else holds
+        them); the next propagation loads the model again."""
+        self._session_key, self.session, self._pinned = None, None, ()
+        self._model_key, self._model = None, None
+
     def forget_image(self, image_layer: Any) -> None:
         """Drop the session of a removed image layer (frees its memory)."""
         if self._session_key is not None and self._session_key[0] == image_layer.unique_id:
@@ -194,15 +251,54 @@ class SessionCache:
         return session
 
 
-def propagation_job(cache: SessionCache, request: PropagateRequest) -> Generator:
+def pending_edits(session: Any, user_labels: Any) -> list[int]:
+    """Frames where the user's masks layer differs from what the session last produced."""
+    if user_labels is None:
+        return []
+    labels = np.asarray(session.labels)
+    if labels.shape != np.shape(user_labels):
+        return []
+    return [int(t) for t in np.nonzero((labels != user_labels).any(axis=(1, 2)))[0]]
+
+
+def propagation_job(
+    cache: SessionCache, request: PropagateRequest, learner_for: Callable[[Any], Any] | None = None
+) -> Generator:
     """The worker job: load/reuse the model and session, then propagate.
+
+    On a reused session the prompts are made equal to the prompt layers' (keeping the
+    frames the user confirmed), the masks layer's hand edits become corrections, and
+    propagation continues from every confirmed frame, rewriting only model-made frames;
+    with ``request.assist`` and a learner that has adapters, the adapters assist.
 
     Yields :class:`LoadProgress`, then one :class:`ModelReady`, then the session's
     ``PropagationStep`` objects.
     """
+    reused = cache.session_for(request) is not None
     session = yield from cache.iter_session(request)
     yield ModelReady(str(session.model_label))
-    yield from session.segment(request.prompts, request.direction, request.frame_range)
+    session.set_prompts(request.prompts)
+    if reused:
+        for frame in pending_edits(session, request.user_labels):
+            session.add_correction(frame, np.asarray(request.user_labels[frame]))
+    learner = learner_for(session) if learner_for is not None else None
+    if learner is not None:
+        yield from learner.propagate_steps(
+            request.direction, request.frame_range, assist=request.assist
+        )
+    else:
+        yield from session.propagate_steps(request.direction, request.frame_range)
+
+
+def repropagation_job(
+    session: Any, learner: Any, frame: int, direction: str = "both", assist: bool = True
+) -> Generator:
+    """Worker: re-track from ``frame`` (after a correction or an accept) until the masks
+    agree with the previous run; yields ``PropagationStep`` objects."""
+    if learner is not None:
+        yield from learner.repropagate_steps(frame, assist=assist, direction=direction)
+    else:
+        yield from session.repropagate_steps(frame, direction=direction)
 
 
 @dataclass
@@ -214,17 +310,37 @@ class Run:
     group: EditGroup | None = None
     written: int = 0
     total: int = 0
+    seen: set[int] = field(default_factory=set)
     model_label: str = ""
     stop_reason: str = ""
 
 
 class Lifecycle:
-    """Pure-Python teardown, safe to run after the Qt widget was deleted."""
+    """Pure-Python teardown, safe to run after the Qt widget was deleted.
+
+    Attributes
+    ----------
+    alive : bool
+        False once :meth:`shutdown` ran: handlers still connected must do nothing.
+    job : Job or None
+        The running job, cancelled on shutdown.
+    teardown : list of callable
+        Run once on shutdown, in order (errors are ignored: the viewer may be half gone).
+    """
 
     def __init__(self) -> None:
         self.alive = True
         self.job: Any = None  # a napari_sam_lora._qt.threading.Job
         self.teardown: list[Any] = []
+
+    def connect(self, emitter: Any, callback: Callable[..., Any]) -> None:
+        """Connect ``callback`` to a napari event emitter until shutdown."""
+        emitter.connect(callback)
+        self.teardown.append(lambda: emitter.disconnect(callback))
+
+    def on_shutdown(self, undo: Callable[[], Any]) -> None:
+        """Run ``undo`` on shutdown."""
+        self.teardown.append(undo)
 
     def shutdown(self, *_: Any) -> None:
         if not self.alive:

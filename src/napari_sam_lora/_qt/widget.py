@@ -1,26 +1,47 @@
-"""The dock widget: choose an image, a model and prompt layers, propagate with SAM2."""
+"""The dock widget: choose an image, a model and prompt layers, propagate with SAM2.
+
+Lifecycle: napari's dock close button (✕) and ``viewer.window.remove_dock_widget`` only
+take the widget out of its dock (``setParent(None)``); ``closeEvent`` never runs. The widget
+therefore shuts down when it loses its dock, when it is closed and when it is destroyed:
+its job is cancelled, its keys unbound, its viewer connections dropped and its session and
+model released (:meth:`SamLoraWidget.shutdown`).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import napari.layers
+import numpy as np
+from qtpy.QtCore import QEvent, Qt
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
+    QDialog,
     QFormLayout,
+    QFrame,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
+from superqt import QCollapsible
 
 from napari_sam_lora._qt import threading as _threading
+from napari_sam_lora._qt._jobs import Activity, JobSlot
 from napari_sam_lora._qt._layer_combo import LayerCombo
 from napari_sam_lora._qt._learning import LearningPanel
 from napari_sam_lora._qt._model_combo import MODELS, ModelCombo
+from napari_sam_lora._qt._objects import ObjectList, ObjectRow
 from napari_sam_lora._qt._propagation import (
     Lifecycle,
     LoadProgress,
@@ -30,24 +51,100 @@ from napari_sam_lora._qt._propagation import (
     SessionCache,
     build_request,
     propagation_job,
+    repropagation_job,
 )
+from napari_sam_lora._qt._shortcuts import bind_shortcuts, shortcut_rows, with_key
+from napari_sam_lora.engine.corrections import merge_object
+from napari_sam_lora.engine.errors import PromptError
 from napari_sam_lora.layers import (
     EditGroup,
+    find_output_layer,
+    frame_labels,
+    install_click_labels,
     make_prompt_layers,
+    object_color,
     output_labels_layer,
     same_layer,
     stack_from_image_layer,
+    style_prompt_layers,
     write_frame,
 )
 
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["DEVICES", "MODELS", "SamLoraWidget"]
+__all__ = ["DEVICES", "MODELS", "SamLoraWidget", "live_widgets"]
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
 DIRECTIONS = ("forward", "backward", "both")
-PROPAGATE_KEY = "Shift-P"
+
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+
+
+def live_widgets() -> list[SamLoraWidget]:
+    """The SAM2 LoRA dock widgets that are not shut down (one per open dock)."""
+    return [w for w in list(_LIVE) if w.life.alive]
+
+
+def section(title: str, content: QWidget, expanded: bool = True) -> QCollapsible:
+    """A collapsible section holding ``content``."""
+    box = QCollapsible(title)
+    box.setDuration(0)
+    box.addWidget(content)
+    if expanded:
+        box.expand(animate=False)
+    else:
+        box.collapse(animate=False)
+    return box
+
+
+def _form(*rows: Any) -> QWidget:
+    widget = QWidget()
+    form = QFormLayout(widget)
+    form.setContentsMargins(4, 2, 4, 2)
+    form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
+    for row in rows:
+        if isinstance(row, tuple):
+            form.addRow(*row)
+        else:
+            form.addRow(row)
+    return widget
+
+
+def row(*widgets: Any) -> QHBoxLayout:
+    """Widgets side by side."""
+    line = QHBoxLayout()
+    line.setContentsMargins(0, 0, 0, 0)
+    for w in widgets:
+        line.addWidget(w)
+    return line
+
+
+class ShortcutHelp(QDialog):
+    """The dock's shortcuts in a table (the help button opens it)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("SAM2 LoRA shortcuts")
+        rows = shortcut_rows()
+        self.table = QTableWidget(len(rows), 2, self)
+        self.table.setHorizontalHeaderLabels(("key", "action"))
+        self.table.verticalHeader().setVisible(False)
+        for i, (key, text) in enumerate(rows):
+            self.table.setItem(i, 0, QTableWidgetItem(key))
+            self.table.setItem(i, 1, QTableWidgetItem(text))
+        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeToContents)
+        self.table.horizontalHeader().setSectionResizeMode(1, QHeaderView.Stretch)
+        note = QLabel(
+            "The keys work whatever layer is active (none of them is a napari layer key). "
+            "Shift+click in a prompts layer adds a negative click.",
+            self,
+        )
+        note.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.table)
+        layout.addWidget(note)
+        self.resize(520, 320)
 
 
 class SamLoraWidget(QWidget):
@@ -64,8 +161,10 @@ class SamLoraWidget(QWidget):
         SAM2 input size; ``None`` uses the model's own (1024). Smaller is faster.
     sessions : SessionCache
         Reuses the loaded model and session between propagations.
-    job : Job or None
-        The last job (propagation or learning; one at a time).
+    slot : JobSlot
+        The one job slot (propagation and learning; one job at a time).
+    life : Lifecycle
+        Teardown of everything the widget connected; ``life.alive`` is False once shut down.
     """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
@@ -73,12 +172,22 @@ class SamLoraWidget(QWidget):
         self.viewer = napari_viewer
         self.image_size: int | None = None
         self.sessions = SessionCache()
-        self.job: _threading.Job | None = None
+        self.slot = JobSlot()
+        self.life = Lifecycle()
         self._run: Run | None = None
-        self._life = Lifecycle()
+        self._activity: Activity | None = None
+        self._docked = False
+        self._styled: dict[str, Any] = {}  # prompt layer unique_id -> uninstall callback
+        self._help: ShortcutHelp | None = None
         self._build_ui()
         self._connect()
         self._on_image_changed()
+        _LIVE.add(self)
+
+    @property
+    def job(self) -> _threading.Job | None:
+        """The running or last job (propagation or learning)."""
+        return self.slot.job
 
     # -- UI ---------------------------------------------------------------------------------
     def _build_ui(self) -> None:
@@ -86,87 +195,194 @@ class SamLoraWidget(QWidget):
         self.image_combo = LayerCombo(v, napari.layers.Image, parent=self)
         self.axis_spin = QSpinBox(self)
         self.axis_spin.setToolTip("Axis of the image that is the stack (time or z)")
+        self.axis_label = QLabel("stack axis", self)
         self.model_combo = ModelCombo(self)
         self.device_combo = QComboBox(self)
         self.device_combo.addItems(DEVICES)
+
         self.obj_spin = QSpinBox(self)
         self.obj_spin.setRange(1, 65535)
         self.obj_spin.setToolTip("Object id (label value) of new clicks and boxes")
+        self.negative_check = QCheckBox("negative clicks", self)
+        self.negative_check.setToolTip(
+            with_key(
+                "New clicks are negative (background); Shift+click is always negative", "negative"
+            )
+        )
         self.add_prompts_button = QPushButton("Add prompt layers", self)
+        self.add_prompts_button.setToolTip(
+            "Add '<image> prompts' (clicks) and '<image> boxes' (rectangles) and select them"
+        )
         self.points_combo = LayerCombo(v, napari.layers.Points, nullable=True, parent=self)
         self.shapes_combo = LayerCombo(v, napari.layers.Shapes, nullable=True, parent=self)
         self.mask_combo = LayerCombo(v, napari.layers.Labels, nullable=True, parent=self)
+        self.objects = ObjectList(self)
+        self.new_object_button = QPushButton("New object", self)
+        self.new_object_button.setToolTip(with_key("Use the next free object id", "new_object"))
+        self.clear_prompts_button = QPushButton("Clear prompts", self)
+        self.clear_prompts_button.setToolTip(
+            "Remove the selected object's clicks and boxes on the current frame"
+        )
+        self.reset_object_button = QPushButton("Reset object", self)
+        self.reset_object_button.setToolTip(
+            "Start the selected object over: its prompts, its masks (one undo step) and "
+            "SAM2's memory of it"
+        )
+        self.reset_all_button = QPushButton("Reset all", self)
+        self.reset_all_button.setToolTip(
+            "Start over: every prompt, the masks layer (one undo step) and SAM2's memory"
+        )
+        self.frame_info = QLabel(self)
+        self.frame_info.setWordWrap(True)
+        self.frame_info.setToolTip("Who made the masks of the current frame")
+
         self.direction_combo = QComboBox(self)
         self.direction_combo.addItems(DIRECTIONS)
         self.from_spin, self.to_spin = QSpinBox(self), QSpinBox(self)
-        frames = QHBoxLayout()
-        frames.addWidget(self.from_spin)
-        frames.addWidget(QLabel("to", self))
-        frames.addWidget(self.to_spin)
-        self.propagate_button = QPushButton(f"Propagate ({PROPAGATE_KEY})", self)
+        self.assist_check = QCheckBox("adapters assist tracking", self)
+        self.assist_check.setChecked(True)
+        self.assist_check.setToolTip(
+            "Once an object has an adapter, its mask replaces SAM2's on frames where it is "
+            "more confident (those frames are marked 'adapter')"
+        )
+        self.propagate_button = QPushButton(with_key("Propagate", "propagate"), self)
+        self.propagate_button.setToolTip(
+            with_key(
+                "Track the prompts through the frame range; frames you confirmed are kept",
+                "propagate",
+            )
+        )
         self.cancel_button = QPushButton("Cancel", self)
         self.cancel_button.setEnabled(False)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.propagate_button)
-        buttons.addWidget(self.cancel_button)
+        self.cancel_button.setToolTip("Stop after the current frame; frames written so far stay")
         self.progress = QProgressBar(self)
         self.progress.setTextVisible(True)
         self.progress.setFormat("idle")
         self.progress.setValue(0)
+
         self.status = QLabel(self)
         self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.status.setFrameShape(QFrame.StyledPanel)
+        self.help_button = QPushButton("Shortcuts…", self)
+        self.help_button.setToolTip("The keyboard shortcuts of this panel")
 
-        form = QFormLayout()
-        form.addRow("image", self.image_combo)
-        self.axis_label = QLabel("stack axis", self)
-        form.addRow(self.axis_label, self.axis_spin)
-        form.addRow("model", self.model_combo)
-        form.addRow("device", self.device_combo)
-        form.addRow("object id", self.obj_spin)
-        form.addRow(self.add_prompts_button)
-        form.addRow("points", self.points_combo)
-        form.addRow("boxes", self.shapes_combo)
-        form.addRow("mask", self.mask_combo)
-        form.addRow("direction", self.direction_combo)
-        form.addRow("frames", frames)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
+        setup = _form(
+            ("image", self.image_combo),
+            (self.axis_label, self.axis_spin),
+            ("model", self.model_combo),
+            ("device", self.device_combo),
+        )
+        prompts = _form(
+            self.add_prompts_button,
+            ("points", self.points_combo),
+            ("boxes", self.shapes_combo),
+            ("mask", self.mask_combo),
+            ("object id", row(self.obj_spin, self.negative_check)),
+            self.objects,
+            row(self.new_object_button, self.clear_prompts_button),
+            row(self.reset_object_button, self.reset_all_button),
+            self.frame_info,
+        )
+        track = _form(
+            ("direction", self.direction_combo),
+            ("frames", row(self.from_spin, QLabel("to", self), self.to_spin)),
+            self.assist_check,
+            row(self.propagate_button, self.cancel_button),
+            self.progress,
+        )
         self.learning = LearningPanel(self)
-        layout.addWidget(self.learning)
-        layout.addStretch(1)
+        self.sections = {
+            "setup": section("Image and model", setup),
+            "prompts": section("Prompts and objects", prompts),
+            "propagate": section("Propagate", track),
+            "learn": section("Learn from corrections (LoRA)", self.learning),
+        }
+        content = QWidget(self)
+        inner = QVBoxLayout(content)
+        inner.setContentsMargins(0, 0, 0, 0)
+        for box in self.sections.values():
+            inner.addWidget(box)
+        inner.addStretch(1)
+        self.scroll = QScrollArea(self)
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.scroll.setWidget(content)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(2, 2, 2, 2)
+        layout.addWidget(self.scroll, 1)
+        layout.addLayout(row(self.status, self.help_button))
         self._show_model_status()
 
     def _connect(self) -> None:
+        life = self.life
         self.image_combo.currentIndexChanged.connect(self._on_image_changed)
         self.axis_spin.valueChanged.connect(self._reset_frame_range)
         self.model_combo.model_changed.connect(self._show_model_status)
         self.obj_spin.valueChanged.connect(self._apply_obj_id)
-        self.points_combo.currentIndexChanged.connect(self._apply_obj_id)
-        self.shapes_combo.currentIndexChanged.connect(self._apply_obj_id)
-        self.add_prompts_button.clicked.connect(lambda: self.add_prompt_layers())
-        self.propagate_button.clicked.connect(lambda: self.propagate())
-        self.cancel_button.clicked.connect(lambda: self.cancel())
-        events = self.viewer.layers.events
-        for emitter, callback in (
-            (events.inserted, self._on_layer_inserted),
-            (events.removed, self._on_layer_removed),
-            (events.moved, self._refresh_layers),
+        self.negative_check.toggled.connect(self._apply_obj_id)
+        self.points_combo.currentIndexChanged.connect(self._on_prompt_layers_changed)
+        self.shapes_combo.currentIndexChanged.connect(self._on_prompt_layers_changed)
+        self.objects.selected.connect(self.obj_spin.setValue)
+        for button, action in (
+            (self.add_prompts_button, self.add_prompt_layers),
+            (self.propagate_button, self.propagate),
+            (self.cancel_button, self.cancel),
+            (self.new_object_button, self.new_object),
+            (self.clear_prompts_button, self.clear_prompts),
+            (self.reset_object_button, self.reset_object),
+            (self.reset_all_button, self.reset_all),
+            (self.help_button, self.show_shortcuts),
         ):
-            emitter.connect(callback)
-            self._life.teardown.append(lambda e=emitter, c=callback: e.disconnect(c))
+            button.clicked.connect(lambda *_, a=action: a())
+        events = self.viewer.layers.events
+        life.connect(events.inserted, self._on_layer_inserted)
+        life.connect(events.removed, self._on_layer_removed)
+        life.connect(events.moved, self._refresh_layers)
+        life.connect(self.viewer.dims.events.current_step, self.show_frame_info)
         for layer in self.viewer.layers:
             self._watch_name(layer)
-        self.viewer.bind_key(PROPAGATE_KEY, self._on_propagate_key, overwrite=True)
-        viewer = self.viewer
-        self._life.teardown.append(lambda: viewer.bind_key(PROPAGATE_KEY, None))
-        self.destroyed.connect(self._life.shutdown)
+        self.slot.add_listener(self._on_slot)
+        actions = {
+            "propagate": self.propagate,
+            "negative": self.negative_check.toggle,
+            "new_object": self.new_object,
+            **self.learning.shortcut_actions(),
+        }
+        life.on_shutdown(bind_shortcuts(self.viewer, actions, lambda: self.life.alive))
+        life.on_shutdown(self._unstyle_all)
+        self.destroyed.connect(self.life.shutdown)
 
     def _watch_name(self, layer: Any) -> None:
-        layer.events.name.connect(self._refresh_layers)
-        self._life.teardown.append(lambda: layer.events.name.disconnect(self._refresh_layers))
+        self.life.connect(layer.events.name, self._refresh_layers)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def event(self, event: Any) -> bool:
+        """Shut down when napari takes the widget out of its dock (✕, remove_dock_widget)."""
+        if event.type() == QEvent.ParentChange:
+            if self.parent() is not None:
+                self._docked = True
+            elif self._docked:
+                self.shutdown()
+        return super().event(event)
+
+    def closeEvent(self, event: Any) -> None:
+        """Shut down (cancel the job, disconnect from the viewer, release the model)."""
+        self.shutdown()
+        super().closeEvent(event)
+
+    def shutdown(self) -> None:
+        """Cancel the job, unbind the keys, disconnect from the viewer, release the session,
+        the learner and the model. Idempotent; the widget is inert afterwards."""
+        if not self.life.alive:
+            return
+        self.life.shutdown()
+        if self._activity is not None:
+            self._activity.close()
+        self.learning.release()
+        self.sessions.release()
+        _LIVE.discard(self)
 
     # -- public API --------------------------------------------------------------------------
     @property
@@ -180,30 +396,47 @@ class SamLoraWidget(QWidget):
         text = self.device_combo.currentText()
         return None if text == "auto" else text
 
+    @property
+    def busy(self) -> bool:
+        """Whether a job (propagation or learning) is running."""
+        return self.slot.busy
+
     def set_model(self, name: str) -> None:
         """Select a model by variant name, ``untrained:<variant>`` or checkpoint path."""
         self.model_combo.set_model(name)
+
+    def report_error(self, exc: BaseException | str, quiet: bool = False) -> None:
+        """Show an error in full in the status line, and as a napari notification unless
+        ``quiet``."""
+        text = exc if isinstance(exc, str) else _threading.describe_error(exc)
+        self.status.setText(f"error: {text}")
+        if not quiet:
+            _threading.notify_error(exc)
 
     def add_prompt_layers(self) -> None:
         """Add "<image> prompts" (Points) and "<image> boxes" (Shapes) and select them."""
         image = self.image_combo.layer
         if image is None:
-            _threading.notify_error("no image layer: open an image or a stack first")
+            self.report_error("no image layer: open an image or a stack first")
             return
         points, shapes = make_prompt_layers(self.viewer, image, self.obj_spin.value())
         self.points_combo.set_layer(points)
         self.shapes_combo.set_layer(shapes)
+        self._on_prompt_layers_changed()
 
     def propagate(self) -> bool:
         """Read the prompts, then segment the stack on a worker thread.
+
+        Frames the user confirmed (prompted, corrected, accepted) are kept; the masks
+        layer's hand edits become corrections first.
 
         Returns
         -------
         bool
             Whether a job was started (errors are shown as notifications).
         """
-        if self.job is not None and self.job.is_running:
-            self.status.setText("a propagation is already running; cancel it first")
+        if self.busy:
+            self.status.setText(f"a {self.slot.kind} job is running; cancel it first")
             return False
         try:
             request = self._request()
@@ -211,39 +444,192 @@ class SamLoraWidget(QWidget):
             if session is not None:
                 session.validate_prompts(request.prompts)
         except Exception as exc:
-            _threading.notify_error(exc)
+            self.report_error(exc)
             return False
+        warning = self._range_warning(request, session)
         self._run = Run(request)
-        self._set_running(True)
         self.progress.setRange(0, 0)  # busy until the first frame
-        self.progress.setFormat("loading model…")
-        self.job = _threading.start_job(
+        self.progress.setFormat("loading model…" if session is None else "propagating…")
+        self.status.setText(warning or "propagating…")
+        if warning:
+            from napari.utils.notifications import show_warning
+
+            show_warning(warning)
+        self._activity = Activity("SAM2 propagation", len(request.frames))
+        self.slot.start(
+            "propagate",
             propagation_job,
             self.sessions,
             request,
+            self.learning.control.learner_of,
             on_yield=self._on_yield,
             on_done=self._on_done,
         )
-        self._life.job = self.job
+        self.life.job = self.slot.job
+        return True
+
+    def repropagate(self, frame: int) -> bool:
+        """Re-track from ``frame`` (after a correction or an accept) on the worker, until
+        the masks agree with the previous run; frames the user confirmed are kept."""
+        if self.busy:
+            return False
+        image = self.image_combo.layer
+        if image is None:
+            return False
+        source = self._source(image)
+        session = self.sessions.session_matching(image, source)
+        if session is None or not hasattr(session, "repropagate_steps"):
+            return False
+        request = PropagateRequest(
+            image, source, [], self.model, self.device, self.image_size, "both", None
+        )
+        self._run = Run(request)
+        self.progress.setRange(0, 0)
+        self.progress.setFormat(f"re-propagating from frame {frame}…")
+        self.status.setText(f"re-propagating from frame {frame}…")
+        self._activity = Activity(f"SAM2 re-propagation from frame {frame}", source.num_frames)
+        learner = self.learning.control.learner_of(session)
+        self.slot.start(
+            "propagate",
+            repropagation_job,
+            session,
+            learner,
+            int(frame),
+            "both",
+            self.assist_check.isChecked(),
+            on_yield=self._on_yield,
+            on_done=self._on_done,
+        )
+        self.life.job = self.slot.job
         return True
 
     def cancel(self, reason: str = "") -> None:
         """Stop the running job after the current frame; frames written so far stay."""
-        if self.job is None or not self.job.is_running:
+        if not self.busy:
             return
         if self._run is not None and reason and not self._run.stop_reason:
             self._run.stop_reason = reason
-        self.job.cancel()
+        self.slot.cancel()
         self.cancel_button.setEnabled(False)
         self.status.setText("cancelling… (stops after the current frame)")
 
+    def new_object(self) -> int:
+        """Select the next free object id (one above every id in use); returns it."""
+        used = {r.obj_id for r in self.objects.rows} | set(self._prompt_ids())
+        session = self._session()
+        if session is not None:
+            used |= {int(i) for i in session.object_ids}
+        output = self._output()
+        if output is not None:
+            used |= {int(v) for v in np.unique(np.asarray(output.data)) if v > 0}
+        new = max(used, default=0) + 1
+        self.obj_spin.setValue(new)
+        self.refresh_objects()
+        self.status.setText(f"object {new}: click on it (Shift+click for background)")
+        return new
+
+    def clear_prompts(self, obj_id: int | None = None) -> int:
+        """Remove the object's clicks and boxes on the current frame; returns how many."""
+        obj_id = self.obj_spin.value() if obj_id is None else int(obj_id)
+        image = self.image_combo.layer
+        if image is None:
+            self.report_error("no image layer: open an image or a stack first")
+            return 0
+        source = self._source(image)
+        removed = 0
+        for layer in (self.points_combo.layer, self.shapes_combo.layer):
+            if layer is None or not len(layer.data):
+                continue
+            drop = [
+                i
+                for i, (obj, frame) in enumerate(self._prompt_items(layer, image, source))
+                if obj == obj_id and frame == source.current_frame
+            ]
+            if drop:
+                _remove_items(layer, drop)
+                removed += len(drop)
+        self.refresh_objects()
+        self.status.setText(
+            f"removed {removed} prompt(s) of object {obj_id} on frame {source.current_frame}"
+        )
+        return removed
+
+    def reset_object(self, obj_id: int | None = None) -> bool:
+        """Start object ``obj_id`` over: its prompts, its masks (one undo step) and SAM2's
+        memory of it (its adapters stay)."""
+        obj_id = self.obj_spin.value() if obj_id is None else int(obj_id)
+        return self._reset([obj_id])
+
+    def reset_all(self) -> bool:
+        """Start over: every prompt, the masks layer (one undo step) and SAM2's memory."""
+        return self._reset(None)
+
+    def show_shortcuts(self) -> ShortcutHelp:
+        """Open the shortcut table."""
+        if self._help is None:
+            self._help = ShortcutHelp(self)
+        self._help.show()
+        self._help.raise_()
+        return self._help
+
+    def refresh_objects(self) -> None:
+        """Re-read the object list (prompt layers, session, adapters)."""
+        if not self.life.alive:
+            return
+        output = self._output()
+        session = self._session()
+        ids = set(self._prompt_ids()) | {self.obj_spin.value()}
+        if session is not None:
+            ids |= {int(i) for i in session.object_ids}
+        learner = self.learning.control.learner_of(session) if session is not None else None
+        rows = []
+        for obj in sorted(ids):
+            confirmed: tuple[int, ...] = ()
+            annotations = getattr(session, "annotations", None)
+            if annotations is not None:
+                confirmed = tuple(annotations.confirmed_frames(obj))
+            adapters = len(learner.adapter_names(obj)) if learner is not None else 0
+            color = tuple(float(c) for c in object_color(obj, output))
+            rows.append(ObjectRow(obj, color, confirmed, adapters))
+        self.objects.set_rows(rows, self.obj_spin.value())
+
     # -- internals ---------------------------------------------------------------------------
+    def _source(self, image: Any) -> Any:
+        axis = self.axis_spin.value() if image.ndim >= 4 else 0
+        return stack_from_image_layer(image, axis, tuple(self.viewer.dims.point))
+
+    def _session(self) -> Any:
+        image = self.image_combo.layer
+        if image is None:
+            return None
+        try:
+            return self.sessions.session_matching(image, self._source(image))
+        except Exception:  # unsupported image
+            return None
+
+    def _output(self) -> Any:
+        image = self.image_combo.layer
+        if image is None:
+            return None
+        try:
+            return find_output_layer(self.viewer, image, self._source(image))
+        except Exception:
+            return None
+
     def _request(self) -> PropagateRequest:
         image = self.image_combo.layer
         if image is not None and self._frame_count() != self.to_spin.maximum() + 1:
             self._reset_frame_range()  # the image data changed since it was selected
         axis = self.axis_spin.value() if image is not None and image.ndim >= 4 else 0
         first, last = self.from_spin.value(), self.to_spin.value()
+        user_labels = None
+        if image is not None:
+            source = stack_from_image_layer(image, axis, tuple(self.viewer.dims.point))
+            output = find_output_layer(self.viewer, image, source)
+            if output is not None:
+                user_labels = np.stack(
+                    [frame_labels(output, source, t) for t in range(source.num_frames)]
+                )
         return build_request(
             image,
             stack_axis=axis,
@@ -257,11 +643,30 @@ class SamLoraWidget(QWidget):
             image_size=self.image_size,
             direction=self.direction_combo.currentText(),
             frame_range=(first, last),
+            user_labels=user_labels,
+            assist=self.assist_check.isChecked(),
+        )
+
+    def _range_warning(self, request: PropagateRequest, session: Any) -> str:
+        if request.frame_range is None:
+            return ""
+        first, last = request.frame_range
+        prompted = {p.frame for p in request.prompts}
+        annotations = getattr(session, "annotations", None)
+        if annotations is not None:
+            prompted |= set(annotations.confirmed_frames())
+        if any(first <= t <= last for t in prompted):
+            return ""
+        where = ", ".join(str(t) for t in sorted(prompted)) or "none"
+        return (
+            f"frames {first}–{last} hold no prompt or confirmed frame (prompted: {where}): "
+            f"tracking starts at frame {first if request.direction != 'backward' else last} "
+            f"from SAM2's memory of the other frames"
         )
 
     def _on_yield(self, item: Any) -> None:
         run = self._run
-        if not self._life.alive or run is None:
+        if not self.life.alive or run is None:
             return
         if isinstance(item, LoadProgress):
             verb = "downloading" if item.stage == "download" else "building"
@@ -276,25 +681,66 @@ class SamLoraWidget(QWidget):
             if not self._in_viewer(run.request.image_layer):
                 self.cancel(f"image '{source.image_name}' was removed")
                 return
-            run.output = output_labels_layer(self.viewer, run.request.image_layer, source)
+            run.output = self._make_output(run.request.image_layer, source)
             run.group = EditGroup(run.output)
-        if not write_frame(run.output, source, item.frame, item.labels, viewer=self.viewer):
+        labels = self._keep_confirmed(run.output, source, item.frame, item.labels)
+        if not write_frame(run.output, source, item.frame, labels, viewer=self.viewer):
             self.cancel(f"output layer '{run.output.name}' was removed")
             return
-        run.written, run.total = run.written + 1, item.total
-        self.progress.setRange(0, item.total)
-        self.progress.setValue(item.done)
-        self.progress.setFormat(f"frame {item.done} of {item.total}")
+        run.seen.add(int(item.frame))
+        # "both" passes over the prompted frame twice: count frames, not passes
+        total = len(run.request.frames) if run.request.direction == "both" else item.total
+        run.written, run.total = len(run.seen), max(total, len(run.seen))
+        self.progress.setRange(0, run.total)
+        self.progress.setValue(run.written)
+        self.progress.setFormat(f"frame {run.written} of {run.total}")
+        if self._activity is not None:
+            self._activity.update(run.written, run.total)
+
+    def _make_output(self, image: Any, source: Any) -> Any:
+        """The masks layer, created below the prompt layers (so it does not tint them)."""
+        existed = find_output_layer(self.viewer, image, source) is not None
+        output = output_labels_layer(self.viewer, image, source)
+        if not existed:
+            layers = self.viewer.layers
+            prompts = [
+                layers.index(x)
+                for x in layers
+                if any(same_layer(x, p) for p in (self.points_combo.layer, self.shapes_combo.layer))
+            ]
+            here = layers.index(output)
+            if prompts and min(prompts) < here:
+                layers.move(here, min(prompts))
+            self._restyle()
+        return output
+
+    def _keep_confirmed(self, output: Any, source: Any, frame: int, labels: Any) -> Any:
+        """The step's labels with the layer's pixels of confirmed (frame, object)s kept."""
+        session = self.sessions.session
+        annotations = getattr(session, "annotations", None)
+        if annotations is None:
+            return labels
+        current = frame_labels(output, source, frame)
+        ids = {int(v) for v in np.unique(current) if v > 0} | {
+            int(v) for v in np.unique(labels) if v > 0
+        }
+        kept = [o for o in sorted(ids) if annotations.is_confirmed(frame, o)]
+        out = np.asarray(labels)
+        for obj in kept:
+            out = merge_object(out, obj, current == obj)
+        return out
 
     def _on_done(self, state: str) -> None:
         run, self._run = self._run, None
         if run is not None and run.group is not None:
             run.group.close()
+        if self._activity is not None:
+            self._activity.close()
+            self._activity = None
         if run is not None and not self._in_viewer(run.request.image_layer):
             self.sessions.forget_image(run.request.image_layer)
-        if not self._life.alive:
+        if not self.life.alive:
             return
-        self._set_running(False)
         self.progress.setRange(0, max(run.total if run else 0, 1))
         model = f" ({run.model_label})" if run and run.model_label else ""
         if state == _threading.FINISHED and run is not None:
@@ -309,8 +755,12 @@ class SamLoraWidget(QWidget):
             text = _threading.describe_error(error) if error is not None else "unknown error"
             self.status.setText(f"failed: {text}")
             self.progress.setFormat("failed")
+        self.refresh_objects()
+        self.show_frame_info()
 
-    def _set_running(self, running: bool) -> None:
+    def _on_slot(self, kind: str, running: bool) -> None:
+        if not self.life.alive:
+            return
         for widget in (
             self.propagate_button,
             self.add_prompts_button,
@@ -318,24 +768,86 @@ class SamLoraWidget(QWidget):
             self.axis_spin,
             self.model_combo,
             self.device_combo,
+            self.reset_object_button,
+            self.reset_all_button,
         ):
             widget.setEnabled(not running)
-        self.cancel_button.setEnabled(running)
+        self.cancel_button.setEnabled(running and kind == "propagate")
+
+    def _reset(self, obj_ids: list[int] | None) -> bool:
+        what = "everything" if obj_ids is None else f"object {obj_ids[0]}"
+        if self.busy:
+            self.report_error(PromptError(f"a job is running: cancel it before resetting {what}"))
+            return False
+        image = self.image_combo.layer
+        if image is None:
+            self.report_error("no image layer: open an image or a stack first")
+            return False
+        source = self._source(image)
+        for layer in (self.points_combo.layer, self.shapes_combo.layer):
+            if layer is None or not len(layer.data):
+                continue
+            items = self._prompt_items(layer, image, source)
+            drop = [i for i, (obj, _) in enumerate(items) if obj_ids is None or obj in obj_ids]
+            _remove_items(layer, drop)
+        output = find_output_layer(self.viewer, image, source)
+        if output is not None:
+            with output.block_history():  # one undo step
+                for t in range(source.num_frames):
+                    plane = frame_labels(output, source, t)
+                    new = (
+                        np.zeros_like(plane)
+                        if obj_ids is None
+                        else np.where(np.isin(plane, obj_ids), 0, plane)
+                    )
+                    write_frame(output, source, t, new)
+        session = self.sessions.session_matching(image, source)
+        if session is not None:
+            if obj_ids is None:
+                session.reset()
+            elif hasattr(session, "reset_object"):
+                for obj in obj_ids:
+                    if obj in session.object_ids:
+                        session.reset_object(obj)
+        self.refresh_objects()
+        self.status.setText(f"reset {what} (Ctrl+Z in the masks layer restores its masks)")
+        return True
+
+    def _prompt_items(self, layer: Any, image: Any, source: Any) -> list[tuple[int, int]]:
+        """``(obj_id, frame)`` of each point or shape of a prompt layer."""
+        n = len(layer.data)
+        features = getattr(layer, "features", None)
+        default = self.obj_spin.value()
+        if features is not None and "obj_id" in features.columns and len(features) == n:
+            ids = [int(v) if v == v else default for v in features["obj_id"]]
+        else:
+            ids = [default] * n
+        frames = []
+        for item in layer.data:
+            coords = np.asarray(item, float).reshape(-1, layer.ndim)[0]
+            world = layer.data_to_world(coords)
+            data = np.asarray(image.world_to_data(world), float)
+            frames.append(source.to_frame_coords(data)[0] if data.size == image.ndim else 0)
+        return list(zip(ids, frames, strict=True))
+
+    def _prompt_ids(self) -> list[int]:
+        ids: list[int] = []
+        for layer in (self.points_combo.layer, self.shapes_combo.layer):
+            features = getattr(layer, "features", None)
+            if features is not None and "obj_id" in features.columns:
+                ids += [int(v) for v in features["obj_id"] if v == v and v >= 1]
+        return ids
 
     def _in_viewer(self, layer: Any) -> bool:
         return any(same_layer(layer, x) for x in self.viewer.layers)
 
-    def _on_propagate_key(self, _viewer: Any = None) -> None:
-        if self._life.alive:
-            self.propagate()
-
     def _on_layer_inserted(self, event: Any) -> None:
-        if self._life.alive:
+        if self.life.alive:
             self._watch_name(event.value)
             self._refresh_layers()
 
     def _on_layer_removed(self, event: Any) -> None:
-        if not self._life.alive:
+        if not self.life.alive:
             return
         layer, run = event.value, self._run
         if run is not None and same_layer(layer, run.request.image_layer):
@@ -347,7 +859,7 @@ class SamLoraWidget(QWidget):
         self._refresh_layers()
 
     def _refresh_layers(self, *_: Any) -> None:
-        if not self._life.alive:
+        if not self.life.alive:
             return
         for combo in (self.image_combo, self.points_combo, self.shapes_combo, self.mask_combo):
             combo.refresh()
@@ -362,6 +874,7 @@ class SamLoraWidget(QWidget):
         self.axis_label.setVisible(ndim >= 4)
         self.axis_spin.setVisible(ndim >= 4)
         self._reset_frame_range()
+        self.refresh_objects()
 
     def _frame_count(self) -> int:
         image = self.image_combo.layer
@@ -382,7 +895,27 @@ class SamLoraWidget(QWidget):
 
     def _show_model_status(self, *_: Any) -> None:
         if self._run is None:
-            self.status.setText(f"model: {self.model} (loads on the first propagation)")
+            self.status.setText(f"model: {self.model_combo.label} (loads on the first propagation)")
+
+    def show_frame_info(self, *_: Any) -> None:
+        """Show who made the current frame's masks (and a candidate's estimated IoU)."""
+        learning = getattr(self, "learning", None)
+        if not self.life.alive or learning is None:
+            return
+        session = self._session()
+        image = self.image_combo.layer
+        annotations = getattr(session, "annotations", None)
+        parts = []
+        if image is not None and annotations is not None:
+            frame = self._source(image).current_frame
+            sources = annotations.frame_sources(frame)
+            if sources:
+                parts.append(
+                    f"frame {frame}: "
+                    + ", ".join(f"object {o} {s}" for o, s in sorted(sources.items()))
+                )
+        parts += learning.frame_notes()
+        self.frame_info.setText("; ".join(parts))
 
     def _apply_obj_id(self, *_: Any) -> None:
         for layer in (self.points_combo.layer, self.shapes_combo.layer):
@@ -391,9 +924,47 @@ class SamLoraWidget(QWidget):
                 continue
             values = {c: defaults[c].iloc[0] for c in defaults.columns}
             values["obj_id"] = self.obj_spin.value()
+            if "label" in values:
+                values["label"] = 0 if self.negative_check.isChecked() else 1
             layer.feature_defaults = values
+        self.objects.select(self.obj_spin.value())
+        if self.obj_spin.value() not in {r.obj_id for r in self.objects.rows}:
+            self.refresh_objects()
 
-    def closeEvent(self, event: Any) -> None:
-        """Cancel the job and disconnect from the viewer."""
-        self._life.shutdown()
-        super().closeEvent(event)
+    def _on_prompt_layers_changed(self, *_: Any) -> None:
+        if not self.life.alive:
+            return
+        for layer in (self.points_combo.layer, self.shapes_combo.layer):
+            if layer is None or layer.unique_id in self._styled:
+                continue
+            undo = [lambda e=layer.events.data, c=self._on_prompts_edited: e.disconnect(c)]
+            layer.events.data.connect(self._on_prompts_edited)
+            if isinstance(layer, napari.layers.Points):
+                undo.append(install_click_labels(layer, self.negative_check.isChecked))
+            self._styled[layer.unique_id] = undo
+        self._apply_obj_id()
+        self._restyle()
+        self.refresh_objects()
+
+    def _on_prompts_edited(self, event: Any) -> None:
+        if not self.life.alive or str(getattr(event, "action", "")).endswith("ing"):
+            return  # "adding"/"removing"/"changing": wait for the change itself
+        self._restyle()
+        self.refresh_objects()
+
+    def _restyle(self) -> None:
+        style_prompt_layers(self.points_combo.layer, self.shapes_combo.layer, self._output())
+
+    def _unstyle_all(self) -> None:
+        for undo in self._styled.values():
+            for fn in undo:
+                with contextlib.suppress(Exception):  # the layer may be gone
+                    fn()
+        self._styled.clear()
+
+
+def _remove_items(layer: Any, indices: list[int]) -> None:
+    """Remove points or shapes by index."""
+    if indices:
+        layer.selected_data = set(indices)
+        layer.remove_selected()

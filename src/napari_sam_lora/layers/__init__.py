@@ -32,9 +32,12 @@ from napari_sam_lora.layers.output import (
 )
 from napari_sam_lora.layers.prompts import (
     box_prompts,
+    install_click_labels,
     make_prompt_layers,
     mask_prompts,
+    object_color,
     point_prompts,
+    style_prompt_layers,
 )
 from napari_sam_lora.layers.stack import StackSource, StackView, stack_from_image_layer
 
@@ -49,14 +52,17 @@ __all__ = [
     "candidate_of",
     "find_output_layer",
     "frame_labels",
+    "install_click_labels",
     "is_candidate_layer",
     "make_prompt_layers",
     "mask_prompts",
+    "object_color",
     "output_labels_layer",
     "plane_index",
     "point_prompts",
     "reject_candidate",
     "same_layer",
     "stack_from_image_layer",
+    "style_prompt_layers",
     "write_frame",
 ]

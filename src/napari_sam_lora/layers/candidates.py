@@ -40,7 +40,10 @@ __all__ = [
 ]
 
 METADATA_KEY = "napari_sam_lora"
-CANDIDATE_OPACITY = 0.5
+CANDIDATE_OPACITY = 0.9
+#: Candidates are drawn as outlines this many pixels wide, so they stand apart from the
+#: filled masks layer underneath.
+CANDIDATE_CONTOUR = 2
 
 
 def frame_labels(labels_layer: Labels, source: StackSource, frame: int) -> np.ndarray:
@@ -98,9 +101,10 @@ def add_candidate_layer(
     Returns
     -------
     napari.layers.Labels
-        Named ``"candidate " + candidate.name``; value ``obj_id`` on the masks; metadata
+        Named ``"cand " + candidate.short_name`` (the adapter id stays visible in napari's
+        layer list), drawn as an outline; value ``obj_id`` on the masks; metadata
         ``{"napari_sam_lora": {"candidate": True, "obj_id", "adapter", "frames",
-        "confidences", "image"}}``. It becomes the selected layer.
+        "confidences", "estimated_ious", "image"}}``. It becomes the selected layer.
 
     Raises
     ------
@@ -131,24 +135,33 @@ def add_candidate_layer(
             "adapter": str(candidate.adapter_name),
             "frames": frames,
             "confidences": [float(c) for c in np.asarray(candidate.confidences)],
+            "estimated_ious": [float(c) for c in np.asarray(_estimates(candidate))],
             "image": str(image_layer.name),
         }
     }
-    return viewer.add_labels(
+    short = getattr(candidate, "short_name", None) or candidate.name
+    layer = viewer.add_labels(
         data,
-        name=f"candidate {candidate.name}",
+        name=f"cand {short}",
         opacity=CANDIDATE_OPACITY,
         metadata=metadata,
         **transform_kwargs(image_layer),
     )
+    layer.contour = CANDIDATE_CONTOUR
+    return layer
+
+
+def _estimates(candidate: Any) -> Any:
+    estimated = getattr(candidate, "estimated_ious", None)
+    return candidate.confidences if estimated is None else estimated
 
 
 def _info(candidate_layer: Any) -> dict[str, Any]:
     if candidate_layer is None:
-        raise PromptError("no candidate layer is selected: select a 'candidate …' layer first")
+        raise PromptError("no candidate layer is selected: select a 'cand …' layer first")
     if not is_candidate_layer(candidate_layer):
         raise PromptError(
-            f"layer '{candidate_layer.name}' is not a candidate layer: select a 'candidate …' "
+            f"layer '{candidate_layer.name}' is not a candidate layer: select a 'cand …' "
             f"layer (made by Propose)"
         )
     return candidate_layer.metadata[METADATA_KEY]
@@ -185,7 +198,15 @@ def candidate_of(candidate_layer: Labels, source: StackSource) -> Candidate:
     for i, frame in enumerate(frames):
         masks[i] = frame_labels(candidate_layer, source, frame) != 0
     confidences = np.asarray(info.get("confidences", [0.0] * len(frames)), dtype=np.float32)
-    return Candidate(int(info["obj_id"]), str(info["adapter"]), frames, masks, confidences)
+    estimated = info.get("estimated_ious")
+    return Candidate(
+        int(info["obj_id"]),
+        str(info["adapter"]),
+        frames,
+        masks,
+        confidences,
+        None if estimated is None else np.asarray(estimated, dtype=np.float32),
+    )
 
 
 def accept_candidate(
@@ -258,6 +279,7 @@ def _drop_frames(viewer: Any, layer: Labels, source: StackSource, frames: list[i
         _remove(viewer, layer)
         return
     confidences = dict(zip(info["frames"], info.get("confidences", []), strict=False))
+    estimated = dict(zip(info["frames"], info.get("estimated_ious", []), strict=False))
     data = layer.data
     for frame in frames:
         data[plane_index(layer, source, frame)] = 0
@@ -267,6 +289,7 @@ def _drop_frames(viewer: Any, layer: Labels, source: StackSource, frames: list[i
             **info,
             "frames": remaining,
             "confidences": [confidences[f] for f in remaining if f in confidences],
+            "estimated_ious": [estimated[f] for f in remaining if f in estimated],
         },
     }
     layer.refresh()

@@ -18,15 +18,103 @@ if TYPE_CHECKING:
 
 __all__ = [
     "NEGATIVE_COLOR",
+    "NEGATIVE_SYMBOL",
     "POSITIVE_COLOR",
+    "POSITIVE_SYMBOL",
     "box_prompts",
+    "install_click_labels",
     "make_prompt_layers",
     "mask_prompts",
+    "object_color",
     "point_prompts",
+    "style_prompt_layers",
 ]
 
-POSITIVE_COLOR = "lime"
+#: Border colours of positive and negative clicks; the face is the object's colour.
+POSITIVE_COLOR = "white"
 NEGATIVE_COLOR = "red"
+#: Symbols of positive and negative clicks.
+POSITIVE_SYMBOL = "disc"
+NEGATIVE_SYMBOL = "x"
+#: napari's colormap for new Labels layers (``label_colormap(49)``): objects keep the colour
+#: the masks layer will give them.
+_DEFAULT_COLORS = 49
+
+
+def object_color(obj_id: int, labels_layer: Labels | None = None) -> np.ndarray:
+    """RGBA colour of object ``obj_id``: the one ``labels_layer`` paints it with.
+
+    Without a layer, the colour napari gives ``obj_id`` in a new Labels layer (the masks
+    layer does not exist before the first propagation).
+    """
+    if labels_layer is not None:
+        return np.asarray(labels_layer.get_color(int(obj_id)), dtype=float).reshape(4)
+    from napari.utils.colormaps import label_colormap
+
+    return np.asarray(label_colormap(_DEFAULT_COLORS).map(np.array([int(obj_id)]))[0], float)
+
+
+def _ids_and_labels(layer: Any, n: int) -> tuple[list[int], list[int]] | None:
+    try:
+        return _obj_ids("item", layer, n, 1), (
+            _point_labels(layer, n) if isinstance(layer, Points) else [1] * n
+        )
+    except PromptError:  # a bad table value: Propagate names it; keep the look as it is
+        return None
+
+
+def style_prompt_layers(
+    points_layer: Points | None, shapes_layer: Shapes | None, labels_layer: Labels | None = None
+) -> None:
+    """Colour clicks and boxes by object (the masks layer's colours) and mark negatives.
+
+    Points get their object's colour as face; positive clicks are discs with a white border,
+    negative ones crosses with a red border. Boxes get their object's colour as edge.
+    """
+    for layer in (points_layer, shapes_layer):
+        if layer is None:
+            continue
+        n = len(layer.data)
+        found = _ids_and_labels(layer, n) if n else ([], [])
+        if found is None:
+            continue
+        ids, labels = found
+        colors = np.array([object_color(i, labels_layer) for i in ids]).reshape(-1, 4)
+        if isinstance(layer, Points):
+            if n:
+                layer.face_color = colors
+                layer.border_color = [POSITIVE_COLOR if v else NEGATIVE_COLOR for v in labels]
+                layer.symbol = [POSITIVE_SYMBOL if v else NEGATIVE_SYMBOL for v in labels]
+        elif n:
+            layer.edge_color = colors
+        layer.refresh()
+
+
+def install_click_labels(points_layer: Points, negative: Any) -> Any:
+    """Make each click in ``points_layer`` positive or negative as it is placed.
+
+    A click is negative when Shift is held or ``negative()`` is true (the panel's toggle);
+    the layer's ``feature_defaults["label"]`` is set on the mouse press, before napari adds
+    the point on release. Returns the function removing the callback.
+    """
+
+    def on_press(layer: Points, event: Any) -> None:
+        if getattr(layer, "mode", "") != "add":
+            return
+        label = 0 if ("Shift" in (event.modifiers or ()) or negative()) else 1
+        defaults = layer.feature_defaults
+        if "label" in defaults.columns and int(defaults["label"].iloc[0]) != label:
+            values = {c: defaults[c].iloc[0] for c in defaults.columns}
+            values["label"] = label
+            layer.feature_defaults = values
+
+    points_layer.mouse_drag_callbacks.insert(0, on_press)
+
+    def uninstall() -> None:
+        if on_press in points_layer.mouse_drag_callbacks:
+            points_layer.mouse_drag_callbacks.remove(on_press)
+
+    return uninstall
 
 
 def _to_image_coords(
@@ -303,10 +391,10 @@ def make_prompt_layers(
 ) -> tuple[Points, Shapes]:
     """Add (or find) the prompt layers of an image: "<image> prompts" and "<image> boxes".
 
-    The Points layer has features ``label`` (1 positive, green; 0 negative, red) and
-    ``obj_id``, with ``feature_defaults`` label 1 and ``obj_id``; the Shapes layer has
-    ``obj_id``. Both have the image's dimensionality and transform. The Points layer is left
-    selected in "add" mode.
+    The Points layer has features ``label`` (1 positive, 0 negative) and ``obj_id``, with
+    ``feature_defaults`` label 1 and ``obj_id``; the Shapes layer has ``obj_id``
+    (:func:`style_prompt_layers` colours them by object). Both have the image's
+    dimensionality and transform. The Points layer is left selected in "add" mode.
 
     Parameters
     ----------
@@ -332,7 +420,7 @@ def make_prompt_layers(
             name=shapes_name,
             features=pd.DataFrame({"obj_id": pd.Series([], dtype="int64")}),
             feature_defaults={"obj_id": int(obj_id)},
-            edge_color="yellow",
+            edge_color=object_color(obj_id),
             face_color="transparent",
             **transform,
         )
@@ -347,8 +435,9 @@ def make_prompt_layers(
                     {"label": pd.Series([], dtype="int64"), "obj_id": pd.Series([], dtype="int64")}
                 ),
                 feature_defaults={"label": 1, "obj_id": int(obj_id)},
-                face_color="label",
-                face_color_cycle={1: POSITIVE_COLOR, 0: NEGATIVE_COLOR},
+                face_color=object_color(obj_id),
+                border_color=POSITIVE_COLOR,
+                symbol=POSITIVE_SYMBOL,
                 **transform,
             )
     viewer.layers.selection.active = points

@@ -1,0 +1,116 @@
+"""Issue 9 through the dock's own buttons in a real viewer (run under ``xvfb-run -a``), with
+the untrained model at 256 px (random weights): a confirmed frame is never overwritten.
+
+Click on frame 0, Propagate, correct frame 5 in the masks layer, Learn from this frame
+(automatic re-propagation on, the default), Propagate again: frame 5 is byte-identical to
+the correction and SAM2 holds it as a conditioning frame.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from napari_sam_lora._qt._propagation import SessionCache
+from napari_sam_lora.layers import candidate_layers
+
+pytestmark = [pytest.mark.viewer, pytest.mark.slow]
+
+WAIT_MS = 300_000
+N_FRAMES = 8
+
+
+@pytest.fixture
+def loop_widget(make_napari_viewer, tiny_model):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-sam-lora", "SAM2 LoRA")
+    widget.image_size = 256
+    widget.set_model("untrained:sam2.1_hiera_tiny")
+
+    def load(model, device, image_size):  # the shared untrained model, already built
+        yield ("build", 1, 1)
+        return tiny_model
+
+    widget.sessions = SessionCache(load_model=load)
+    yield viewer, widget
+    if widget.job is not None and widget.job.is_running:
+        widget.job.cancel()
+        deadline = time.monotonic() + 60
+        from qtpy.QtWidgets import QApplication
+
+        while widget.job.is_running and time.monotonic() < deadline:
+            QApplication.processEvents()
+            time.sleep(0.01)
+    widget.shutdown()  # closes the learner: its adapters leave the shared decoder
+
+
+def idle(qtbot, widget):
+    """Wait until no job runs (Learn chains a re-propagation on the same slot)."""
+    qtbot.waitUntil(lambda: widget.job is not None and not widget.job.is_running, timeout=WAIT_MS)
+
+
+def test_a_correction_survives_learn_and_propagate(loop_widget, qtbot, notes):
+    from napari_sam_lora.synthetic import make_stack
+
+    viewer, widget = loop_widget
+    image, truth = make_stack("decoy", n_frames=N_FRAMES, shape=(64, 64))
+    viewer.add_image(image, name="img")
+    widget.add_prompt_layers()
+    rows, cols = np.nonzero(truth[0] == 1)
+    widget.points_combo.layer.add(np.array([0.0, rows.mean(), cols.mean()]))
+    widget.propagate_button.click()
+    idle(qtbot, widget)
+    assert widget.job.state == "finished" and notes == []
+    out = viewer.layers["img masks"]
+
+    viewer.dims.set_current_step(0, 5)
+    user = out.data[5].copy()
+    user[user == 1] = 0
+    user[truth[5] == 1] = 1
+    changed = np.nonzero(out.data[5] != user)
+    assert changed[0].size
+    out.data_setitem((np.full(changed[0].size, 5), *changed), user[changed])
+    correction = out.data[5].copy()
+
+    panel = widget.learning
+    assert panel.repropagate_check.isChecked()  # the default
+    panel.learn_button.click()
+    idle(qtbot, widget)
+    assert panel.job.state == "finished" and notes == []
+    np.testing.assert_array_equal(out.data[5], correction)
+
+    widget.propagate_button.click()
+    idle(qtbot, widget)
+    assert widget.job.state == "finished" and notes == []
+    np.testing.assert_array_equal(out.data[5], correction)  # byte-identical
+    session = widget.sessions.session
+    assert session.annotations.source(5, 1) == "correction"
+    assert 5 in session.conditioning_frames(1)
+    viewer.dims.set_current_step(0, 5)
+    assert "object 1 correction" in widget.frame_info.text()
+    (row,) = [r for r in widget.objects.rows if r.obj_id == 1]
+    assert {0, 5} <= set(row.confirmed) and row.adapters == 1
+
+    # accept per frame: the confirmed frame 5 is skipped, frame 6 is written alone
+    panel.repropagate_check.setChecked(False)
+    panel.propose(4, 7)
+    idle(qtbot, widget)
+    (layer,) = candidate_layers(viewer)
+    viewer.layers.selection.active = layer
+    viewer.dims.set_current_step(0, 5)
+    assert "estimated IoU" in widget.frame_info.text()
+    assert not panel.accept_frame()
+    assert "confirmed by you" in notes[-1]
+    notes.clear()
+    viewer.dims.set_current_step(0, 6)
+    before = out.data.copy()
+    assert panel.accept_frame()
+    idle(qtbot, widget)
+    assert panel.job.state == "finished" and notes == []
+    assert layer in viewer.layers and 6 not in layer.metadata["napari_sam_lora"]["frames"]
+    changed_frames = {int(t) for t in np.nonzero((out.data != before).any(axis=(1, 2)))[0]}
+    assert changed_frames <= {6}
+    assert session.annotations.source(6, 1) == "accepted"
+    np.testing.assert_array_equal(out.data[5], correction)
