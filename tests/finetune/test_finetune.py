@@ -17,6 +17,8 @@ import pytest
 import tifffile
 import yaml
 
+from napari_sam_lora.cli.check_data import add_parser as add_check_data
+from napari_sam_lora.cli.train import add_parser as add_train
 from napari_sam_lora.engine.adapters import (
     AdapterError,
     activate,
@@ -24,10 +26,8 @@ from napari_sam_lora.engine.adapters import (
     delete_adapter,
     propose,
 )
-from napari_sam_lora.engine.jobs import drain
 from napari_sam_lora.engine.lora_settings import load_settings
 from napari_sam_lora.evaluation.clicks import iou
-from napari_sam_lora.finetune.cli import add_check_data, add_train
 from napari_sam_lora.finetune.config import ConfigError, load_config
 from napari_sam_lora.finetune.data_check import check_data
 from napari_sam_lora.finetune.pairs import DataError

@@ -88,7 +88,8 @@ def matching_modules(decoder: nn.Module, regex: str) -> list[str]:
     ]
 
 
-def _check_targets(decoder: nn.Module, regex: str) -> list[str]:
+def check_targets(decoder: nn.Module, regex: str) -> list[str]:
+    """Modules ``regex`` adapts; :class:`AdapterError` if none, a non-Linear or an encoder one."""
     names = matching_modules(decoder, regex)
     if not names:
         sample = [n for n, m in decoder.named_modules() if isinstance(m, nn.Linear)][:12]
@@ -142,7 +143,7 @@ def inject_adapter(decoder: nn.Module, name: str, settings: LoraSettings) -> Inj
         names), or matching a module that is not a Linear or runs in the image encoder.
     """
     _check_new_name(decoder, name)
-    modules = _check_targets(decoder, settings.target_modules)
+    modules = check_targets(decoder, settings.target_modules)
     inject_config(decoder, _lora_config(settings), name)
     n_params = sum(p.numel() for p in adapter_parameters(decoder, name))
     logger.info(

@@ -20,6 +20,7 @@ import safetensors.torch
 import torch
 from safetensors import safe_open
 
+from napari_sam_lora.engine.atomic import write_files
 from napari_sam_lora.engine.features import DecoderInputs
 
 __all__ = ["SHARD_SIZE", "ExampleInfo", "ExampleSet", "ExampleWriter"]
@@ -158,7 +159,8 @@ class ExampleWriter:
     def flush(self) -> None:
         if not self._pending:
             return
-        safetensors.torch.save_file(self._tensors, str(self.folder / self._pending[0].shard))
+        tensors, shard = self._tensors, self.folder / self._pending[0].shard
+        write_files({shard: lambda p: safetensors.torch.save_file(tensors, p)})
         self.infos += self._pending
         self._tensors, self._pending = {}, []
         self._shard += 1
@@ -166,7 +168,7 @@ class ExampleWriter:
     def finish(self) -> ExampleSet:
         self.flush()
         doc = {"key": self.key, "complete": True, "examples": [asdict(i) for i in self.infos]}
-        (self.folder / "index.json").write_text(json.dumps(doc), encoding="utf-8")
+        write_files({self.folder / "index.json": json.dumps(doc)})
         return ExampleSet(self.folder, self.infos, self.key)
 
 

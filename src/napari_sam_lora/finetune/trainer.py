@@ -38,7 +38,10 @@ from napari_sam_lora.engine.adapters import (
     inject_adapter,
     restore_adapter_state,
 )
+from napari_sam_lora.engine.atomic import write_files
+from napari_sam_lora.engine.errors import CheckpointError
 from napari_sam_lora.engine.losses import LossWeights
+from napari_sam_lora.engine.models import load_failure
 from napari_sam_lora.finetune import loop
 from napari_sam_lora.finetune.adapter_file import save_finetuned
 from napari_sam_lora.finetune.config import ConfigError, FineTuneConfig
@@ -50,7 +53,7 @@ from napari_sam_lora.finetune.metrics import plot_metrics, write_metrics_csv
 from napari_sam_lora.finetune.pairs import DataError
 from napari_sam_lora.finetune.store import ExampleSet
 
-__all__ = ["ADAPTER", "FineTuneResult", "train"]
+__all__ = ["ADAPTER", "FineTuneResult", "read_checkpoint", "save_checkpoint", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +108,10 @@ def train(config: FineTuneConfig, model: Any = None) -> Generator[Progress, None
         ``lora.target_modules`` matches no decoder module (the message shows names).
     ConfigError
         A checkpoint of another config is in the output folder and ``resume`` is on.
+    CheckpointError
+        The checkpoint in the output folder cannot be read (checked before the model loads).
+    WriteError
+        The output folder is not writable (checked before the model loads).
     """
     yield Progress("check", 0, 1, "checking the data")
     report = check_data(config)
@@ -113,7 +120,9 @@ def train(config: FineTuneConfig, model: Any = None) -> Generator[Progress, None
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise DataError(f"the data has problems: {'; '.join(problems[:3])}{more}")
     yield Progress("check", 1, 1, f"{len(report.stacks_data)} stack(s) OK")
-    config.output.mkdir(parents=True, exist_ok=True)
+    preflight_output(config.output)
+    if config.resume:
+        read_checkpoint(config.output / "checkpoint.pt")  # a bad one fails now, not later
     if model is None:
         model = yield from _load_model(config)
     decoder = model.predictor.sam_mask_decoder
@@ -199,7 +208,7 @@ class _Run:
 
     # -- checkpoint ----------------------------------------------------------------------
     def save(self) -> None:
-        loop.save_checkpoint(
+        save_checkpoint(
             self.path,
             key=self.key,
             step=self.step,
@@ -216,7 +225,7 @@ class _Run:
 
     def restore(self) -> bool:
         """Continue from the checkpoint (True), or start over, removing stale outputs."""
-        state = loop.load_checkpoint(self.path) if self.config.resume else None
+        state = read_checkpoint(self.path) if self.config.resume else None
         if state is None:
             for name in STALE:
                 (self.config.output / name).unlink(missing_ok=True)
@@ -384,6 +393,85 @@ class _Run:
             diagnosis=diagnosis,
             warnings=warnings + diagnosis.warnings,
         )
+
+
+#: What every checkpoint holds (``restore`` reads each of them).
+CHECKPOINT_KEYS = (
+    "version",
+    "key",
+    "step",
+    "seconds",
+    "rows",
+    "sums",
+    "best",
+    "best_state",
+    "adapter",
+    "optimizer",
+    "torch_rng",
+    "stop_reason",
+)
+RESTART = "run again with --restart (resume: false) to start over"
+
+
+def save_checkpoint(path: Path, **state: Any) -> None:
+    """Write the checkpoint atomically (:mod:`~napari_sam_lora.engine.atomic`).
+
+    Raises
+    ------
+    WriteError
+        Disk full or read-only folder; the previous checkpoint stays and no temporary file
+        is left.
+    """
+    payload = {"version": loop.CHECKPOINT_VERSION, **state}
+    write_files({path: lambda temp: torch.save(payload, temp)})
+
+
+def read_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The checkpoint at ``path``; ``None`` when there is none (or of an older version).
+
+    Raises
+    ------
+    CheckpointError
+        A folder, a truncated or damaged file, one holding Python objects (never
+        unpickled), or not a checkpoint mapping; the message says to use ``--restart``.
+    """
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint; remove it or {RESTART}")
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"cannot resume from {path}: it is truncated or not a checkpoint "
+            f"({load_failure(exc)}); {RESTART}"
+        ) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"cannot resume from {path}: it holds a {type(state).__name__}, not a checkpoint; "
+            f"{RESTART}"
+        )
+    if state.get("version") != loop.CHECKPOINT_VERSION:
+        return None
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"cannot resume from {path}: it has no {', '.join(missing[:3])}; {RESTART}"
+        )
+    return dict(state)
+
+
+def preflight_output(folder: Path) -> None:
+    """Create ``folder`` and prove it is writable (a probe file written and removed).
+
+    Raises
+    ------
+    WriteError
+        Naming the folder and what to do (a file in the way, read-only, disk full).
+    """
+    probe = folder / ".napari-sam-lora-write-test"
+    write_files({probe: b"ok"})
+    probe.unlink(missing_ok=True)
 
 
 def examples_key(examples: ExampleSet, config: FineTuneConfig) -> str:

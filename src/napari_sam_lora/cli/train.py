@@ -1,71 +1,20 @@
-"""``napari-sam-lora train CONFIG.yaml`` and ``napari-sam-lora check-data CONFIG.yaml``.
+"""``napari-sam-lora train CONFIG.yaml``: config-driven LoRA fine-tuning.
 
-Register with ``add_train(subparsers)`` and ``add_check_data(subparsers)`` in the main
-command line (:mod:`napari_sam_lora.cli`). Handlers return exit codes; expected errors
-(bad config, data problems, a target pattern matching nothing...) are raised as
-``ValueError``/``SamLoraError`` for the main command line to print as one line.
+A damaged, truncated or foreign ``checkpoint.pt`` in the output folder is reported before
+the model loads, with the advice to use ``--restart``; a read-only or full output folder is
+reported before training (the writes are atomic, nothing is left half-written).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_check_data", "add_train", "run_check_data", "run_train"]
+from napari_sam_lora.cli.check_data import CONFIG_HELP, load_cli_config
 
-CONFIG_HELP = (
-    "fine-tuning config (YAML): data pairs or a folder of pairs, split, model, LoRA preset "
-    "and overrides, training, early stopping, output folder; see "
-    "configs/finetune/example.yaml. Relative paths are relative to the config file"
-)
-
-
-def _config(args: argparse.Namespace) -> Any:
-    from napari_sam_lora.finetune.config import load_config
-
-    overrides: dict[str, Any] = {}
-    if getattr(args, "output", None):
-        overrides["output"] = str(Path(args.output).resolve())
-    if getattr(args, "restart", False):
-        overrides["resume"] = False
-    return load_config(args.config, **overrides)
-
-
-# --------------------------------------------------------------------------- check-data
-
-
-def run_check_data(args: argparse.Namespace) -> int:
-    """Print the data report; exit code 1 when it finds problems."""
-    from napari_sam_lora.finetune.data_check import check_data
-
-    report = check_data(_config(args))
-    print(report.format())
-    if args.json:
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n", "utf-8")
-    return 0 if report.ok else 1
-
-
-def add_check_data(subparsers: Any) -> None:
-    """Add ``check-data`` to the main command line's subparsers."""
-    parser = subparsers.add_parser(
-        "check-data",
-        help="check the annotated stacks of a fine-tuning config (exit 1 on problems)",
-        description=(
-            "Read every image/label stack the config names and report counts, shapes, "
-            "dtypes, intensity ranges, annotated frames, frames with no labels, label-id "
-            "statistics, image/label mismatches and the train/validation split. Exits 1 "
-            "when there are problems that would stop training."
-        ),
-    )
-    parser.add_argument("config", metavar="CONFIG.yaml", help=CONFIG_HELP)
-    parser.add_argument("--json", metavar="PATH", help="also write the report as JSON")
-    parser.set_defaults(handler=run_check_data)
-
-
-# --------------------------------------------------------------------------- train
+__all__ = ["add_parser", "run"]
 
 
 class _Bars:
@@ -101,11 +50,11 @@ class _Bars:
             self.bar = None
 
 
-def run_train(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Train, printing the modules, per-epoch metrics and the diagnosis; exit code 0."""
     from napari_sam_lora.finetune.trainer import train
 
-    config = _config(args)
+    config = load_cli_config(args)
     bars = _Bars(not args.no_progress)
     steps = train(config)
     try:
@@ -123,18 +72,33 @@ def run_train(args: argparse.Namespace) -> int:
                 bars.write(progress.message)
             bars.update(progress)
     except KeyboardInterrupt:
-        steps.close()  # writes the checkpoint
+        steps.close()  # writes the checkpoint when training had started
         bars.close()
-        print(
-            f"interrupted: the best adapter so far and a checkpoint are in {config.output}; "
-            "run the same command again to resume",
-            file=sys.stderr,
-        )
+        print(f"interrupted: {_left_behind(config.output)}", file=sys.stderr)
         raise
     finally:
         bars.close()
     _summary(result)
     return 0
+
+
+def _left_behind(output: Path) -> str:
+    """What an interrupted run leaves in ``output`` (only what really exists)."""
+    adapter = (output / "adapter.safetensors").is_file()
+    checkpoint = (output / "checkpoint.pt").is_file()
+    if adapter and checkpoint:
+        return (
+            f"the best adapter so far and a checkpoint are in {output}; run the same "
+            "command again to resume"
+        )
+    if checkpoint:
+        return f"a checkpoint is in {output} (no adapter yet); run the same command to resume"
+    if adapter:
+        return f"the best adapter so far is in {output}"
+    return (
+        "nothing was saved yet (training had not started); recorded examples are reused "
+        "when complete, so run the same command again"
+    )
 
 
 def _summary(result: Any) -> None:
@@ -165,7 +129,7 @@ def _summary(result: Any) -> None:
     )
 
 
-def add_train(subparsers: Any) -> None:
+def add_parser(subparsers: Any) -> None:
     """Add ``train`` to the main command line's subparsers."""
     parser = subparsers.add_parser(
         "train",
@@ -186,4 +150,4 @@ def add_train(subparsers: Any) -> None:
         help="ignore a checkpoint in the output folder and start over (resume: false)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    parser.set_defaults(handler=run_train)
+    parser.set_defaults(handler=run)

@@ -1,4 +1,9 @@
-"""Arguments and checks of ``napari-sam-lora evaluate`` (the command itself is in ``cli``)."""
+"""``napari-sam-lora evaluate``: the simulated-user benchmark, baseline vs learning (LIT).
+
+Its arguments, the input checks (:func:`prepare`: nothing loads or is written when an input
+is bad), the pre-flight after the model loads (output writable, ``--adapter`` loadable onto
+this model, the preset's ``target_modules`` matching) and the run itself.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,22 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from napari_sam_lora.evaluation.data import (
-    DataError,
-    EvalData,
-    is_suite,
-    load_eval_data,
-    load_suite,
-)
+from napari_sam_lora.cli._args import image_size
+from napari_sam_lora.engine.errors import DataError
+from napari_sam_lora.engine.preflight import check_output
+from napari_sam_lora.evaluation.data import EvalData, is_suite, load_eval_data, load_suite
 from napari_sam_lora.evaluation.protocol import UserSettings
 from napari_sam_lora.evaluation.runner import EvalConfig
 
-__all__ = ["DEFAULT_EVAL_MODEL", "DESCRIPTION", "add_arguments", "prepare", "run_settings"]
+__all__ = [
+    "DEFAULT_EVAL_MODEL",
+    "DESCRIPTION",
+    "add_arguments",
+    "add_parser",
+    "prepare",
+    "run",
+    "run_settings",
+]
 
 DEFAULT_EVAL_MODEL = "sam2.1_hiera_tiny"
 DESCRIPTION = (
@@ -45,7 +55,6 @@ def _number_type(kind: type, check: Any, expected: str) -> Any:
 
 _probability = _number_type(float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")
 _non_negative = _number_type(int, lambda v: v >= 0, "an integer >= 0")
-_positive = _number_type(int, lambda v: v > 0, "a positive integer")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,10 +117,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--device", help="auto, cuda, mps or cpu (default: the best available)")
     add(
         "--image-size",
-        type=_positive,
+        type=image_size,
         default=None,
         metavar="N",
-        help="SAM2 input size in pixels (default: the model's, 1024; smaller is faster)",
+        help="SAM2 input size in pixels, a multiple of 32 (default: the model's, 1024; "
+        "smaller is faster)",
     )
     add(
         "--adapter",
@@ -166,6 +176,7 @@ def prepare(args: argparse.Namespace) -> tuple[list[EvalData], EvalConfig, Path]
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise DataError(f"--output {output} exists and is not a folder")
+    check_output(output)
     datasets = load_datasets(args)
     from napari_sam_lora.engine.lora_settings import load_settings
     from napari_sam_lora.engine.models import parse_model, pick_device
@@ -210,3 +221,56 @@ def run_settings(args: argparse.Namespace, model: Any) -> dict[str, Any]:
         "seed": args.seed,
         "adapter": args.adapter,
     }
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check everything, load the model, pre-flight, run both protocols, write the reports."""
+    from napari_sam_lora.evaluation.report import write_report
+    from napari_sam_lora.evaluation.runner import evaluate
+
+    # Inputs are checked before the model loads; output, adapter and LoRA targets right
+    # after (before the long baseline run); nothing is written until the end.
+    datasets, config, output = prepare(args)
+    from napari_sam_lora.engine import predictor
+    from napari_sam_lora.engine.preflight import preflight
+
+    model = predictor.load_model(config.model, config.device, config.image_size)
+    preflight(outputs=[output], model=model, adapters=[config.adapter], settings=args.config)
+    result = evaluate(datasets, config, model=model, progress=not args.no_progress)
+    report = write_report(result, datasets, output, run_settings(args, model))
+    lora = report["lora"]
+    for name in ("baseline", "lora"):
+        run = report[name]
+        print(
+            f"{name:>8}: {run['corrections']} corrections ({run['clicks']} clicks, "
+            f"{run['mask_corrections']} full masks) on {run['scored_frames']} scored frames, "
+            f"{run['accepted_candidates']} candidates accepted, mean IoU "
+            f"{_number(run['mean_iou'])}, {run['seconds']['total']:.1f} s"
+        )
+    print(
+        f"reduction {_percent(report['reduction'])}; candidates accepted by confidence "
+        f"{lora['accepted_candidates']}, by oracle {report['accepted_candidates_oracle']} "
+        f"({_percent(report['confidence_vs_oracle'])})"
+    )
+    written = [n for n in ("report.json", "report.md", "report.png") if (output / n).is_file()]
+    print(f"wrote {', '.join(written)} to {output} ({result.total_seconds:.0f} s)")
+    return 0
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.0f}%"
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add ``evaluate`` to the main command line's subparsers."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="simulated-user benchmark: corrections without and with learning (LIT protocol)",
+        description=DESCRIPTION,
+    )
+    add_arguments(parser)
+    parser.set_defaults(handler=run)
