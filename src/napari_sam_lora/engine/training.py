@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -453,7 +454,9 @@ def _reinject(
     state: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Replace adapter ``name`` by a fresh one of ``settings``' shape (with ``state``)."""
-    delete_adapter(decoder, name)
+    with warnings.catch_warnings():  # peft warns when the deleted adapter was its active one
+        warnings.filterwarnings("ignore", message=".*was active which is now deleted")
+        delete_adapter(decoder, name)
     inject_adapter(decoder, name, settings)
     if state is not None:
         restore_adapter_state(decoder, name, state)
