@@ -1,4 +1,7 @@
-"""Reading an evaluation data set: an image stack, its label masks and what is annotated.
+"""An evaluation data set: an image stack, its label masks and what is annotated.
+
+Files are read by the one data-reading module, :mod:`napari_sam_lora.data` (the forms are
+described there and below); this module selects frames and objects for ``evaluate``.
 
 Images
     A multi-page TIFF, a ``.npy`` array (``(T, H, W)`` or ``(T, H, W, 3|4)``), or a folder
@@ -18,16 +21,20 @@ Sparse annotation
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from napari_sam_lora.data.stacks import natural_key, read_images, read_labels
+from napari_sam_lora.data.suite import is_suite, read_suite
+from napari_sam_lora.engine.errors import DataError
+
 __all__ = [
     "DataError",
     "EvalData",
+    "is_suite",
     "load_eval_data",
     "load_suite",
     "natural_key",
@@ -35,13 +42,6 @@ __all__ = [
     "parse_frame_range",
     "parse_ids",
 ]
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-MASK_SUFFIXES = (".png", ".tif", ".tiff")
-
-
-class DataError(ValueError):
-    """The images or labels cannot be used for an evaluation (the message says why)."""
 
 
 @dataclass
@@ -75,164 +75,6 @@ class EvalData:
     def num_frames(self) -> int:
         """Number of frames ``T``."""
         return int(self.images.shape[0])
-
-
-def natural_key(name: str) -> list[int | str]:
-    """Sort key that orders embedded numbers by value (``f2`` before ``f10``)."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
-
-
-def _files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    found = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes]
-    return sorted(found, key=lambda p: natural_key(p.name))
-
-
-def _read_file(path: Path) -> np.ndarray:
-    """One image file as an array (TIFF via tifffile, anything else via Pillow)."""
-    try:
-        if path.suffix.lower() == ".npy":
-            return np.load(path, allow_pickle=False)
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            return tifffile.imread(path)
-        from PIL import Image
-
-        with Image.open(path) as image:
-            if image.mode == "P":  # palette: the indices are the values
-                return np.array(image)
-            if image.mode in ("RGBA", "LA", "PA"):
-                image = image.convert("RGBA" if image.mode == "RGBA" else "L")
-            return np.array(image)
-    except Exception as exc:  # every reader has its own exception types
-        raise DataError(f"cannot read {path}: {exc}") from exc
-
-
-def read_images(path: str | Path) -> tuple[np.ndarray, list[str] | None]:
-    """The image stack at ``path`` and, for a folder, the frame file stems.
-
-    Raises
-    ------
-    DataError
-        Missing or unreadable path, no frames, frames of different shapes, bad shape.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"images: {path} does not exist")
-    stems = None
-    if path.is_dir():
-        files = _files(path, IMAGE_SUFFIXES)
-        if not files:
-            raise DataError(f"images: {path} holds no PNG, JPEG or TIFF frames")
-        frames = [_read_file(f) for f in files]
-        shapes = {f.shape for f in frames}
-        if len(shapes) > 1:
-            bad = next(f for f, a in zip(files, frames, strict=True) if a.shape != frames[0].shape)
-            raise DataError(
-                f"images: the frames in {path} differ in shape: {files[0].name} is "
-                f"{frames[0].shape}, {bad.name} is {_read_file(bad).shape}"
-            )
-        stack, stems = np.stack(frames), [f.stem for f in files]
-    else:
-        stack = _read_file(path)
-    if stack.ndim == 2:
-        stack = stack[None]
-    if stack.ndim == 4 and stack.shape[-1] not in (3, 4):
-        raise DataError(
-            f"images: {path} has shape {stack.shape}; expected (T, H, W) or (T, H, W, 3|4)"
-        )
-    if stack.ndim not in (3, 4) or stack.dtype.kind not in "uif" or stack.dtype == np.float16:
-        raise DataError(
-            f"images: {path} has shape {stack.shape} and dtype {stack.dtype}; expected "
-            "(T, H, W) or (T, H, W, 3|4) numbers"
-        )
-    return stack, stems
-
-
-def _as_ids(array: np.ndarray, where: str) -> np.ndarray:
-    """Integer object ids from a label array (non-negative whole numbers)."""
-    if array.ndim == 3 and array.shape[-1] in (3, 4) and array.dtype.kind in "ui":
-        if not (array[..., :3] == array[..., :1]).all():
-            raise DataError(
-                f"labels: {where} is a colour image; save masks as palette (indexed) or "
-                "grey-value PNGs, where the value is the object id"
-            )
-        array = array[..., 0]
-    if array.dtype == bool:
-        array = array.astype(np.int32)
-    if array.dtype.kind not in "uif":
-        raise DataError(f"labels: {where} has dtype {array.dtype}; expected integer ids")
-    if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
-        raise DataError(f"labels: {where} holds fractional values; expected integer ids")
-    if array.size and array.min() < 0:
-        raise DataError(f"labels: {where} holds negative values; ids must be >= 0")
-    if array.size and array.max() > np.iinfo(np.int32).max:
-        raise DataError(f"labels: {where} holds ids too large for int32")
-    return array.astype(np.int32)
-
-
-def _frame_of(stem: str, stems: list[str] | None, num_frames: int) -> int | None:
-    if stems is not None and stem in stems:
-        return stems.index(stem)
-    digits = re.findall(r"\d+", stem)
-    if digits and int(digits[-1]) < num_frames:
-        return int(digits[-1])
-    return None
-
-
-def read_labels(
-    path: str | Path, shape: tuple[int, int, int], stems: list[str] | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Labels ``(T, H, W)`` int32 and the annotated frames ``(T,)`` bool.
-
-    Parameters
-    ----------
-    path : str or Path
-        Label array file or folder of masks.
-    shape : tuple of int
-        ``(T, H, W)`` of the images.
-    stems : list of str, optional
-        File stems of the image frames (when the images are a folder).
-    """
-    path = Path(path)
-    num_frames, height, width = shape
-    if not path.exists():
-        raise DataError(f"labels: {path} does not exist")
-    if not path.is_dir():
-        labels = _as_ids(_read_file(path), str(path))
-        if labels.ndim == 2:
-            labels = labels[None]
-        if labels.shape != tuple(shape):
-            raise DataError(
-                f"labels: {path} has shape {labels.shape} ({_frames(labels.shape)}), but the "
-                f"images are {tuple(shape)} ({_frames(shape)}); they must match"
-            )
-        return labels, np.ones(num_frames, dtype=bool)
-    files = _files(path, MASK_SUFFIXES)
-    if not files:
-        raise DataError(f"labels: {path} holds no PNG or TIFF masks")
-    labels = np.zeros(shape, dtype=np.int32)
-    annotated = np.zeros(num_frames, dtype=bool)
-    for file in files:
-        frame = _frame_of(file.stem, stems, num_frames)
-        if frame is None:
-            raise DataError(
-                f"labels: cannot tell which frame {file.name} belongs to; name masks like "
-                "the image frames, or by frame number (00000.png, 00001.png, ...)"
-            )
-        if annotated[frame]:
-            raise DataError(f"labels: two masks in {path} belong to frame {frame}")
-        mask = _as_ids(_read_file(file), str(file))
-        if mask.shape != (height, width):
-            raise DataError(
-                f"labels: {file.name} is {mask.shape[:2]}, but the frames are {(height, width)}"
-            )
-        labels[frame], annotated[frame] = mask, True
-    return labels, annotated
-
-
-def _frames(shape: tuple[int, ...]) -> str:
-    return f"{shape[0]} frame(s) of {shape[1]}x{shape[2]}"
 
 
 def parse_frame_range(text: str, num_frames: int) -> tuple[int, int]:
@@ -353,11 +195,6 @@ def load_eval_data(
     return _select(Path(images).name, stack, label_array, annotated, frames, objects)
 
 
-def is_suite(path: str | Path) -> bool:
-    """Whether ``path`` is a synthetic suite folder (holds ``suite.json``)."""
-    return (Path(path) / "suite.json").is_file()
-
-
 def load_suite(
     folder: str | Path, frames: str | None = None, objects: str | None = None
 ) -> list[EvalData]:
@@ -372,19 +209,13 @@ def load_suite(
         Unreadable ``suite.json`` or stack files, or any problem :func:`load_eval_data`
         reports (the message names the stack).
     """
-    folder = Path(folder)
-    try:
-        suite = json.loads((folder / "suite.json").read_text(encoding="utf-8"))
-        stacks = [(s["kind"], s["image"], s["labels"]) for s in suite["stacks"]]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"cannot read {folder / 'suite.json'}: {exc}") from exc
-    if not stacks:
-        raise DataError(f"{folder / 'suite.json'} lists no stacks")
+    stacks = read_suite(folder)
     wanted = None if objects is None else parse_ids(objects)
     found = []
-    for kind, image, labels in stacks:
+    for stack in stacks:
+        kind = stack.kind
         try:
-            data = load_eval_data(folder / image, folder / labels, frames)
+            data = load_eval_data(stack.image, stack.labels, frames)
         except DataError as exc:
             raise DataError(f"suite stack {kind!r}: {exc}") from exc
         data.name = kind

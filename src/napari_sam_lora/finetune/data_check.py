@@ -13,8 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_sam_lora.evaluation.data import DataError as EvalDataError
-from napari_sam_lora.evaluation.data import read_images
+from napari_sam_lora.data.stacks import read_images
 from napari_sam_lora.finetune.config import FineTuneConfig
 from napari_sam_lora.finetune.pairs import (
     DataError,
@@ -160,7 +159,7 @@ def _check_stack(pair: StackPair) -> tuple[StackReport, StackData | None]:
     try:
         raw_labels, _ = read_images(pair.labels)
         rep.labels_dtype = str(raw_labels.dtype)
-    except EvalDataError:
+    except DataError:
         pass  # read_pair reports the problem with a better message
     try:
         data = read_pair(pair)

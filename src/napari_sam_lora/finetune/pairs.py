@@ -8,30 +8,25 @@ A ``data.folder`` may hold
 - files (or frame folders) named ``<name><image_suffix>.<ext>`` and
   ``<name><labels_suffix>.<ext>`` side by side (``cells_image.tif`` + ``cells_labels.tif``).
 
-Stacks and labels are read with the evaluation readers (multi-page TIFF, ``.npy``, or a
-folder of PNG/JPEG/TIFF frames; label folders may annotate only some frames).
+Stacks and labels are read by :mod:`napari_sam_lora.data` (multi-page TIFF, ``.npy``, or
+a folder of PNG/JPEG/TIFF frames; label folders may annotate only some frames).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from napari_sam_lora.engine.errors import SamLoraError
-from napari_sam_lora.evaluation.data import DataError as EvalDataError
-from napari_sam_lora.evaluation.data import natural_key, read_images, read_labels
+from napari_sam_lora.data.stacks import natural_key, read_images, read_labels
+from napari_sam_lora.data.suite import is_suite, read_suite
+from napari_sam_lora.engine.errors import DataError
 from napari_sam_lora.finetune.config import FineTuneConfig
 
 __all__ = ["DataError", "StackData", "StackPair", "find_pairs", "read_pair", "split_frames"]
 
 _SUFFIXES = (".tif", ".tiff", ".npy", ".png", ".jpg", ".jpeg", "")
-
-
-class DataError(EvalDataError, SamLoraError):
-    """The annotated stacks cannot be used for training (the message says why)."""
 
 
 @dataclass(frozen=True)
@@ -96,15 +91,8 @@ def find_pairs(config: FineTuneConfig) -> list[StackPair]:
 def _folder_pairs(folder: Path, image_suffix: str, labels_suffix: str) -> list[StackPair]:
     if not folder.is_dir():
         raise DataError(f"data.folder {folder} does not exist or is not a folder")
-    if (folder / "suite.json").is_file():
-        try:
-            suite = json.loads((folder / "suite.json").read_text(encoding="utf-8"))
-            return [
-                StackPair(s["kind"], folder / s["image"], folder / s["labels"])
-                for s in suite["stacks"]
-            ]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise DataError(f"cannot read {folder / 'suite.json'}: {exc}") from exc
+    if is_suite(folder):
+        return [StackPair(s.kind, s.image, s.labels) for s in read_suite(folder)]
     if (folder / "images").is_dir() and (folder / "labels").is_dir():
         return _match(
             {_stem(p): p for p in _entries(folder / "images")},
@@ -149,7 +137,7 @@ def _match(images: dict[str, Path], labels: dict[str, Path], folder: Path) -> li
 
 
 def read_pair(pair: StackPair) -> StackData:
-    """Read and check one pair (see :mod:`napari_sam_lora.evaluation.data` for the forms).
+    """Read and check one pair (see :mod:`napari_sam_lora.data.stacks` for the forms).
 
     Raises
     ------
@@ -159,7 +147,7 @@ def read_pair(pair: StackPair) -> StackData:
     try:
         images, stems = read_images(pair.images)
         labels, annotated = read_labels(pair.labels, images.shape[:3], stems)
-    except EvalDataError as exc:
+    except DataError as exc:
         raise DataError(f"stack {pair.name!r}: {exc}") from None
     return StackData(pair.name, images, labels, annotated)
 
