@@ -238,3 +238,17 @@ def test_short_repr_is_bounded():
     huge = ["x" * 10**6] * 10**3
     assert len(short_repr(huge)) <= 80
     assert short_repr(np.zeros((10**3, 10**3))) == "array of shape (1000, 1000) and dtype float64"
+
+
+def test_segment_with_non_prompts_is_refused_before_any_reset(session):  # WEAK: AttributeError
+    session.add_points(0, 1, [[32, 20]])
+    with pytest.raises(PromptError, match="not a prompt: 'hello'"):
+        list(session.segment(["hello"]))
+    assert session.object_ids == [1]
+
+
+def test_session_refuses_an_image_size_sam2_cannot_use(stack):  # WEAK: cryptic RuntimeError
+    from napari_sam_lora.engine.session import Session
+
+    with pytest.raises(ConfigError, match="image size 100 is not allowed"):
+        Session(stack, model="untrained:sam2.1_hiera_tiny", device="cpu", image_size=100)

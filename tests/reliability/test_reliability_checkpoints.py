@@ -121,3 +121,12 @@ def test_read_only_cache_offline_keeps_the_guidance(monkeypatch):  # WEAK
 def test_bad_device_strings(device):  # FAIL 11: --device cpu:abc traceback
     with pytest.raises(ModelError, match=r"is not valid|not available"):
         models.pick_device(device)
+
+
+def test_nan_weights_in_a_checkpoint_are_refused(tmp_path):  # WEAK: empty masks silently
+    import torch
+
+    path = tmp_path / "mine.pt"
+    torch.save({"model": {"a.weight": torch.tensor([1.0, float("nan")])}}, path)
+    with pytest.raises(CheckpointError, match=r"a\.weight holds NaN or infinite values"):
+        models.read_checkpoint(path)

@@ -356,6 +356,13 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     state = payload.get("model", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not state:
         raise CheckpointError(f"{path} holds no SAM2 model weights (expected a 'model' dict)")
+    for key, tensor in state.items():
+        floating = isinstance(tensor, torch.Tensor) and tensor.is_floating_point()
+        if floating and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(
+                f"{path} is damaged: weight {key} holds NaN or infinite values (the model "
+                "would output empty masks); download or export it again"
+            )
     return state
 
 
