@@ -136,3 +136,51 @@ def test_encode_fills_the_cache_so_tracking_makes_no_encoder_call(tiny_model, st
     session.propagate_all("forward")
     assert session.encoder_calls == calls
     assert session.encoder_seconds > 0
+
+
+def test_save_restore_reproduces_the_next_propagation(tracked, tmp_path):
+    make, truth = tracked
+    saved = make()
+    saved.add_correction(6, correction(saved, 6, truth[6]))
+    saved.save_state(tmp_path / "day1")
+    restored = make()
+    restored.reset()
+    restored.restore_state(tmp_path / "day1")
+    assert restored.annotations.frame_sources(6) == {1: "correction"}
+    assert restored.conditioning_frames(1) == saved.conditioning_frames(1)
+    assert np.array_equal(restored.labels, saved.labels)
+    saved.propagate_all("forward")
+    restored.propagate_all("forward")
+    assert np.array_equal(restored.labels, saved.labels)
+
+
+def test_a_session_file_of_another_stack_is_refused_untouched(tracked, tiny_model, tmp_path):
+    from napari_sam_lora.engine.session_state import SessionFileError
+
+    make, _ = tracked
+    make().save_state(tmp_path / "a")
+    noise = np.random.default_rng(1).integers(0, 255, (12, 64, 64)).astype(np.uint8)
+    other = Session(noise, model=tiny_model)
+    with pytest.raises(SessionFileError, match="another stack"):
+        other.restore_state(tmp_path / "a")
+    with pytest.raises(SessionFileError, match="no saved session"):
+        other.restore_state(tmp_path / "missing")
+    assert other.annotations.confirmed_frames() == []
+
+
+def test_features_on_disk_make_a_reopened_stack_cost_no_encoder_call(tiny_model, stack, tmp_path):
+    first = Session(stack, model=tiny_model, disk_cache=tmp_path / "features")
+    first.encode()
+    first.add_points(0, 1, [[32, 20]])
+    first.propagate_all("forward")
+    assert len(list((tmp_path / "features").glob("*.safetensors"))) == len(stack)
+    calls = tiny_model.predictor.encoder_calls
+    reopened = Session(stack.copy(), model=tiny_model, disk_cache=tmp_path / "features")
+    reopened.add_points(0, 1, [[32, 20]])
+    reopened.propagate_all("forward")
+    assert tiny_model.predictor.encoder_calls == calls  # every frame came from disk
+    assert np.array_equal(reopened.labels, first.labels)
+    from napari_sam_lora.engine.feature_disk import clear_feature_cache
+
+    assert clear_feature_cache(tmp_path / "features") > 0
+    assert not list((tmp_path / "features").glob("*.safetensors"))

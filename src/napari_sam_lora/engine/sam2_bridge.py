@@ -114,19 +114,9 @@ class StackPredictor(_svp.SAM2VideoPredictor):
         store: BoundedStore = inference_state["feature_store"]
         cached = store.get(frame_idx)
         if cached is None:
-            device = inference_state["device"]
-            started = _now(self.device)
-            image = inference_state["images"][frame_idx].to(device).float().unsqueeze(0)
-            backbone_out = self.forward_image(image)
-            self.encoder_calls += 1
-            self.encoder_seconds += _now(self.device) - started
-            shared_pos = inference_state.setdefault(
-                "shared_pos_enc", backbone_out["vision_pos_enc"]
-            )
-            cached = list(backbone_out["backbone_fpn"])
+            cached = self._encode(inference_state, frame_idx)
             store.put(frame_idx, cached)
-        else:
-            shared_pos = inference_state["shared_pos_enc"]
+        shared_pos = inference_state["shared_pos_enc"]
         backbone_out = {
             "vision_features": cached[-1],
             "vision_pos_enc": list(shared_pos),
@@ -135,6 +125,34 @@ class StackPredictor(_svp.SAM2VideoPredictor):
         placeholder = inference_state["image_placeholder"]
         inference_state["cached_features"] = {frame_idx: (placeholder, backbone_out)}
         return super()._get_image_feature(inference_state, frame_idx, batch_size)
+
+    def _encode(self, inference_state: dict, frame_idx: int) -> list[torch.Tensor]:
+        """Backbone features of one frame: from the disk cache, or the image encoder."""
+        device = inference_state["device"]
+        image = inference_state["images"][frame_idx].to(device).float().unsqueeze(0)
+        disk = inference_state.get("feature_disk")
+        key = disk.key(image) if disk is not None else None
+        if key is not None:
+            found = disk.get(key, device)
+            if found is not None:
+                inference_state.setdefault("shared_pos_enc", self._position_encoding(found))
+                return found
+        started = _now(self.device)
+        backbone_out = self.forward_image(image)
+        self.encoder_calls += 1
+        self.encoder_seconds += _now(self.device) - started
+        inference_state.setdefault("shared_pos_enc", backbone_out["vision_pos_enc"])
+        features = list(backbone_out["backbone_fpn"])
+        if key is not None:
+            disk.put(key, features)
+        return features
+
+    def _position_encoding(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The image encoder's positional encodings for features of these shapes (they
+        depend on the shapes only, so features read from disk need no encoder run)."""
+        encode = self.image_encoder.neck.position_encoding
+        with torch.inference_mode():
+            return [encode(f).to(f.dtype) for f in features]
 
     def _run_single_frame_inference(self, inference_state: dict, output_dict: dict, **kwargs):
         frame_idx = kwargs["frame_idx"]

@@ -18,10 +18,12 @@ Example
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -92,6 +94,9 @@ class Session:
         Memory budget for cached image features (≈16 MB per frame at 1024 in float32).
     decoder_cache_mb : float
         Memory budget for recorded decoder inputs (used to learn from corrections).
+    disk_cache : bool or path
+        Also keep image features on disk (``True``: the user cache's ``features`` folder;
+        or a folder), so reopening the stack tomorrow makes no image-encoder call.
 
     Raises
     ------
@@ -110,6 +115,7 @@ class Session:
         image_size: int | None = None,
         feature_cache_mb: float = 2048.0,
         decoder_cache_mb: float = 1024.0,
+        disk_cache: bool | str | os.PathLike[str] = False,
     ) -> None:
         # The stack is checked before a model is loaded: bad input fails fast.
         frames = NormalisedFrames(stack, image_size or 1024)
@@ -124,6 +130,15 @@ class Session:
         self.state = new_inference_state(
             self.frames, self.model.device, feature_cache_mb * _MB, decoder_cache_mb * _MB
         )
+        if disk_cache:
+            from napari_sam_lora.engine.feature_disk import (
+                FeatureDisk,
+                default_feature_folder,
+                model_key,
+            )
+
+            folder = default_feature_folder() if disk_cache is True else Path(disk_cache)
+            self.state["feature_disk"] = FeatureDisk(folder, model_key(self.model))
         self.labels = np.zeros((self.num_frames, *self.frame_shape), dtype=np.int32)
         self.prompts: list[Prompt] = []
         self.annotations = AnnotationState()
@@ -408,6 +423,48 @@ class Session:
         self.model.predictor.add_new_mask(self.state, frame_idx=frame, obj_id=obj_id, mask=mask)
         self.annotations.confirm(frame, obj_id, source, mask, adapter)
         self._assisted.pop((frame, obj_id), None)
+
+    # -- files -----------------------------------------------------------------------------
+    def save_state(self, path: str | os.PathLike[str]) -> list[Path]:
+        """Save prompts, confirmed frames, sources and labels (``<path>.session.json/.npz``).
+
+        Save the adapters beside it with :meth:`Learner.save`.
+        """
+        from napari_sam_lora.engine.session_state import write_state
+
+        return write_state(self, path)
+
+    def restore_state(self, path: str | os.PathLike[str]) -> None:
+        """Continue a session saved by :meth:`save_state` (on this session's stack).
+
+        Raises
+        ------
+        SessionFileError
+            Missing or damaged files, or a file saved for another stack.
+        """
+        from napari_sam_lora.engine.session_state import read_state
+
+        read_state(self, path)
+
+    def restore(self, prompts: Sequence[Prompt], state: AnnotationState, labels: Any) -> None:
+        """Start over from saved prompts, annotation state and labels (see
+        :meth:`restore_state`): SAM2 gets the prompts, then every other confirmed mask."""
+        prompts = list(prompts)
+        if prompts:
+            self.validate_prompts(prompts)
+        with self.exclusive():
+            self.model.predictor.reset_state(self.state)
+            self.prompts, self.annotations = [], AnnotationState()
+            self._assisted.clear()
+            if prompts:
+                self._send(prompts)
+            with self.model.precision():
+                for frame, obj_id in state.confirmed():
+                    entry = state.entry(frame, obj_id)
+                    if entry.source != "prompt":
+                        self._condition(frame, obj_id, entry.mask, entry.source, entry.adapter)
+            self.annotations = state
+            self.labels[:] = np.asarray(labels, dtype=np.int32)
 
     # -- tracking single frames (learning, evaluation, fine-tuning) ------------------------
     def track_frame(self, frame: int, obj_id: int) -> DecoderInputs:

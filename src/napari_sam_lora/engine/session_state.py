@@ -1,0 +1,152 @@
+"""A session's annotation state on disk: stop today, continue tomorrow.
+
+``<path>.session.json`` holds the format, the stack's geometry and fingerprint, the model,
+the prompts and the source of every (frame, object); ``<path>.session.npz`` holds the label
+images, the prompts' arrays and the confirmed masks (bit-packed). Both are written as one
+atomic set; nothing is pickled (``allow_pickle=False`` on reading). Adapters are saved
+beside them by :meth:`Learner.save`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from napari_sam_lora.engine.annotations import AnnotationState
+from napari_sam_lora.engine.errors import SamLoraError
+from napari_sam_lora.engine.frames import frame_at
+from napari_sam_lora.engine.prompts import BoxPrompt, MaskPrompt, PointPrompt, Prompt
+
+if TYPE_CHECKING:
+    from napari_sam_lora.engine.session import Session
+
+FORMAT = "napari-sam-lora-session"
+VERSION = 1
+
+__all__ = ["SessionFileError", "read_state", "stack_fingerprint", "state_paths", "write_state"]
+
+
+class SessionFileError(SamLoraError):
+    """A session file is missing, damaged, or belongs to another stack."""
+
+
+def state_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """``(<path>.session.json, <path>.session.npz)``."""
+    base = Path(path)
+    for suffix in (".json", ".npz", ".session"):
+        if base.name.endswith(suffix):
+            base = base.with_name(base.name[: -len(suffix)])
+    return base.with_name(base.name + ".session.json"), base.with_name(base.name + ".session.npz")
+
+
+def stack_fingerprint(session: Session) -> str:
+    """SHA-256 over the stack's geometry and a sample of its pixels (first, middle, last)."""
+    digest = hashlib.sha256(f"{session.num_frames}|{session.frame_shape}".encode())
+    for t in sorted({0, session.num_frames // 2, session.num_frames - 1}):
+        frame = np.ascontiguousarray(
+            np.asarray(frame_at(session.frames.stack, t, session.num_frames))
+        )
+        digest.update(frame.tobytes())
+    return digest.hexdigest()
+
+
+def write_state(session: Session, path: str | os.PathLike[str]) -> list[Path]:
+    """Write the session's prompts, annotation state and labels; returns the paths."""
+    from napari_sam_lora.engine.atomic import write_files
+
+    json_path, npz_path = state_paths(path)
+    arrays: dict[str, np.ndarray] = {"labels": session.labels}
+    prompts = []
+    for i, prompt in enumerate(session.prompts):
+        entry: dict[str, Any] = {"frame": int(prompt.frame), "obj_id": int(prompt.obj_id)}
+        if isinstance(prompt, PointPrompt):
+            entry["kind"] = "points"
+            arrays[f"prompt_{i}_points"], arrays[f"prompt_{i}_labels"] = (
+                prompt.points,
+                prompt.labels,
+            )
+        elif isinstance(prompt, BoxPrompt):
+            entry["kind"] = "box"
+            arrays[f"prompt_{i}_box"] = prompt.box
+        else:
+            entry["kind"] = "mask"
+            arrays[f"prompt_{i}_mask"] = np.packbits(np.asarray(prompt.mask, bool))
+        prompts.append(entry)
+    annotations, masks = session.annotations.to_arrays()
+    arrays.update(masks)
+    doc = {
+        "format": FORMAT,
+        "format_version": VERSION,
+        "model": session.model_label,
+        "frames": session.num_frames,
+        "frame_shape": list(session.frame_shape),
+        "stack_sha256": stack_fingerprint(session),
+        "prompts": prompts,
+        "annotations": annotations,
+    }
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    write_files({json_path: json.dumps(doc, indent=1), npz_path: buffer.getvalue()})
+    return [json_path, npz_path]
+
+
+def read_state(session: Session, path: str | os.PathLike[str]) -> None:
+    """Give a fresh session on the same stack the state saved at ``path``.
+
+    Everything is read and checked before the session is touched.
+
+    Raises
+    ------
+    SessionFileError
+        Missing or damaged files, another format, or another stack.
+    """
+    json_path, npz_path = state_paths(path)
+    try:
+        doc = json.loads(json_path.read_text("utf-8"))
+        with np.load(npz_path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except FileNotFoundError as exc:
+        raise SessionFileError(f"no saved session at {exc.filename}") from exc
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise SessionFileError(f"{json_path.name}/{npz_path.name} cannot be read: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise SessionFileError(f"{json_path} is not a napari-sam-lora session file")
+    if doc.get("stack_sha256") != stack_fingerprint(session):
+        raise SessionFileError(
+            f"{json_path} was saved for another stack ({doc.get('frames')} frames of "
+            f"{tuple(doc.get('frame_shape', ()))}); open the stack it was saved with"
+        )
+    try:
+        prompts = [
+            _prompt(entry, i, arrays, session.frame_shape) for i, entry in enumerate(doc["prompts"])
+        ]
+        state = AnnotationState.from_arrays(doc["annotations"], arrays, session.frame_shape)
+        labels = np.asarray(arrays["labels"], dtype=np.int32)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SessionFileError(f"{json_path} has invalid records: {exc!r}") from exc
+    if labels.shape != session.labels.shape:
+        raise SessionFileError(
+            f"{npz_path}: labels of shape {labels.shape}, not {session.labels.shape}"
+        )
+    session.restore(prompts, state, labels)
+
+
+def _prompt(entry: dict, i: int, arrays: dict[str, np.ndarray], shape: tuple[int, int]) -> Prompt:
+    frame, obj_id, kind = int(entry["frame"]), int(entry["obj_id"]), entry["kind"]
+    if kind == "points":
+        return PointPrompt(
+            frame, obj_id, arrays[f"prompt_{i}_points"], arrays[f"prompt_{i}_labels"]
+        )
+    if kind == "box":
+        return BoxPrompt(frame, obj_id, arrays[f"prompt_{i}_box"])
+    if kind == "mask":
+        bits = arrays[f"prompt_{i}_mask"]
+        mask = np.unpackbits(bits, count=int(np.prod(shape))).astype(bool).reshape(shape)
+        return MaskPrompt(frame, obj_id, mask)
+    raise ValueError(f"unknown prompt kind {kind!r}")
