@@ -96,7 +96,6 @@ def test_end_to_end_on_a_synthetic_suite(tmp_path, fast_preset, shared_model, ca
 
 def test_adapter_file_starts_the_learning_run(tmp_path, fast_preset, shared_model):
     from napari_sam_lora.engine.adapters import adapter_names, delete_adapter
-    from napari_sam_lora.engine.jobs import drain
     from napari_sam_lora.engine.learning import Learner
     from napari_sam_lora.engine.session import Session
     from napari_sam_lora.synthetic import make_stack, write_suite

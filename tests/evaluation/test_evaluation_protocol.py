@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sam_lora.evaluation.protocol import (
+from napari_sam_lora.simulation.protocol import (
     CandidateMask,
     UserSettings,
     run_object,

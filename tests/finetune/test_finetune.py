@@ -27,11 +27,11 @@ from napari_sam_lora.engine.adapters import (
     propose,
 )
 from napari_sam_lora.engine.lora_settings import load_settings
-from napari_sam_lora.evaluation.clicks import iou
 from napari_sam_lora.finetune.config import ConfigError, load_config
 from napari_sam_lora.finetune.data_check import check_data
 from napari_sam_lora.finetune.pairs import DataError
 from napari_sam_lora.finetune.trainer import train
+from napari_sam_lora.simulation.clicks import iou
 from napari_sam_lora.synthetic import make_stack, write_suite
 
 KINDS = ["moving_disk", "deforming", "drift"]

@@ -15,8 +15,8 @@ from napari_sam_lora.cli._args import image_size
 from napari_sam_lora.engine.errors import DataError
 from napari_sam_lora.engine.preflight import check_output
 from napari_sam_lora.evaluation.data import EvalData, is_suite, load_eval_data, load_suite
-from napari_sam_lora.evaluation.protocol import UserSettings
 from napari_sam_lora.evaluation.runner import EvalConfig
+from napari_sam_lora.simulation.protocol import UserSettings
 
 __all__ = [
     "DEFAULT_EVAL_MODEL",

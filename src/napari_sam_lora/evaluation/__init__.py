@@ -8,16 +8,16 @@
 >>> report = write_report(result, [data], "out", settings={})
 >>> report["reduction"]
 
-Modules: :mod:`.data` (readers), :mod:`.clicks` (click placement), :mod:`.protocol` (the
-simulated user, tracker-agnostic), :mod:`.runner` (SAM2 runs, timing, memory),
-:mod:`.report` (``report.json``, ``report.md``, ``report.png``).
+Modules: :mod:`.runner` (both runs of the simulated user of :mod:`napari_sam_lora.simulation`
+on SAM2), :mod:`.metering` (timing, memory), :mod:`.report` (``report.json``, ``report.md``,
+``report.png``); stacks are read by :mod:`napari_sam_lora.data`.
 """
 
-from napari_sam_lora.evaluation.clicks import Click, iou, next_click
 from napari_sam_lora.evaluation.data import DataError, EvalData, load_eval_data, load_suite
-from napari_sam_lora.evaluation.protocol import ObjectResult, UserSettings, run_object
 from napari_sam_lora.evaluation.report import build_report, write_report
 from napari_sam_lora.evaluation.runner import EvalConfig, EvalResult, evaluate
+from napari_sam_lora.simulation.clicks import Click, iou, next_click
+from napari_sam_lora.simulation.protocol import ObjectResult, UserSettings, run_object
 
 __all__ = [
     "Click",

@@ -37,8 +37,8 @@ from napari_sam_lora.engine.atomic import atomic_files
 from napari_sam_lora.engine.jsonable import json_default
 from napari_sam_lora.evaluation.calibration import calibration_summary, pairs_from_frames
 from napari_sam_lora.evaluation.data import EvalData
-from napari_sam_lora.evaluation.protocol import ObjectResult
 from napari_sam_lora.evaluation.runner import PHASES, RUNS, EvalResult, RunResult
+from napari_sam_lora.simulation.protocol import ObjectResult
 
 logger = logging.getLogger(__name__)
 

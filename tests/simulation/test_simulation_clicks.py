@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sam_lora.evaluation.clicks import iou, next_click
+from napari_sam_lora.simulation.clicks import iou, next_click
 
 
 def box(shape=(40, 40), rows=(0, 0), cols=(0, 0)) -> np.ndarray:
