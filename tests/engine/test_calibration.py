@@ -157,3 +157,15 @@ def test_each_correction_feeds_the_objects_calibrator_before_training(decoder): 
     assert est.shape == (2,) and np.all((est >= 0) & (est <= 1))
     # the estimate moved from the raw score toward the observed IoUs
     assert np.mean(np.abs(est - truth)) < np.mean(np.abs(np.array(raw) - truth))
+
+
+def test_an_accepted_mask_is_observed_for_every_adapter(decoder):  # noqa: F811
+    from napari_sam_lora.engine.adapter_pool import AdapterPool
+    from napari_sam_lora.engine.lora_settings import load_settings
+
+    pool = AdapterPool(1, load_settings("default"))
+    inputs, target = example(seed=0)
+    pool.begin(decoder, pool.plan(decoder, inputs, target))
+    ious = pool.observe(decoder, inputs, target)
+    assert list(ious) == ["obj1_a0"] and len(pool.calibrator) == 1
+    assert pool.calibrator.to_dict()["iou"] == [pytest.approx(ious["obj1_a0"], abs=1e-6)]

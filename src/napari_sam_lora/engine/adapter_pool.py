@@ -108,6 +108,25 @@ class AdapterPool:
         adapters, from the object's calibrator (the raw values before any correction)."""
         return self.calibrator.estimate_many(confidences)
 
+    def observe(
+        self, decoder: nn.Module, inputs: DecoderInputs, mask: np.ndarray
+    ) -> dict[str, float]:
+        """Feed the calibrator every adapter's ``(confidence, IoU with mask)`` on ``inputs``.
+
+        Call it with a mask the *user* confirmed for that frame (a correction, which
+        :meth:`plan` does itself, or a candidate the user accepted — not an auto-accept,
+        which would confirm the calibrator's own estimate), before anything trains on it.
+        Returns each adapter's IoU.
+        """
+        props = {p.adapter_name: p for p in self.proposals(decoder, inputs)}
+        return self._observe(props, np.asarray(mask).astype(bool))
+
+    def _observe(self, props: dict[str, Proposal], target: np.ndarray) -> dict[str, float]:
+        ious = {name: logits_iou(p.logits, target) for name, p in props.items()}
+        for name, p in props.items():
+            self.calibrator.observe(p.confidence, ious[name])
+        return ious
+
     def plan(self, decoder: nn.Module, inputs: DecoderInputs, target: np.ndarray) -> CorrectionPlan:
         """Decide, for a correction ``target`` on ``inputs``, which adapter to train and how.
 
@@ -116,9 +135,7 @@ class AdapterPool:
         """
         target = np.asarray(target).astype(bool)
         props = {p.adapter_name: p for p in self.proposals(decoder, inputs)}
-        ious = {name: logits_iou(p.logits, target) for name, p in props.items()}
-        for name, p in props.items():
-            self.calibrator.observe(p.confidence, ious[name])
+        ious = self._observe(props, target)
         examples = [(inputs, target)]
         room = len(self.names) < self.settings.max_adapters_per_object
         if not self.names or (room and max(ious.values()) <= self.settings.new_adapter_iou):
