@@ -67,6 +67,7 @@ def test_candidate_layer_name_metadata_shape_and_transform(scene):
     assert "obj1_a0" in layer.name and "2-4" in layer.name
     assert f"≈{cand.estimated_iou:.2f}" in layer.name
     assert layer.contour > 0  # an outline, apart from the filled masks layer
+    np.testing.assert_allclose(layer.get_color(1), [1, 1, 0, 1])  # in its own colour
     info = layer.metadata["napari_sam_lora"]
     assert info["candidate"] is True and info["obj_id"] == 1 and info["adapter"] == "obj1_a0"
     assert info["frames"] == [2, 3, 4]

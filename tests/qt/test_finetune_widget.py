@@ -94,3 +94,13 @@ def test_train_cancel_then_resume(qtbot, widget, tmp_path, notes):
     assert "adapter (best epoch" in text and "validation (1 examples" in text
     assert widget.table.item(widget.table.rowCount() - 1, 0).text().startswith("3")
     assert not notes
+
+
+def test_the_example_config_passes_check_data_out_of_the_box(qtbot, widget, tmp_path, notes):
+    assert widget.use_example(str(tmp_path / "example"))
+    assert wait(qtbot, widget) == "finished", notes
+    assert widget.path_edit.text() == str(tmp_path / "example" / "example.yaml")
+    assert widget.check()
+    assert wait(qtbot, widget) == "finished", notes
+    assert widget.status.text() == "data OK: ready to train", widget.text.toPlainText()
+    assert notes == []

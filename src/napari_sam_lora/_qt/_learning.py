@@ -93,6 +93,8 @@ class LearningPanel(QWidget):
         self.preset_combo.addItems(available_presets() or ["default"])
         self.preset_combo.setCurrentText("default")
         self.preset_combo.setToolTip("LoRA settings: default (fast), lit (paper), strong")
+        self.preset_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.preset_combo.setMinimumContentsLength(8)
         self.learn_button = QPushButton(with_key("Learn from this frame", "learn"), self)
         self.learn_button.setToolTip(
             with_key("Train the corrected objects' adapters on this frame's edit", "learn")
@@ -100,7 +102,10 @@ class LearningPanel(QWidget):
         self.cancel_button = QPushButton("Cancel", self)
         self.cancel_button.setEnabled(False)
         self.cancel_button.setToolTip("Stop learning: the adapter keeps its previous weights")
-        self.auto_check = QCheckBox("automatic: learn when a stroke ends", self)
+        self.auto_check = QCheckBox("learn when a stroke ends", self)
+        self.auto_check.setToolTip(
+            "Automatic: learn from the masks layer each time you finish a stroke"
+        )
         self.repropagate_check = QCheckBox("re-propagate after Learn / Accept", self)
         self.repropagate_check.setChecked(True)
         self.repropagate_check.setToolTip(

@@ -57,8 +57,8 @@ class ObjectList(QTableWidget):
         header = self.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeToContents)
         header.setSectionResizeMode(2, QHeaderView.Stretch)
-        self.setMinimumHeight(70)
-        self.setMaximumHeight(130)
+        self.setMinimumHeight(60)
+        self.setMaximumHeight(110)
         self.setToolTip("objects: select one to give new clicks and boxes its id")
         self.rows: list[ObjectRow] = []
         self.itemSelectionChanged.connect(self._on_selection)
@@ -74,7 +74,10 @@ class ObjectList(QTableWidget):
                 for i, row in enumerate(rows):
                     rgba = np.clip(np.asarray(row.color, float) * 255, 0, 255).astype(int)
                     swatch = QTableWidgetItem("")
-                    swatch.setBackground(QColor(*rgba[:3]))
+                    # a decoration, not a background: napari's stylesheet paints item
+                    # backgrounds over
+                    swatch.setData(Qt.DecorationRole, QColor(*rgba[:3]))
+                    swatch.setToolTip(QColor(*rgba[:3]).name())
                     texts = (str(row.obj_id), None, frame_ranges(row.confirmed), str(row.adapters))
                     for col, text in enumerate(texts):
                         item = swatch if text is None else QTableWidgetItem(text)

@@ -267,6 +267,18 @@ class SamLoraWidget(QWidget):
         self.help_button = QPushButton("Shortcuts…", self)
         self.help_button.setToolTip("The keyboard shortcuts of this panel")
 
+        for combo in (
+            self.image_combo,
+            self.model_combo,
+            self.device_combo,
+            self.points_combo,
+            self.shapes_combo,
+            self.mask_combo,
+            self.direction_combo,
+        ):  # long layer or model names must not widen the panel past the dock
+            combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(10)
+        self.help_button.setMaximumWidth(90)
         setup = _form(
             ("image", self.image_combo),
             (self.axis_label, self.axis_spin),
@@ -307,13 +319,23 @@ class SamLoraWidget(QWidget):
         self.scroll = QScrollArea(self)
         self.scroll.setWidgetResizable(True)
         self.scroll.setFrameShape(QFrame.NoFrame)
-        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.scroll.setWidget(content)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addWidget(self.scroll, 1)
         layout.addLayout(row(self.status, self.help_button))
+        self._fit_width()
         self._show_model_status()
+
+    def _fit_width(self) -> None:
+        """Wide enough for the widest section (nothing clipped), scrolled vertically."""
+        bar = self.scroll.verticalScrollBar().sizeHint().width()
+        self.setMinimumWidth(self.scroll.widget().minimumSizeHint().width() + bar + 8)
+
+    def showEvent(self, event: Any) -> None:
+        """Fit the width once napari's style sheet applies (it changes the sizes)."""
+        super().showEvent(event)
+        self._fit_width()
 
     def _connect(self) -> None:
         life = self.life

@@ -44,6 +44,8 @@ CANDIDATE_OPACITY = 0.9
 #: Candidates are drawn as outlines this many pixels wide, so they stand apart from the
 #: filled masks layer underneath.
 CANDIDATE_CONTOUR = 2
+#: ... in this colour, whatever the object's colour in the masks layer.
+CANDIDATE_COLOR = "yellow"
 
 
 def frame_labels(labels_layer: Labels, source: StackSource, frame: int) -> np.ndarray:
@@ -102,7 +104,7 @@ def add_candidate_layer(
     -------
     napari.layers.Labels
         Named ``"cand " + candidate.short_name`` (the adapter id stays visible in napari's
-        layer list), drawn as an outline; value ``obj_id`` on the masks; metadata
+        layer list), drawn as a yellow outline; value ``obj_id`` on the masks; metadata
         ``{"napari_sam_lora": {"candidate": True, "obj_id", "adapter", "frames",
         "confidences", "estimated_ious", "image"}}``. It becomes the selected layer.
 
@@ -146,6 +148,11 @@ def add_candidate_layer(
         opacity=CANDIDATE_OPACITY,
         metadata=metadata,
         **transform_kwargs(image_layer),
+    )
+    from napari.utils.colormaps import DirectLabelColormap
+
+    layer.colormap = DirectLabelColormap(
+        color_dict={None: "transparent", 0: "transparent", obj_id: CANDIDATE_COLOR}
     )
     layer.contour = CANDIDATE_CONTOUR
     return layer
