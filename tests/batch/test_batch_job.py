@@ -277,10 +277,8 @@ def test_adapter_of_another_base_model_refused_before_any_stack(client, tiny_mod
 
 @pytest.mark.slow
 def test_adapter_assisted_batch_matches_a_direct_learner(client, tiny_model, tmp_path, one_thread):
-    from napari_sam_lora.batch.stack import _learner_class, propagate_all
+    from napari_sam_lora import Learner
     from napari_sam_lora.engine.adapters import adapter_names
-
-    Learner = _learner_class()
     from napari_sam_lora.synthetic import make_stack
 
     # train an adapter on one stack, as a user correcting frame 2 in the viewer would
@@ -320,7 +318,7 @@ def test_adapter_assisted_batch_matches_a_direct_learner(client, tiny_model, tmp
         with Learner(Session(image, model=tiny_model)) as direct:
             direct.load(tmp_path / "cells")
             direct.session.add_mask(0, 1, seed == 1)
-            expected = propagate_all(direct, "forward").copy()
+            expected = direct.propagate_all("forward").copy()
             made = len(direct.adapter_frames)
         batch = _labels(tmp_path / "out" / f"{row['stack']}_labels.ome.zarr")
         assert np.array_equal(batch, expected)

@@ -399,7 +399,13 @@ def _client(
         processes=True,
         memory_limit=memory_limit or "auto",
         silence_logs=logging.ERROR,
-        env={**(env or {})},
+        # dask's nanny sets OMP/MKL threads to 1 in workers; give each worker its share
+        env={
+            "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads),
+            "OPENBLAS_NUM_THREADS": str(threads),
+            **(env or {}),
+        },
     )
     own = Client(cluster)
     try:

@@ -24,7 +24,6 @@ __all__ = [
     "PointRow",
     "StackResult",
     "point_prompts",
-    "propagate_all",
     "resolve_start",
     "seed_prompts",
     "segment_stack",
@@ -140,31 +139,6 @@ def point_prompts(rows: Iterable[PointRow]) -> list[Prompt]:
     ]
 
 
-def propagate_all(
-    runner: Any, direction: str = "both", frame_range: tuple[int, int] | None = None
-) -> np.ndarray:
-    """``runner.propagate_all(direction, frame_range)`` on a ``Session`` or ``Learner``.
-
-    Falls back to draining ``runner.propagate(...)`` for engines without ``propagate_all``
-    (the fallback goes once every engine object has it).
-    """
-    eager = getattr(runner, "propagate_all", None)
-    if eager is not None:
-        return eager(direction, frame_range)
-    for _ in runner.propagate(direction, frame_range):
-        pass
-    session = getattr(runner, "session", runner)
-    return session.labels
-
-
-def _learner_class() -> Any:
-    try:
-        from napari_sam_lora import Learner
-    except ImportError:  # not re-exported at the top level yet
-        from napari_sam_lora.engine.learning import Learner
-    return Learner
-
-
 def segment_stack(
     stack: Any,
     prompts: Sequence[Prompt],
@@ -202,35 +176,17 @@ def segment_stack(
     StackError, PromptError, AdapterFileError
         From the engine, before anything is tracked.
     """
-    from napari_sam_lora.engine.session import Session
+    from napari_sam_lora import Learner, Session
 
     session = Session(stack, model=model, feature_cache_mb=feature_cache_mb)
     session.add_prompts(prompts)
     object_ids = sorted({int(p.obj_id) for p in prompts})
     if not adapters:
-        labels = propagate_all(session, direction, frame_range)
+        labels = session.propagate_all(direction, frame_range)
         return StackResult(np.asarray(labels, dtype=np.int32).copy(), object_ids)
-    learner = _learner_class()(session)
-    loaded: list[str] = []
-    try:
+    with Learner(session) as learner:  # closing takes its adapters off the shared decoder
         for path in adapters:
-            loaded.extend(learner.load(path))
-        labels = propagate_all(learner, direction, frame_range)
+            learner.load(path)
+        labels = learner.propagate_all(direction, frame_range)
         made = {int(f): sorted(int(i) for i in ids) for f, ids in learner.adapter_frames.items()}
-    finally:
-        _release(learner, loaded)
     return StackResult(np.asarray(labels, dtype=np.int32).copy(), object_ids, made)
-
-
-def _release(learner: Any, names: Sequence[str]) -> None:
-    """Take the learner's adapters off the shared decoder (the next stack loads its own)."""
-    close = getattr(learner, "close", None)
-    if close is not None:
-        close()
-        return
-    from napari_sam_lora.engine.adapters import adapter_names, delete_adapter
-
-    present = set(adapter_names(learner.decoder))
-    for name in names:
-        if name in present:
-            delete_adapter(learner.decoder, name)

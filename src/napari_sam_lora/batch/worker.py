@@ -234,6 +234,10 @@ def run_stack(task: StackTask) -> dict:
         plugin = _plugin()
     except Exception as exc:
         return {"stack": task.name, "input": task.path, "status": "failed", "error": str(exc)}
+    if plugin.torch_threads:  # per task thread: OpenMP/MKL settings are per thread
+        import torch
+
+        torch.set_num_threads(int(plugin.torch_threads))
     row = process_stack(task, plugin.model, plugin.adapters, plugin.feature_cache_mb)
     row["worker"] = str(os.getpid())
     return row
