@@ -39,6 +39,7 @@ __all__ = [
     "TAUS",
     "OnlineCalibrator",
     "calibration_summary",
+    "candidate_scores",
     "expected_calibration_error",
     "isotonic_fit",
     "precision_recall",
@@ -334,4 +335,29 @@ def calibration_summary(
             "ece": expected_calibration_error(r, ry, bins),
             "reliability": reliability_bins(r, ry, bins),
         }
+    return out
+
+
+def candidate_scores(candidates: Sequence[Any], ious: Sequence[float]) -> list[dict[str, float]]:
+    """The hook for the simulated user: one ``{confidence, raw, iou}`` per candidate examined.
+
+    Parameters
+    ----------
+    candidates : sequence
+        What the user looked at (``CandidateMask``-like: ``.confidence``, the value shown,
+        and optionally ``.payload`` with per-frame ``confidences``, the raw model score).
+    ious : sequence of float
+        Each candidate's true IoU, in the same order.
+    """
+    out = []
+    for cand, value in zip(candidates, ious, strict=True):
+        shown = float(cand.confidence)
+        raw = getattr(getattr(cand, "payload", None), "confidences", None)
+        out.append(
+            {
+                "confidence": shown,
+                "raw": float(raw[0]) if raw is not None and len(raw) else shown,
+                "iou": float(value),
+            }
+        )
     return out

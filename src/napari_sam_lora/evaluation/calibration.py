@@ -13,9 +13,9 @@ From those pairs this module computes
 - the **reliability diagram** data (per bin: count, mean confidence, mean IoU).
 
 The metrics live in :mod:`napari_sam_lora.engine.calibration` (shared with the fine-tuning
-diagnosis) and are re-exported here; this module adds the simulated user's hook
-(:func:`candidate_scores`) and the collection of pairs from protocol records
-(:func:`pairs_from_frames`).
+diagnosis) and are re-exported here; so is the simulated user's hook (:func:`candidate_scores`,
+for ``simulation.protocol``); this module adds the collection of pairs from protocol
+records (:func:`pairs_from_frames`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 from napari_sam_lora.engine.calibration import (
     TAUS,
     calibration_summary,
+    candidate_scores,
     expected_calibration_error,
     precision_recall,
     reliability_bins,
@@ -42,31 +43,6 @@ __all__ = [
     "reliability_bins",
     "spearman",
 ]
-
-
-def candidate_scores(candidates: Sequence[Any], ious: Sequence[float]) -> list[dict[str, float]]:
-    """The hook for the simulated user: one ``{confidence, raw, iou}`` per candidate examined.
-
-    Parameters
-    ----------
-    candidates : sequence
-        What the user looked at (``CandidateMask``-like: ``.confidence``, the value shown,
-        and optionally ``.payload`` with per-frame ``confidences``, the raw model score).
-    ious : sequence of float
-        Each candidate's true IoU, in the same order.
-    """
-    out = []
-    for cand, value in zip(candidates, ious, strict=True):
-        shown = float(cand.confidence)
-        raw = getattr(getattr(cand, "payload", None), "confidences", None)
-        out.append(
-            {
-                "confidence": shown,
-                "raw": float(raw[0]) if raw is not None and len(raw) else shown,
-                "iou": float(value),
-            }
-        )
-    return out
 
 
 def pairs_from_frames(frames: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, float]], str]:
