@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     full, inc = results["full"], results["incremental"]
     summary = {
-        "model": model.label + " (random weights)",
+        "model": model.label,
         "frames": args.frames,
         "image_size": model.image_size,
         "corrected_frame": middle,
