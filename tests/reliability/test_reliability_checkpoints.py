@@ -130,3 +130,20 @@ def test_nan_weights_in_a_checkpoint_are_refused(tmp_path):  # WEAK: empty masks
     torch.save({"model": {"a.weight": torch.tensor([1.0, float("nan")])}}, path)
     with pytest.raises(CheckpointError, match=r"a\.weight holds NaN or infinite values"):
         models.read_checkpoint(path)
+
+
+def test_zeroed_bytes_inside_a_local_checkpoint_are_detected(tmp_path):  # WEAK: loaded silently
+    import torch
+
+    path = tmp_path / "mine.pt"
+    torch.save({"model": {"w": torch.ones(100_000)}}, path)
+    blob = bytearray(path.read_bytes())
+    middle = len(blob) // 2
+    blob[middle : middle + 64] = bytes(64)
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(bytes(blob))
+    assert set(models.read_checkpoint(path)) == {"w"}
+    with pytest.raises(CheckpointError, match=r"fails its CRC-32 check"):
+        models.read_checkpoint(damaged)
+    with pytest.raises(CheckpointError, match="CRC-32"):
+        parse_model(damaged)

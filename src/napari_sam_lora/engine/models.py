@@ -346,6 +346,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
     if Path(path).is_dir():
         raise CheckpointError(f"{path} is a folder, not a checkpoint file")
+    _check_zip_records(Path(path))
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -364,6 +365,39 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
                 "would output empty masks); download or export it again"
             )
     return state
+
+
+def _check_zip_records(path: Path, chunk: int = 1 << 22) -> None:
+    """Check the CRC-32 torch records for every entry of a zip checkpoint.
+
+    ``torch.load`` does not verify them, so a few overwritten bytes (a bad copy, a disk
+    error) would load silently as wrong weights. Legacy (non-zip) files cannot be checked.
+    """
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.CRC == 0 or info.is_dir():
+                    continue  # written without checksums
+                try:
+                    with archive.open(info) as member:  # zipfile checks the CRC at the end
+                        while member.read(chunk):
+                            pass
+                except zipfile.BadZipFile as exc:
+                    if "crc" not in str(exc).lower():
+                        raise
+                    raise CheckpointError(
+                        f"{path} is damaged: its record {info.filename} fails its CRC-32 "
+                        "check (bytes were overwritten or lost); copy or download it again"
+                    ) from None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise CheckpointError(
+            f"could not read checkpoint {path}: it is corrupt or not a SAM2 checkpoint "
+            f"({load_failure(exc)})"
+        ) from None
 
 
 def load_failure(exc: BaseException) -> str:
