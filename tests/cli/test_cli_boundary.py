@@ -260,3 +260,20 @@ def test_parent_that_is_a_file_is_named(tmp_path):  # WEAK: "File exists: ..."
         == f"{tmp_path / 'f'} is a file, not a folder; remove it or choose another path"
     )
     assert describe(KeyError("x")) is None and describe(np.linalg.LinAlgError()) is None
+
+
+BOMB = (
+    "a: &a [x, x, x, x, x, x, x, x, x]\n"
+    "b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+    "rank: [*b, *b]\n"
+)
+
+
+def test_yaml_bomb_is_one_line_for_evaluate_and_check_data(tmp_path, suite, capsys):  # FAIL 4
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(BOMB)
+    argv = ["evaluate", str(suite), "--config", str(bomb), "--output", str(tmp_path / "o")]
+    assert main(argv) == 1
+    assert "anchors and aliases" in one_error_line(capsys.readouterr().err)
+    assert main(["check-data", str(bomb)]) == 1
+    assert "anchors and aliases" in one_error_line(capsys.readouterr().err)
