@@ -14,12 +14,15 @@ from typing import Any
 
 from napari_sam_lora.engine.errors import (
     CheckpointError,
+    ConfigError,
+    DataError,
     DownloadError,
     JobCancelled,
     ModelError,
     PromptError,
     SamLoraError,
     StackError,
+    WriteError,
 )
 from napari_sam_lora.engine.prompts import BoxPrompt, MaskPrompt, PointPrompt, Prompt
 
@@ -43,6 +46,8 @@ _LAZY = {
 __all__ = [
     "BoxPrompt",
     "CheckpointError",
+    "ConfigError",
+    "DataError",
     "DownloadError",
     "JobCancelled",
     "MaskPrompt",
@@ -52,6 +57,7 @@ __all__ = [
     "PromptError",
     "SamLoraError",
     "StackError",
+    "WriteError",
     *_LAZY,
 ]
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from sam2.build_sam import build_sam2_video_predictor
 
-from napari_sam_lora.engine.errors import CheckpointError
+from napari_sam_lora.engine.errors import CheckpointError, ModelError
 from napari_sam_lora.engine.jobs import drain, relay
 from napari_sam_lora.engine.models import (
     ModelSpec,
@@ -27,6 +27,7 @@ from napari_sam_lora.engine.models import (
     verify_checksum,
 )
 from napari_sam_lora.engine.sam2_bridge import StackPredictor
+from napari_sam_lora.engine.validation import check_image_size
 
 __all__ = ["LoadedModel", "StackPredictor", "iter_load_model", "load_model"]
 
@@ -120,6 +121,8 @@ def iter_load_model(
     image_size : int, optional
         Override the model's input size (1024); smaller is faster and less accurate.
     """
+    if image_size is not None:
+        image_size = check_image_size(image_size, ModelError)
     spec = parse_model(model)
     torch_device = pick_device(device)
     path = spec.path

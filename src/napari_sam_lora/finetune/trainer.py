@@ -225,24 +225,24 @@ class _Run:
 
     def restore(self) -> bool:
         """Continue from the checkpoint (True), or start over, removing stale outputs."""
-        state = read_checkpoint(self.path) if self.config.resume else None
-        if state is None:
+        saved = read_checkpoint(self.path) if self.config.resume else None
+        if saved is None:
             for name in STALE:
                 (self.config.output / name).unlink(missing_ok=True)
             torch.manual_seed(self.config.training.seed)  # LoRA dropout: reproducible runs
             return False
-        if state["key"] != self.key:
+        if saved["key"] != self.key:
             raise ConfigError(
                 f"{self.path} was written by a run with other settings or data; set "
                 "resume: false (or use --restart) to start over, or choose another output"
             )
-        self.step, self.seconds, self.sums = state["step"], state["seconds"], state["sums"]
-        self.rows = [EpochMetrics(**r) for r in state["rows"]]
-        self.best = {**state["best"], "state": state["best_state"] or None}
-        restore_adapter_state(self.decoder, ADAPTER, state["adapter"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        self.stop_reason = state["stop_reason"]
+        self.step, self.seconds, self.sums = saved["step"], saved["seconds"], saved["sums"]
+        self.rows = [EpochMetrics(**r) for r in saved["rows"]]
+        self.best = {**saved["best"], "state": saved["best_state"] or None}
+        restore_adapter_state(self.decoder, ADAPTER, saved["adapter"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["torch_rng"])
+        self.stop_reason = saved["stop_reason"]
         logger.info("resuming from step %d of %d (%s)", self.step, self.total, self.path)
         return True
 

@@ -9,8 +9,9 @@ Images are ``uint8`` (background ~30, objects ~200, Gaussian noise), except ``no
 which is ``uint16`` with a dynamic range well beyond 8 bits, heavy noise and a few saturated
 hot pixels (it exercises robust percentile normalisation).
 
-Only numpy is needed to generate stacks; :func:`write_suite` and :func:`load_suite` also
-use ``tifffile``. Nothing here imports torch or napari.
+Only numpy is needed to generate stacks; :func:`write_suite` also uses ``tifffile``. A
+written suite is read back by :func:`napari_sam_lora.data.suite.read_suite` (the one
+``suite.json`` reader). Nothing here imports torch or napari.
 
 Examples
 --------
@@ -23,12 +24,11 @@ Examples
 from __future__ import annotations
 
 from napari_sam_lora.synthetic.stacks import KIND_DESCRIPTIONS, KINDS, make_stack, object_ids
-from napari_sam_lora.synthetic.suite import load_suite, write_suite
+from napari_sam_lora.synthetic.suite import write_suite
 
 __all__ = [
     "KINDS",
     "KIND_DESCRIPTIONS",
-    "load_suite",
     "make_stack",
     "object_ids",
     "write_suite",

@@ -8,8 +8,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from napari_sam_lora.synthetic.stacks import (
     KIND_DESCRIPTIONS,
     KINDS,
@@ -93,29 +91,3 @@ def write_suite(
     }
     (out / "suite.json").write_text(json.dumps(suite, indent=2) + "\n", encoding="utf-8")
     return suite
-
-
-def load_suite(outdir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Read a suite written by :func:`write_suite`.
-
-    Parameters
-    ----------
-    outdir : str or Path
-        Folder holding ``suite.json``.
-
-    Returns
-    -------
-    dict
-        ``{kind: (image, labels)}`` in the order of ``suite.json``.
-    """
-    import tifffile
-
-    out = Path(outdir)
-    suite = json.loads((out / "suite.json").read_text(encoding="utf-8"))
-    return {
-        item["kind"]: (
-            tifffile.imread(out / item["image"]),
-            tifffile.imread(out / item["labels"]).astype(np.int32, copy=False),
-        )
-        for item in suite["stacks"]
-    }
