@@ -147,15 +147,11 @@ def train(config: FineTuneConfig, model: Any = None) -> Generator[Progress, None
 
 
 def _load_model(config: FineTuneConfig) -> Generator[Progress, None, Any]:
+    from napari_sam_lora.engine.jobs import relay
     from napari_sam_lora.engine.predictor import iter_load_model
 
     steps = iter_load_model(config.model.name, config.model.device, config.model.image_size)
-    while True:
-        try:
-            stage, done, total = next(steps)
-        except StopIteration as stop:
-            return stop.value
-        yield Progress("load", done, total, f"model: {stage}")
+    return (yield from relay(steps, lambda p: Progress("load", p[1], p[2], f"model: {p[0]}")))
 
 
 def _examples(
