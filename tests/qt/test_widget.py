@@ -10,9 +10,11 @@ import threading
 
 import numpy as np
 import pytest
+from napari.utils.key_bindings import KeyBinding
 
 from napari_sam_lora._qt import threading as qt_threading
 from napari_sam_lora._qt._propagation import SessionCache
+from napari_sam_lora._qt._shortcuts import SHORTCUTS
 from napari_sam_lora.engine.tracking import PropagationStep, validate_prompts
 
 pytestmark = pytest.mark.viewer
@@ -296,11 +298,14 @@ def test_closing_the_viewer_while_running(make_napari_viewer, qtbot, notes):
     add_image_and_point(viewer, widget)
     widget.propagate()
     qtbot.waitUntil(lambda: widget.job.is_running and widget._run.written == 1, timeout=WAIT_MS)
-    job, out = widget.job, viewer.layers["img masks"]
+    job, out, sessions = widget.job, viewer.layers["img masks"], widget.sessions
     viewer.close()
     gate.set()
     qtbot.waitUntil(lambda: not job.is_running, timeout=WAIT_MS)
     assert job.state == "cancelled" and notes == []
+    qtbot.waitUntil(lambda: not widget.life.alive, timeout=WAIT_MS)
+    assert sessions.session is None and sessions.model is None  # released
+    assert not {KeyBinding.from_str(s.key) for s in SHORTCUTS} & set(viewer.keymap)
     assert not out.data[1:].any()
 
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import weakref
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import napari.layers
 import numpy as np
-from qtpy.QtCore import QEvent, Qt
+from qtpy.QtCore import QEvent, Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -171,18 +172,28 @@ class SamLoraWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.image_size: int | None = None
-        self.sessions = SessionCache()
+        self._owned = _Owned(SessionCache())
         self.slot = JobSlot()
         self.life = Lifecycle()
         self._run: Run | None = None
         self._activity: Activity | None = None
         self._docked = False
+        self._watched: Any = None  # weakref to the top-level window whose close shuts us down
         self._styled: dict[str, Any] = {}  # prompt layer unique_id -> uninstall callback
         self._help: ShortcutHelp | None = None
         self._build_ui()
         self._connect()
         self._on_image_changed()
         _LIVE.add(self)
+
+    @property
+    def sessions(self) -> SessionCache:
+        """Reuses the loaded model and session between propagations."""
+        return self._owned.sessions
+
+    @sessions.setter
+    def sessions(self, cache: SessionCache) -> None:
+        self._owned.sessions = cache
 
     @property
     def job(self) -> _threading.Job | None:
@@ -333,9 +344,32 @@ class SamLoraWidget(QWidget):
         self.setMinimumWidth(self.scroll.widget().minimumSizeHint().width() + bar + 8)
 
     def showEvent(self, event: Any) -> None:
-        """Fit the width once napari's style sheet applies (it changes the sizes)."""
+        """Fit the width once napari's style sheet applies (it changes the sizes), and watch
+        the main window: closing the viewer only hides it."""
         super().showEvent(event)
         self._fit_width()
+        window = self.window()
+        if window is not self and window is not self._watched_window():
+            previous = self._watched_window()
+            if previous is not None:
+                previous.removeEventFilter(self)
+            window.installEventFilter(self)
+            self._watched = weakref.ref(window)  # no strong reference to the viewer
+
+    def eventFilter(self, obj: Any, event: Any) -> bool:
+        """Shut down once the viewer window closes (checked after the close is decided:
+        napari may ask the user and keep the window open)."""
+        if event.type() == QEvent.Close and obj is self._watched_window() and self.life.alive:
+            QTimer.singleShot(0, self._after_window_close)
+        return False
+
+    def _watched_window(self) -> Any:
+        return None if self._watched is None else self._watched()
+
+    def _after_window_close(self) -> None:
+        window = self._watched_window()
+        if window is not None and self.life.alive and not window.isVisible():
+            self.shutdown()
 
     def _connect(self) -> None:
         life = self.life
@@ -374,7 +408,9 @@ class SamLoraWidget(QWidget):
         }
         life.on_shutdown(bind_shortcuts(self.viewer, actions, lambda: self.life.alive))
         life.on_shutdown(self._unstyle_all)
-        self.destroyed.connect(self.life.shutdown)
+        # when the Qt object is destroyed (viewer closed): plain-Python teardown only
+        self._owned.control = self.learning.control
+        self.destroyed.connect(_release(life, self._owned))
 
     def _watch_name(self, layer: Any) -> None:
         self.life.connect(layer.events.name, self._refresh_layers)
@@ -400,6 +436,11 @@ class SamLoraWidget(QWidget):
         if not self.life.alive:
             return
         self.life.shutdown()
+        window = self._watched_window()
+        if window is not None:
+            with contextlib.suppress(RuntimeError):  # the window may be deleted already
+                window.removeEventFilter(self)
+        self._watched = None
         if self._activity is not None:
             self._activity.close()
         self.learning.release()
@@ -983,6 +1024,27 @@ class SamLoraWidget(QWidget):
                 with contextlib.suppress(Exception):  # the layer may be gone
                     fn()
         self._styled.clear()
+
+
+@dataclass
+class _Owned:
+    """What the widget owns that must be released even after its Qt object is gone."""
+
+    sessions: SessionCache
+    control: Any = None
+
+
+def _release(life: Lifecycle, owned: _Owned) -> Any:
+    """A teardown that holds no Qt object: safe after the widget was deleted."""
+
+    def release(*_: Any) -> None:
+        life.shutdown()
+        if owned.control is not None:
+            with contextlib.suppress(Exception):
+                owned.control.release()
+        owned.sessions.release()
+
+    return release
 
 
 def _remove_items(layer: Any, indices: list[int]) -> None:
