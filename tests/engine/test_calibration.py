@@ -169,3 +169,14 @@ def test_an_accepted_mask_is_observed_for_every_adapter(decoder):  # noqa: F811
     ious = pool.observe(decoder, inputs, target)
     assert list(ious) == ["obj1_a0"] and len(pool.calibrator) == 1
     assert pool.calibrator.to_dict()["iou"] == [pytest.approx(ious["obj1_a0"], abs=1e-6)]
+
+
+def test_an_accepted_adapter_does_not_confirm_itself(decoder):  # noqa: F811
+    from napari_sam_lora.engine.adapter_pool import AdapterPool
+    from napari_sam_lora.engine.lora_settings import load_settings
+
+    pool = AdapterPool(1, load_settings("default"))
+    inputs, target = example(seed=0)
+    pool.begin(decoder, pool.plan(decoder, inputs, target))
+    assert pool.observe(decoder, inputs, target, exclude="obj1_a0") == {}
+    assert len(pool.calibrator) == 0

@@ -109,16 +109,24 @@ class AdapterPool:
         return self.calibrator.estimate_many(confidences)
 
     def observe(
-        self, decoder: nn.Module, inputs: DecoderInputs, mask: np.ndarray
+        self,
+        decoder: nn.Module,
+        inputs: DecoderInputs,
+        mask: np.ndarray,
+        exclude: str | None = None,
     ) -> dict[str, float]:
         """Feed the calibrator every adapter's ``(confidence, IoU with mask)`` on ``inputs``.
 
         Call it with a mask the *user* confirmed for that frame (a correction, which
-        :meth:`plan` does itself, or a candidate the user accepted — not an auto-accept,
-        which would confirm the calibrator's own estimate), before anything trains on it.
-        Returns each adapter's IoU.
+        :meth:`plan` does itself, or a candidate the user accepted — never an auto-accept),
+        before anything trains on it. For an accepted candidate pass its adapter as
+        ``exclude``: its IoU with its own mask is 1 by construction, not a measurement
+        (observing it made estimates climb with every accept while the true IoU fell).
+        Returns the IoUs observed.
         """
-        props = {p.adapter_name: p for p in self.proposals(decoder, inputs)}
+        props = {
+            p.adapter_name: p for p in self.proposals(decoder, inputs) if p.adapter_name != exclude
+        }
         return self._observe(props, np.asarray(mask).astype(bool))
 
     def _observe(self, props: dict[str, Proposal], target: np.ndarray) -> dict[str, float]:
