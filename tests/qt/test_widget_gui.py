@@ -270,3 +270,27 @@ def test_only_the_running_panels_cancel_is_enabled(viewer_widget, qtbot, notes):
     gate.set()
     wait_done(qtbot, widget)
     assert not widget.cancel_button.isEnabled()
+
+
+def test_the_assist_toggle_reaches_the_learners_propagation(viewer_widget, qtbot, notes):
+    viewer, widget = viewer_widget
+    sessions = use_fake(widget)
+    add_image_and_point(viewer, widget)
+    calls = []
+
+    class FakeLearner:  # records how the dock asks for propagation
+        def propagate_steps(self, direction, frame_range, assist=True):
+            calls.append(assist)
+            yield from sessions[0].propagate_steps(direction, frame_range)
+
+        def adapter_names(self, obj_id=None):
+            return ["obj1_a0"]
+
+    learner = FakeLearner()
+    widget.learning.control.learner_of = lambda session: learner if sessions else None
+    for checked in (True, False):
+        widget.assist_check.setChecked(checked)
+        assert widget.propagate()
+        wait_done(qtbot, widget)
+        assert widget.job.state == "finished"
+    assert calls == [True, False] and notes == []
