@@ -27,7 +27,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_sam_lora._qt import threading as _threading
-from napari_sam_lora._qt._jobs import Activity
+from napari_sam_lora._qt._slot import Activity
 from napari_sam_lora._qt._learning_control import (
     LearningControl,
     Loaded,

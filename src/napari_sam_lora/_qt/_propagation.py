@@ -188,13 +188,13 @@ class SessionCache:
         self._make = make_session or _default_session
         self._model_key: tuple | None = None
         self._model: Any = None
-        self._session_key: tuple | None = None
+        self._key: tuple | None = None
         self._pinned: tuple = ()
         self.session: Any = None
 
     def session_for(self, request: PropagateRequest) -> Any:
         """The cached session if ``request`` can reuse it, else ``None``."""
-        return self.session if request.session_key == self._session_key else None
+        return self.session if request.session_key == self._key else None
 
     def session_matching(self, image_layer: Any, source: StackSource) -> Any:
         """The cached session of ``image_layer`` seen as ``source`` (any model), else ``None``.
@@ -202,7 +202,7 @@ class SessionCache:
         The learning panel uses it: it acts on whatever the last propagation of this image,
         stack axis and plane made.
         """
-        key = self._session_key
+        key = self._key
         here = (
             image_layer.unique_id,
             id(image_layer.data),
@@ -219,20 +219,20 @@ class SessionCache:
     def release(self) -> None:
         """Drop the session and the model (their memory is freed once nothing else holds
         them); the next propagation loads the model again."""
-        self._session_key, self.session, self._pinned = None, None, ()
+        self._key, self.session, self._pinned = None, None, ()
         self._model_key, self._model = None, None
 
     def forget_image(self, image_layer: Any) -> None:
         """Drop the session of a removed image layer (frees its memory)."""
-        if self._session_key is not None and self._session_key[0] == image_layer.unique_id:
-            self._session_key, self.session, self._pinned = None, None, ()
+        if self._key is not None and self._key[0] == image_layer.unique_id:
+            self._key, self.session, self._pinned = None, None, ()
 
     def iter_session(self, request: PropagateRequest) -> Generator[LoadProgress, None, Any]:
         """Yield :class:`LoadProgress` while loading as needed; return the session."""
         session = self.session_for(request)
         if session is not None:
             return session
-        self._session_key, self.session = None, None
+        self._key, self.session = None, None
         if request.model_key != self._model_key:
             self._model_key, self._model = None, None
             steps = self._load(request.model, request.device, request.image_size)
@@ -245,7 +245,7 @@ class SessionCache:
                 yield LoadProgress(stage, done, total)
             self._model_key, self._model = request.model_key, loaded
         session = self._make(request.source.frames, self._model)
-        self._session_key, self.session = request.session_key, session
+        self._key, self.session = request.session_key, session
         # hold the data so its id in the key cannot be reused while cached
         self._pinned = (request.image_layer.data,)
         return session

@@ -38,7 +38,7 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 
 from napari_sam_lora._qt import threading as _threading
-from napari_sam_lora._qt._jobs import Activity, JobSlot
+from napari_sam_lora._qt._slot import Activity, JobSlot
 from napari_sam_lora._qt._layer_combo import LayerCombo
 from napari_sam_lora._qt._learning import LearningPanel
 from napari_sam_lora._qt._model_combo import MODELS, ModelCombo
