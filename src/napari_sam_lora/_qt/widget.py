@@ -38,7 +38,6 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 
 from napari_sam_lora._qt import threading as _threading
-from napari_sam_lora._qt._slot import Activity, JobSlot
 from napari_sam_lora._qt._layer_combo import LayerCombo
 from napari_sam_lora._qt._learning import LearningPanel
 from napari_sam_lora._qt._model_combo import MODELS, ModelCombo
@@ -55,6 +54,7 @@ from napari_sam_lora._qt._propagation import (
     repropagation_job,
 )
 from napari_sam_lora._qt._shortcuts import bind_shortcuts, shortcut_rows, with_key
+from napari_sam_lora._qt._slot import Activity, JobSlot
 from napari_sam_lora.engine.corrections import merge_object
 from napari_sam_lora.engine.errors import PromptError
 from napari_sam_lora.layers import (
