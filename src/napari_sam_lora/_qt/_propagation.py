@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from napari_sam_lora.engine.errors import PromptError, StackError
+from napari_sam_lora.engine.jobs import relay
 from napari_sam_lora.engine.prompts import Prompt
 from napari_sam_lora.layers import (
     EditGroup,
@@ -236,13 +237,7 @@ class SessionCache:
         if request.model_key != self._model_key:
             self._model_key, self._model = None, None
             steps = self._load(request.model, request.device, request.image_size)
-            while True:
-                try:
-                    stage, done, total = next(steps)
-                except StopIteration as stop:
-                    loaded = stop.value
-                    break
-                yield LoadProgress(stage, done, total)
+            loaded = yield from relay(steps, lambda p: LoadProgress(*p))
             self._model_key, self._model = request.model_key, loaded
         session = self._make(request.source.frames, self._model)
         self._key, self.session = request.session_key, session
