@@ -119,10 +119,12 @@ class AdapterPool:
 
         Call it with a mask the *user* confirmed for that frame (a correction, which
         :meth:`plan` does itself, or a candidate the user accepted — never an auto-accept),
-        before anything trains on it. For an accepted candidate pass its adapter as
-        ``exclude``: its IoU with its own mask is 1 by construction, not a measurement
-        (observing it made estimates climb with every accept while the true IoU fell).
-        Returns the IoUs observed.
+        before anything trains on it. The accepted adapter itself is observed at IoU 1
+        (the user took its mask as theirs) unless passed as ``exclude``. Measured on the
+        seed-11 synthetic suite (docs/learning.md): with it, ECE 0.10 and Spearman 0.33;
+        without it (corrections only), ECE 0.26 and Spearman 0.30 — but it makes the
+        estimate rise with every accept, also where the object drifts away, so it is no
+        basis for auto-accept. Returns the IoUs observed.
         """
         props = {
             p.adapter_name: p for p in self.proposals(decoder, inputs) if p.adapter_name != exclude
