@@ -10,7 +10,6 @@ import pytest
 from napari_sam_lora.synthetic import (
     KIND_DESCRIPTIONS,
     KINDS,
-    load_suite,
     make_stack,
     object_ids,
     write_suite,
@@ -135,7 +134,14 @@ def test_write_and_load_suite(tmp_path):
         assert tif.series[0].shape == (4, 40, 48)
         assert tif.pages[0].photometric == tifffile.PHOTOMETRIC.MINISBLACK
 
-    loaded = load_suite(folder)
+    from napari_sam_lora.data.stacks import read_images, read_labels
+    from napari_sam_lora.data.suite import read_suite
+
+    loaded = {}
+    for stack in read_suite(folder):  # the one suite.json reader
+        image, stems = read_images(stack.image)
+        labels, _annotated = read_labels(stack.labels, image.shape[:3], stems)
+        loaded[stack.kind] = (image, labels)
     for kind in kinds:
         image, labels = make_stack(kind, seed=2, **SMALL)
         np.testing.assert_array_equal(loaded[kind][0], image)
