@@ -165,7 +165,8 @@ def _default_load(model: str, device: str | None, image_size: int | None) -> Gen
 def _default_session(stack: Any, loaded: Any) -> Any:
     from napari_sam_lora.engine.session import Session
 
-    return Session(stack, loaded)
+    # Features also go to the user cache on disk: reopening the stack costs no encoding.
+    return Session(stack, loaded, disk_cache=True)
 
 
 class SessionCache:
