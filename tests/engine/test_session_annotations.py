@@ -184,3 +184,14 @@ def test_features_on_disk_make_a_reopened_stack_cost_no_encoder_call(tiny_model,
 
     assert clear_feature_cache(tmp_path / "features") > 0
     assert not list((tmp_path / "features").glob("*.safetensors"))
+
+
+def test_an_empty_mask_says_a_known_object_is_absent_but_creates_no_object(tracked):
+    make, _ = tracked
+    session = make()
+    session.add_mask(3, 1, np.zeros(session.frame_shape, bool))  # "not on this frame"
+    assert session.annotations.source(3, 1) == "prompt"
+    assert not (session.labels[3] == 1).any()
+    with pytest.raises(PromptError, match="new object 2"):
+        session.add_mask(3, 2, np.zeros(session.frame_shape, bool))
+    assert session.object_ids == [1]

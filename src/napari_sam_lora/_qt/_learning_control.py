@@ -111,6 +111,7 @@ def describe_report(report: Any) -> str:
         for r in report.trained
     ]
     parts += [f"object {obj}: {why}" for obj, why in report.skipped.items()]
+    parts += [f"⚠ {r.warning}" for r in report.trained if getattr(r, "warning", None)]
     return f"learned from frame {report.frame}: " + ("; ".join(parts) or "nothing trained")
 
 

@@ -512,7 +512,11 @@ class Learner:
                 continue  # the same accept twice: nothing new for SAM2 or the replay
             corrections.append(Correction(frame, candidate.obj_id, obj_mask, "changed", 0))
             record = self.session.decoder_inputs(frame, candidate.obj_id)
-            if record is not None and self.settings.replay_size > 0:
+            if record is None:
+                continue
+            if source == "accepted":  # the user's own judgement: evidence for the calibrator
+                pool.observe(self.decoder, record, obj_mask)
+            if self.settings.replay_size > 0:
                 pool.replay.append(ReplayEntry(candidate.adapter_name, cpu_copy(record), obj_mask))
         with self.session.exclusive():
             self.session.condition_on(corrections, source, adapter=candidate.adapter_name)

@@ -256,8 +256,11 @@ class Session:
 
     # -- prompts ---------------------------------------------------------------------------
     def validate_prompts(self, prompts: Sequence[Prompt]) -> None:
-        """Raise :class:`PromptError` naming the first prompt SAM2 cannot use."""
-        validate_prompts(prompts, self.num_frames, self.frame_shape)
+        """Raise :class:`PromptError` naming the first prompt SAM2 cannot use.
+
+        An empty mask is a prompt only for an object SAM2 already tracks ("not here").
+        """
+        validate_prompts(prompts, self.num_frames, self.frame_shape, self.object_ids)
 
     def reset(self) -> None:
         """Forget prompts, corrections and tracking results; keep cached image features."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -70,14 +70,18 @@ def _check_inside(rows_cols: np.ndarray, shape: tuple[int, int], what: str, fram
 
 
 def validate_prompts(
-    prompts: Sequence[Prompt], num_frames: int, frame_shape: tuple[int, int]
+    prompts: Sequence[Prompt],
+    num_frames: int,
+    frame_shape: tuple[int, int],
+    known_objects: Collection[int] = (),
 ) -> None:
     """Raise :class:`PromptError` with a specific message for the first bad prompt.
 
     Checks every prompt before any reaches SAM2: it is a prompt record, its frame is in
     range, its object id is 1 … 2³¹ − 1 (:mod:`.validation`), points are non-empty, labelled
     0/1 and inside the image, a box is non-empty and inside, a mask has the frame's shape and
-    at least one pixel, and each (frame, object) has at most one box.
+    at least one pixel — unless its object is among ``known_objects``, where an empty mask
+    says "not on this frame" — and each (frame, object) has at most one box.
     """
     if isinstance(prompts, str | bytes) or not isinstance(prompts, Sequence):
         raise PromptError(
@@ -104,7 +108,7 @@ def validate_prompts(
             _check_box(prompt, frame_shape)
             boxes[(prompt.frame, prompt.obj_id)] += 1
         else:
-            _check_mask(prompt, frame_shape)
+            _check_mask(prompt, frame_shape, int(prompt.obj_id) in set(known_objects))
     for (frame, obj_id), count in boxes.items():
         if count > 1:
             raise PromptError(
@@ -126,15 +130,15 @@ def _check_points(prompt: PointPrompt, frame_shape: tuple[int, int]) -> None:
     _check_inside(prompt.points, frame_shape, "point", prompt.frame)
 
 
-def _check_mask(prompt: MaskPrompt, frame_shape: tuple[int, int]) -> None:
+def _check_mask(prompt: MaskPrompt, frame_shape: tuple[int, int], known: bool = False) -> None:
     if prompt.mask.shape != tuple(frame_shape):
         raise PromptError(
             f"mask for object {prompt.obj_id} on frame {prompt.frame} has shape "
             f"{prompt.mask.shape}, but frames are {tuple(frame_shape)}"
         )
-    if not prompt.mask.any():
+    if not known and not prompt.mask.any():
         raise PromptError(
-            f"the mask for object {prompt.obj_id} on frame {prompt.frame} is empty: paint at "
+            f"the mask for new object {prompt.obj_id} on frame {prompt.frame} is empty: paint at "
             "least one pixel (to remove an object, reset it instead)"
         )
 

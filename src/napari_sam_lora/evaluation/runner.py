@@ -224,5 +224,16 @@ class _Runs:
 
 
 def _training(report: Any) -> dict[str, Any]:
-    keys = ("adapter_name", "fine_tune", "steps", "seconds", "best_iou", "final_iou", "stop_reason")
+    keys = (
+        "adapter_name",
+        "fine_tune",
+        "steps",
+        "seconds",
+        "best_iou",
+        "final_iou",
+        "stop_reason",
+        "escalation",
+        "rank",
+        "warning",
+    )
     return {k: getattr(report, k, None) for k in keys}

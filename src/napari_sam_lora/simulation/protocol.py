@@ -27,6 +27,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from napari_sam_lora.engine.calibration import candidate_scores
 from napari_sam_lora.simulation.clicks import iou, next_click
 
 __all__ = [
@@ -115,6 +116,7 @@ class FrameRecord:
     candidate_confidence: float | None = None
     oracle_iou: float | None = None
     oracle_accept: bool = False
+    candidate_scores: list[dict[str, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -213,6 +215,7 @@ def _review(
     if not candidates:
         return False
     ious = [iou(c.mask, truth) for c in candidates]
+    record.candidate_scores = candidate_scores(candidates, ious)  # for the calibration report
     best = int(np.argmax([c.confidence for c in candidates]))
     record.candidate_iou, record.candidate_confidence = (
         ious[best],
