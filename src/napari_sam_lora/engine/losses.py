@@ -18,21 +18,6 @@ import torch.nn.functional as F
 from napari_sam_lora.engine.lora_settings import LoraSettings
 
 
-class LossWeights:
-    """Deprecated shim: the loss weights are fields of :class:`LoraSettings`; pass those.
-
-    :func:`multimask_loss` reads ``focal_weight``, ``dice_weight``, ``iou_weight``,
-    ``object_score_weight``, ``focal_alpha`` and ``focal_gamma`` from the settings, so there
-    is one set of defaults (``LoraSettings``'s). ``LossWeights.from_settings(s)`` returns
-    ``s`` for callers not yet updated.
-    """
-
-    @staticmethod
-    def from_settings(settings: LoraSettings) -> LoraSettings:
-        """The settings themselves (they carry the weights)."""
-        return settings
-
-
 @dataclass
 class MultimaskLoss:
     """Result of :func:`multimask_loss`.

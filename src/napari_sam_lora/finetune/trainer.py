@@ -40,7 +40,6 @@ from napari_sam_lora.engine.adapters import (
 )
 from napari_sam_lora.engine.atomic import write_files
 from napari_sam_lora.engine.errors import CheckpointError
-from napari_sam_lora.engine.losses import LossWeights
 from napari_sam_lora.engine.models import load_failure
 from napari_sam_lora.finetune import loop
 from napari_sam_lora.finetune.adapter_file import save_finetuned
@@ -186,7 +185,7 @@ class _Run:
         self.total = t.epochs * self.per_epoch
         if t.max_steps is not None:
             self.total = min(self.total, t.max_steps)
-        self.weights = LossWeights.from_settings(config.lora)
+        self.weights = config.lora  # LoraSettings carries the loss weights
         self.optimizer = torch.optim.AdamW(
             freeze_except(self.decoder, ADAPTER), lr=t.lr, weight_decay=config.lora.weight_decay
         )
