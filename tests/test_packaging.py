@@ -32,7 +32,10 @@ def test_manifest_basics(manifest):
     assert [(w.command, w.display_name) for w in widgets] == [
         ("napari-sam-lora.make_widget", "SAM2 LoRA"),
         ("napari-sam-lora.make_finetune_widget", "SAM2 LoRA fine-tuning"),
+        ("napari-sam-lora.make_batch_widget", "Segment a folder…"),
     ]
+    batch = commands["napari-sam-lora.make_batch_widget"]
+    assert batch.python_name == "napari_sam_lora._qt._batch:BatchWidget"
 
 
 def test_manifest_sample_data(manifest):
