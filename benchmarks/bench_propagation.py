@@ -44,11 +44,11 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_ours(stack: np.ndarray, image_size: int, cache_mb: float) -> dict:
+def run_ours(stack: np.ndarray, image_size: int, cache_mb: float, device: str) -> dict:
     from napari_sam_lora.engine.predictor import load_model
     from napari_sam_lora.engine.session import Session
 
-    model = load_model(MODEL, device="cpu", image_size=image_size)
+    model = load_model(MODEL, device=device, image_size=image_size)
     centre = [stack.shape[1] // 2, stack.shape[2] // 4]
     start = time.perf_counter()  # like stock: set-up, first prompt and propagation
     session = Session(stack, model=model, feature_cache_mb=cache_mb)
@@ -68,7 +68,7 @@ def run_ours(stack: np.ndarray, image_size: int, cache_mb: float) -> dict:
     }
 
 
-def run_stock(stack: np.ndarray, image_size: int) -> dict:
+def run_stock(stack: np.ndarray, image_size: int, device: str) -> dict:
     import torch
     from PIL import Image
     from sam2.build_sam import build_sam2_video_predictor
@@ -84,7 +84,7 @@ def run_stock(stack: np.ndarray, image_size: int) -> dict:
     predictor = build_sam2_video_predictor(
         VARIANTS["sam2.1_hiera_tiny"].config,
         ckpt_path=None,
-        device="cpu",
+        device=device,
         hydra_overrides_extra=[f"++model.image_size={image_size}"],
     )
     predictor.fill_hole_area = 0
@@ -101,9 +101,10 @@ def run_stock(stack: np.ndarray, image_size: int) -> dict:
 def child(args: argparse.Namespace) -> None:
     stack = make_stack(args.frames, args.size)
     if args.mode == "stock":
-        result = run_stock(stack, args.image_size)
+        result = run_stock(stack, args.image_size, args.device)
     else:
-        result = run_ours(stack, args.image_size, 0.0 if args.mode == "nocache" else 4096.0)
+        cache_mb = 0.0 if args.mode == "nocache" else 4096.0
+        result = run_ours(stack, args.image_size, cache_mb, args.device)
     print(json.dumps(result))
 
 
@@ -119,6 +120,8 @@ def measure(mode: str, args: argparse.Namespace) -> dict:
         str(args.size),
         "--image-size",
         str(args.image_size),
+        "--device",
+        args.device,
     ]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
@@ -129,14 +132,19 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--size", type=int, default=512, help="frame height and width")
     parser.add_argument("--image-size", type=int, default=1024, help="SAM2 input size")
+    parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: best)")
     parser.add_argument("--child", dest="mode", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.device is None:
+        from napari_sam_lora.engine.models import pick_device
+
+        args.device = pick_device(None).type
     if args.mode:
         child(args)
         return
     print(
         f"model {MODEL} (UNTRAINED, random weights), {args.frames} frames "
-        f"{args.size}×{args.size} uint16, SAM2 input {args.image_size} px, CPU"
+        f"{args.size}×{args.size} uint16, SAM2 input {args.image_size} px, {args.device}"
     )
     stock, ours, nocache = (measure(m, args) for m in ("stock", "ours", "nocache"))
     n = args.frames
