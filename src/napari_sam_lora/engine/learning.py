@@ -18,11 +18,6 @@ Example
 
 from __future__ import annotations
 
-import hashlib
-import itertools
-import json
-import re
-import weakref
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +28,6 @@ import torch
 import torch.nn.functional as F
 
 from napari_sam_lora.engine.adapter_files import (
-    adapter_paths,
     decoder_checksum,
     load_adapters,
     save_adapters,
@@ -50,20 +44,21 @@ from napari_sam_lora.engine.adapters import (
     propose,
     use_adapter,
 )
+from napari_sam_lora.engine.candidates import AcceptReport, Candidate
 from napari_sam_lora.engine.corrections import Correction, merge_object
 from napari_sam_lora.engine.errors import PromptError, SamLoraError
 from napari_sam_lora.engine.features import DecoderInputs
 from napari_sam_lora.engine.jobs import drain, relay
 from napari_sam_lora.engine.lora_settings import LoraSettings, load_settings
+from napari_sam_lora.engine.namespaces import (
+    claim_namespace,
+    content_digest,
+    free_names,
+    release_namespace,
+)
 from napari_sam_lora.engine.session import RepropagationReport, Session
 from napari_sam_lora.engine.tracking import PropagationStep
 from napari_sam_lora.engine.training import TrainingReport, TrainStep, train_adapter
-
-#: Live learners per decoder and namespace, so learners sharing a model keep apart.
-_NAMESPACES: weakref.WeakKeyDictionary[torch.nn.Module, weakref.WeakValueDictionary] = (
-    weakref.WeakKeyDictionary()
-)
-_NAMESPACE_RE = re.compile(r"^(l\d+_)")
 
 
 @dataclass(frozen=True)
@@ -85,92 +80,6 @@ class LearnReport:
     corrections: list[Correction]
     trained: list[TrainingReport] = field(default_factory=list)
     skipped: dict[int, str] = field(default_factory=dict)
-
-
-@dataclass
-class AcceptReport:
-    """What :meth:`Learner.accept` wrote.
-
-    Attributes
-    ----------
-    frames : list of int
-        Frames whose mask of the object is now the candidate's.
-    skipped : list of int
-        Frames left alone because the user had confirmed them.
-    labels : np.ndarray
-        ``(len(frames), H, W)`` label images of ``frames`` after the accept.
-    """
-
-    frames: list[int]
-    skipped: list[int]
-    labels: np.ndarray
-
-
-@dataclass
-class Candidate:
-    """One adapter's proposed masks for one object over some frames.
-
-    Attributes
-    ----------
-    obj_id, adapter_name : int, str
-        Whose proposal it is.
-    frames : list of int
-        Frames proposed, ascending.
-    masks : np.ndarray
-        ``(len(frames), H, W)`` bool masks at the stack's resolution.
-    confidences : np.ndarray
-        Per frame: the model's own predicted IoU × object-score probability.
-    estimated_ious : np.ndarray, optional
-        Per frame: the IoU the user can expect, calibrated on the user's own corrections
-        when a calibrator is available; otherwise the confidences.
-    """
-
-    obj_id: int
-    adapter_name: str
-    frames: list[int]
-    masks: np.ndarray
-    confidences: np.ndarray
-    estimated_ious: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        if self.estimated_ious is None:
-            self.estimated_ious = np.asarray(self.confidences, dtype=np.float32)
-
-    @property
-    def confidence(self) -> float:
-        """Mean confidence over the frames."""
-        return float(np.mean(self.confidences)) if len(self.confidences) else 0.0
-
-    @property
-    def estimated_iou(self) -> float:
-        """Mean estimated IoU over the frames."""
-        return float(np.mean(self.estimated_ious)) if len(self.estimated_ious) else 0.0
-
-    @property
-    def span(self) -> str:
-        """``"3"`` or ``"3-7"``: the frames proposed."""
-        if len(self.frames) == 1:
-            return f"{self.frames[0]}"
-        return f"{self.frames[0]}-{self.frames[-1]}"
-
-    @property
-    def short_name(self) -> str:
-        """Short layer name keeping the adapter visible: ``"obj1_a0 3-7 ≈0.86"``."""
-        return f"{self.adapter_name} {self.span} ≈{self.estimated_iou:.2f}"
-
-    @property
-    def name(self) -> str:
-        """Human-readable name: object, adapter, frame range, estimated IoU."""
-        return (
-            f"obj {self.obj_id} {self.adapter_name} frames {self.span} "
-            f"≈ IoU {self.estimated_iou:.2f}"
-        )
-
-    def frame_estimate(self, frame: int) -> float | None:
-        """The estimated IoU on ``frame`` (``None`` when the frame is not proposed)."""
-        if frame not in self.frames:
-            return None
-        return float(self.estimated_ious[self.frames.index(frame)])
 
 
 class Learner:
@@ -217,7 +126,7 @@ class Learner:
         self.reports: list[TrainingReport] = []
         self.adapter_frames: dict[int, set[int]] = {}
         self._loaded: dict[str, list[str]] = {}  # file content digest → names
-        self.namespace = _claim_namespace(self.decoder, self)
+        self.namespace = claim_namespace(self.decoder, self)
         self._closed = False
 
     @property
@@ -247,7 +156,7 @@ class Learner:
         self._base_mode()
         self.pools.clear()
         self._loaded.clear()
-        _NAMESPACES.get(self.decoder, {}).pop(self.namespace, None)
+        release_namespace(self.decoder, self.namespace)
         self._closed = True
 
     def __enter__(self) -> Learner:
@@ -552,10 +461,10 @@ class Learner:
         content is already loaded is not loaded again (its names are returned). On any
         error (damaged file, other base model) the current adapters are kept unchanged.
         """
-        digest = _content_digest(path)
+        digest = content_digest(path)
         if digest is not None and digest in self._loaded:
             return list(self._loaded[digest])
-        rename = _free_names(path, set(adapter_names(self.decoder)), self.namespace)
+        rename = free_names(path, set(adapter_names(self.decoder)), self.namespace)
         loaded = load_adapters(path, self.decoder, decoder_checksum(self.decoder), rename=rename)
         for name in loaded.names:
             obj_id = loaded.object_ids.get(name)
@@ -566,51 +475,3 @@ class Learner:
         if digest is not None:
             self._loaded[digest] = list(loaded.names)
         return loaded.names
-
-
-def _claim_namespace(decoder: torch.nn.Module, learner: Learner) -> str:
-    """The first free namespace on ``decoder``: ``""`` for the first learner, then ``l2_``…
-
-    A namespace is free when no live learner holds it and no adapter on the decoder
-    carries it (an adapter left by a learner that was dropped without ``close()``).
-    """
-    live = _NAMESPACES.setdefault(decoder, weakref.WeakValueDictionary())
-    used = {_namespace_of(name) for name in adapter_names(decoder)}
-    for k in itertools.count(1):
-        name = "" if k == 1 else f"l{k}_"
-        if name not in live and name not in used:
-            live[name] = learner
-            return name
-    raise AssertionError("unreachable")
-
-
-def _namespace_of(adapter_name: str) -> str:
-    match = _NAMESPACE_RE.match(adapter_name)
-    return match.group(1) if match else ""
-
-
-def _content_digest(path: str | Path) -> str | None:
-    """SHA-256 of an adapter file's tensors (``None`` when unreadable: load reports it)."""
-    st_path = adapter_paths(path)[0]
-    try:
-        return hashlib.sha256(st_path.read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
-def _free_names(path: str | Path, existing: set[str], namespace: str) -> dict[str, str]:
-    """``{name in file: free name in this learner's namespace}``."""
-    json_path = adapter_paths(path)[1]
-    try:
-        names = [str(e["name"]) for e in json.loads(json_path.read_text("utf-8"))["adapters"]]
-    except Exception:
-        return {}  # load_adapters reports the problem
-    rename, taken = {}, set(existing)
-    for name in names:
-        base = name if name.startswith(namespace) else f"{namespace}{name}"
-        new, k = base, 1
-        while new in taken:
-            new, k = f"{base}_{k}", k + 1
-        taken.add(new)
-        rename[name] = new
-    return rename
