@@ -8,12 +8,9 @@ the correction and SAM2 holds it as a conditioning frame.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
-from napari_sam_lora._qt._propagation import SessionCache
 from napari_sam_lora.layers import candidate_layers
 
 pytestmark = [pytest.mark.viewer, pytest.mark.slow]
@@ -23,27 +20,9 @@ N_FRAMES = 8
 
 
 @pytest.fixture
-def loop_widget(make_napari_viewer, tiny_model):
-    viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-sam-lora", "SAM2 LoRA")
-    widget.image_size = 256
-    widget.set_model("untrained:sam2.1_hiera_tiny")
-
-    def load(model, device, image_size):  # the shared untrained model, already built
-        yield ("build", 1, 1)
-        return tiny_model
-
-    widget.sessions = SessionCache(load_model=load)
-    yield viewer, widget
-    if widget.job is not None and widget.job.is_running:
-        widget.job.cancel()
-        deadline = time.monotonic() + 60
-        from qtpy.QtWidgets import QApplication
-
-        while widget.job.is_running and time.monotonic() < deadline:
-            QApplication.processEvents()
-            time.sleep(0.01)
-    widget.shutdown()  # closes the learner: its adapters leave the shared decoder
+def loop_widget(tiny_widget):
+    """The real-engine dock with its defaults (re-propagation after Learn / Accept on)."""
+    return tiny_widget
 
 
 def idle(qtbot, widget):

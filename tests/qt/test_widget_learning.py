@@ -11,8 +11,6 @@ import time
 import numpy as np
 import pytest
 
-from napari_sam_lora._qt._propagation import SessionCache
-from napari_sam_lora._qt.widget import SamLoraWidget
 from napari_sam_lora.engine.corrections import merge_object
 from napari_sam_lora.layers import candidate_layers
 
@@ -23,37 +21,13 @@ N_FRAMES = 4
 
 
 @pytest.fixture
-def viewer_widget(make_napari_viewer, tiny_model):
-    viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-sam-lora", "SAM2 LoRA")
-    assert isinstance(widget, SamLoraWidget)
-    widget.image_size = 256
-    widget.set_model("untrained:sam2.1_hiera_tiny")
-
-    def load(model, device, image_size):  # the shared untrained model, already built
-        yield ("build", 1, 1)
-        return tiny_model
-
-    widget.sessions = SessionCache(load_model=load)
-    # these tests check one job at a time; automatic re-propagation after Learn / Accept
-    # (on by default) is tested in test_correction_loop.py
+def viewer_widget(tiny_widget):
+    """The real-engine dock; these tests check one job at a time, so automatic
+    re-propagation after Learn / Accept (on by default) is off here: it is tested in
+    test_correction_loop.py."""
+    viewer, widget = tiny_widget
     widget.learning.repropagate_check.setChecked(False)
-    yield viewer, widget
-    if widget.job is not None:
-        widget.job.cancel()
-        deadline = time.monotonic() + 30
-        while widget.job.is_running and time.monotonic() < deadline:
-            from qtpy.QtWidgets import QApplication
-
-            QApplication.processEvents()
-            time.sleep(0.01)
-    from napari_sam_lora.engine.adapters import activate, adapter_names, delete_adapter
-
-    decoder = tiny_model.predictor.sam_mask_decoder
-    for name in adapter_names(decoder):
-        delete_adapter(decoder, name)
-    if adapter_names(decoder) == []:
-        activate(decoder, None)
+    return viewer, widget
 
 
 def wait_done(qtbot, widget, timeout=WAIT_MS):
