@@ -48,12 +48,12 @@ __all__ = [
 def pairs_from_frames(frames: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, float]], str]:
     """Collect ``{confidence, raw, iou}`` from per-frame records of the protocol.
 
-    Uses ``candidate_scores`` (every candidate examined) where the records carry it, else
+    Uses ``candidate_scores`` (every candidate examined) where the records hold any, else
     the most confident candidate only (``candidate_confidence`` / ``candidate_iou``).
     Returns the pairs and a description of their source.
     """
     full = [s for f in frames for s in (f.get("candidate_scores") or [])]
-    if full or any("candidate_scores" in f for f in frames):
+    if full:
         return full, "every candidate examined (every adapter, every frame reviewed)"
     pairs = [
         {
