@@ -20,7 +20,7 @@ tifffile = pytest.importorskip("tifffile")
 zarr = pytest.importorskip("zarr")
 
 from napari_sam_lora.batch import outputs, segment, segment_steps  # noqa: E402
-from napari_sam_lora.batch.command import main  # noqa: E402
+from napari_sam_lora.cli import main as cli_main  # noqa: E402
 from napari_sam_lora.data.readers import open_stack  # noqa: E402
 from napari_sam_lora.engine.session import Session  # noqa: E402
 
@@ -155,8 +155,9 @@ def test_corrupt_stack_is_reported_and_the_cli_runs_on_a_scheduler_address(
     _experiment(tmp_path / "data", kinds=("moving_disk", "moving_disk"))
     (tmp_path / "data" / "s9.tif").write_bytes(b"this is not a TIFF" * 10)
     tifffile.imwrite(tmp_path / "data" / "seeds" / "s9.tif", np.ones(SHAPE, np.uint8))
-    code = main(
+    code = cli_main(
         [
+            "segment",
             str(tmp_path / "data" / "s*.tif"),
             "-o",
             str(tmp_path / "out"),

@@ -13,8 +13,8 @@ train (:mod:`.train`)
     Config-driven LoRA fine-tuning from annotated stacks (``configs/finetune/``).
 check-data (:mod:`.check_data`)
     Check a fine-tuning config's data (counts, shapes, labels) before training.
-segment (``napari_sam_lora.batch.command``, when installed)
-    Batch segmentation of many stacks.
+segment (:mod:`.segment`)
+    Segment many stacks on dask.distributed (the ``batch`` extra).
 
 Every command runs inside the one error boundary (:mod:`._boundary`): an expected failure
 prints one line naming the file or option and what to do, exit code 1; an unexpected one
@@ -59,19 +59,12 @@ COMMANDS: tuple[str, ...] = (
     "napari_sam_lora.cli.evaluate",
     "napari_sam_lora.cli.train",
     "napari_sam_lora.cli.check_data",
+    "napari_sam_lora.cli.segment",
 )
-#: Commands of optional parts of the package, registered when they import.
-OPTIONAL_COMMANDS: tuple[str, ...] = ("napari_sam_lora.batch.command",)
 
 
 def _adders() -> list[Callable[[Any], Any]]:
-    adders = [import_module(name).add_parser for name in COMMANDS]
-    for name in OPTIONAL_COMMANDS:
-        try:
-            adders.append(import_module(name).add_parser)
-        except ImportError:  # an optional dependency is missing
-            continue
-    return adders
+    return [import_module(name).add_parser for name in COMMANDS]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,17 +1,16 @@
 """``napari-sam-lora segment``: the batch job (:func:`napari_sam_lora.batch.segment`) from a shell.
 
-Register it in the main command line with ``add_parser(subparsers)``; it sets ``handler``
-to :func:`run`. ``python -m napari_sam_lora.batch`` runs it on its own.
+Registered in the main command line by ``add_parser(subparsers)`` (it sets ``handler`` to
+:func:`run`); errors go through the command line's one error boundary.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["add_parser", "main", "run"]
+__all__ = ["add_parser", "run"]
 
 DESCRIPTION = """\
 Segment many stacks (TIFF, zarr / OME-Zarr, .npy, folders of frames) with SAM2 on
@@ -166,36 +165,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"summary: {result.summary}")
     print(f"manifest: {result.manifest}")
     return 0 if result.ok else 1
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m napari_sam_lora.batch``: ``segment`` alone, with one-line errors."""
-    parser = argparse.ArgumentParser(
-        prog="python -m napari_sam_lora.batch",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
-    add_arguments(parser)
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 2
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        _stderr("segment: interrupted (finished stacks are kept; run again to resume)")
-        return 130
-    except (ValueError, OSError) as exc:  # the package's errors are ValueErrors or OSErrors
-        if args.debug:
-            raise
-        _stderr(f"segment: error: {exc}")
-        return 1
-    except Exception as exc:
-        from napari_sam_lora.engine.errors import SamLoraError
-
-        if args.debug or not isinstance(exc, SamLoraError):
-            raise
-        _stderr(f"segment: error: {exc}")
-        return 1
