@@ -28,7 +28,7 @@ from napari_sam_lora.engine.prompts import BoxPrompt, MaskPrompt, PointPrompt, P
 
 _LAZY = {
     "Session": "napari_sam_lora.engine.session",
-    "RepropagationReport": "napari_sam_lora.engine.session",
+    "RepropagationReport": "napari_sam_lora.engine.repropagation",
     "Learner": "napari_sam_lora.engine.learning",
     "Candidate": "napari_sam_lora.engine.candidates",
     "LearnReport": "napari_sam_lora.engine.learning",

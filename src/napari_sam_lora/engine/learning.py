@@ -56,7 +56,8 @@ from napari_sam_lora.engine.namespaces import (
     free_names,
     release_namespace,
 )
-from napari_sam_lora.engine.session import RepropagationReport, Session
+from napari_sam_lora.engine.repropagation import RepropagationReport
+from napari_sam_lora.engine.session import Session
 from napari_sam_lora.engine.tracking import PropagationStep
 from napari_sam_lora.engine.training import TrainingReport, TrainStep, train_adapter
 

@@ -22,7 +22,6 @@ import os
 import threading
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,11 @@ from napari_sam_lora.engine.jobs import drain
 from napari_sam_lora.engine.models import DEFAULT_MODEL
 from napari_sam_lora.engine.predictor import LoadedModel, load_model
 from napari_sam_lora.engine.prompts import BoxPrompt, MaskPrompt, PointPrompt, Prompt
+from napari_sam_lora.engine.repropagation import (
+    RepropagationReport,
+    mask_ious,
+    repropagate_steps,
+)
 from napari_sam_lora.engine.tracking import (
     Pass,
     PropagationStep,
@@ -49,29 +53,6 @@ from napari_sam_lora.engine.tracking import (
 )
 
 _MB = 2**20
-
-
-@dataclass
-class RepropagationReport:
-    """What :meth:`Session.repropagate_steps` did.
-
-    Attributes
-    ----------
-    frame : int
-        The frame the change was made on.
-    tracked : list of int
-        Frames re-tracked, in order.
-    stopped : dict
-        ``{"forward"|"backward": frame}`` where a pass stopped early because the new masks
-        agreed with the previous ones; a direction missing here ran to the stack's end.
-    full : bool
-        Whether a full re-propagation was asked for.
-    """
-
-    frame: int
-    tracked: list[int] = field(default_factory=list)
-    stopped: dict[str, int] = field(default_factory=dict)
-    full: bool = False
 
 
 class Session:
@@ -574,48 +555,7 @@ class Session:
         Yields a :class:`PropagationStep` per frame (``total`` is the most it could track);
         returns a :class:`RepropagationReport`.
         """
-        frame = int(frame)
-        if not 0 <= frame < self.num_frames:
-            raise PromptError(f"frame {frame} is out of range (0–{self.num_frames - 1})")
-        if not 0.0 < float(agree_iou) <= 1.0:
-            raise PromptError(f"agree_iou must be in (0, 1], not {agree_iou}")
-        needed = self.memory_frames if agree_frames is None else int(agree_frames)
-        if needed < 1:
-            raise PromptError(f"agree_frames must be at least 1, not {agree_frames}")
-        report = RepropagationReport(frame, full=bool(full))
-        if full:
-            for step in self.propagate_steps(direction):
-                report.tracked.append(step.frame)
-                yield step
-            return report
-        if not self.annotations.confirmed_frames():
-            raise PromptError("no prompts: add a point, box or mask before propagating")
-        plan_passes(direction, None, [frame], self.num_frames)  # validates the direction
-        passes = []
-        if direction in ("forward", "both") and frame < self.num_frames - 1:
-            passes.append(("forward", Pass(frame, self.num_frames - 1 - frame, reverse=False)))
-        if direction in ("backward", "both") and frame > 0:
-            passes.append(("backward", Pass(frame, frame, reverse=True)))
-        total = sum(len(p.frames) for _, p in passes)
-        done = 0
-        with self.exclusive():
-            for name, sam_pass in passes:
-                agreeing = 0
-                steps = self._run_pass(sam_pass, compare=True)
-                try:
-                    for tracked, agrees in steps:
-                        done += 1
-                        report.tracked.append(tracked)
-                        yield PropagationStep(tracked, done, total, self.labels[tracked].copy())
-                        if tracked == frame:
-                            continue
-                        agreeing = agreeing + 1 if _all_agree(agrees, agree_iou) else 0
-                        if agreeing >= needed:
-                            report.stopped[name] = tracked
-                            break
-                finally:
-                    steps.close()
-        return report
+        return (yield from repropagate_steps(self, frame, direction, agree_iou, agree_frames, full))
 
     def repropagate(self, frame: int, **options: Any) -> RepropagationReport:
         """Eager :meth:`repropagate_steps`."""
@@ -640,7 +580,7 @@ class Session:
                 before = self.labels[frame].copy() if compare else None
                 self.labels[frame] = self._compose(frame, obj_ids, logits)
                 if compare:
-                    yield frame, _ious(before, self.labels[frame], obj_ids)
+                    yield frame, mask_ious(before, self.labels[frame], obj_ids)
                 else:
                     yield frame
         finally:
@@ -714,17 +654,3 @@ def _prompt_key(prompt: Prompt) -> tuple:
     else:
         content = (np.packbits(np.asarray(prompt.mask, bool)).tobytes(),)
     return (type(prompt).__name__, int(prompt.frame), int(prompt.obj_id), *content)
-
-
-def _ious(before: np.ndarray, after: np.ndarray, obj_ids: Sequence[int]) -> list[float]:
-    """Per object, the IoU of its mask before and after (two empty masks agree: 1.0)."""
-    ious = []
-    for obj_id in obj_ids:
-        a, b = before == int(obj_id), after == int(obj_id)
-        union = np.count_nonzero(a | b)
-        ious.append(1.0 if union == 0 else np.count_nonzero(a & b) / union)
-    return ious
-
-
-def _all_agree(ious: Sequence[float], threshold: float) -> bool:
-    return all(iou >= threshold for iou in ious)
