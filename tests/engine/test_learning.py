@@ -265,3 +265,32 @@ def test_adapter_assisted_propagation_uses_confident_adapter(disk):
     assert all(ids == {1} for ids in learner.adapter_frames.values())
     assert np.mean(assisted) > np.mean(base) + 0.3
     assert "assist" not in session.state  # plain propagation is the base model again
+
+
+def test_auto_accept_takes_frames_above_the_bar_and_never_confirmed_ones(disk):
+    from dataclasses import replace
+
+    from napari_sam_lora.engine.learning import Learner
+
+    session, truth = disk
+    learner = Learner(session, "default")
+    learner.learn(2, corrected(session, 2, truth[2]))
+    (candidate,) = learner.propose()
+    assert 2 in candidate.frames  # the correction is proposed too
+    estimates = {f: 0.95 for f in candidate.frames}
+    estimates[4] = 0.5  # under the bar
+    shown = replace(
+        candidate, estimated_ious=np.array([estimates[f] for f in candidate.frames], np.float32)
+    )
+    confirmed_before = {f: session.labels[f].copy() for f in (0, 2)}
+    assert session.annotations.source(3, 1) in ("sam2", "adapter")  # model-made before
+    with pytest.raises(PromptError, match="bar"):
+        learner.auto_accept([shown], 1.5)
+    ((accepted, report),) = learner.auto_accept([shown], 0.8)
+    assert accepted is shown
+    assert sorted(report.frames) == [f for f in candidate.frames if f not in (0, 2, 4)]
+    for f in (0, 2):
+        assert np.array_equal(session.labels[f], confirmed_before[f])
+        assert session.annotations.source(f, 1) in ("prompt", "correction")
+    assert session.annotations.source(3, 1) == "auto_accepted"
+    assert session.annotations.source(4, 1) != "auto_accepted"

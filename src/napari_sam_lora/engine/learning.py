@@ -433,6 +433,65 @@ class Learner:
         written = [c.frame for c in corrections]
         return AcceptReport(written, skipped, self.session.labels[written])
 
+    def auto_accept(
+        self,
+        candidates: Iterable[Candidate],
+        min_estimated_iou: float,
+        frames: Iterable[int] | None = None,
+    ) -> list[tuple[Candidate, AcceptReport]]:
+        """Accept, frame by frame, the best candidate whose estimated IoU reaches a bar.
+
+        For each (object, frame) the candidate with the highest estimated IoU there is
+        chosen; it is accepted on that frame when its estimate is at least
+        ``min_estimated_iou``. Frames the user confirmed are never touched (earlier
+        automatic accepts may be replaced); accepted frames are recorded as
+        ``"auto_accepted"`` and do not feed the calibrator.
+
+        Parameters
+        ----------
+        candidates : iterable of Candidate
+            From :meth:`propose`.
+        min_estimated_iou : float
+            The bar, in (0, 1].
+        frames : iterable of int, optional
+            Restrict to these frames (default: every frame the candidates propose).
+
+        Returns
+        -------
+        list of (Candidate, AcceptReport)
+            One entry per candidate that was accepted on at least one frame.
+
+        Raises
+        ------
+        PromptError
+            ``min_estimated_iou`` outside (0, 1].
+        """
+        bar = float(min_estimated_iou)
+        if not 0.0 < bar <= 1.0:
+            raise PromptError(f"the auto-accept bar must be in (0, 1], not {min_estimated_iou!r}")
+        wanted = None if frames is None else {int(f) for f in frames}
+        best: dict[tuple[int, int], tuple[float, int]] = {}
+        pool = list(candidates)
+        for index, candidate in enumerate(pool):
+            for frame in candidate.frames:
+                if wanted is not None and frame not in wanted:
+                    continue
+                estimate = candidate.frame_estimate(frame) or 0.0
+                key = (candidate.obj_id, frame)
+                if estimate >= bar and estimate > best.get(key, (-1.0, -1))[0]:
+                    best[key] = (estimate, index)
+        annotations = self.session.annotations
+        chosen: dict[int, list[int]] = {}
+        for (obj_id, frame), (_, index) in sorted(best.items()):
+            confirmed = annotations.is_confirmed(frame, obj_id)
+            if confirmed and annotations.source(frame, obj_id) != "auto_accepted":
+                continue
+            chosen.setdefault(index, []).append(frame)
+        return [
+            (pool[index], self.accept(pool[index], frames=picked, source="auto_accepted"))
+            for index, picked in sorted(chosen.items())
+        ]
+
     # -- files ----------------------------------------------------------------------------
     def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> tuple[Path, Path]:
         """Save every adapter (safetensors + JSON with base model, settings, reports)."""
