@@ -38,6 +38,7 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 
 from napari_sam_lora._qt import threading as _threading
+from napari_sam_lora._qt._annotation_files import AnnotationFilesPanel
 from napari_sam_lora._qt._layer_combo import LayerCombo
 from napari_sam_lora._qt._learning import LearningPanel
 from napari_sam_lora._qt._model_combo import MODELS, ModelCombo
@@ -320,6 +321,7 @@ class SamLoraWidget(QWidget):
             "prompts": section("Prompts and objects", prompts),
             "propagate": section("Propagate", track),
             "learn": section("Learn from corrections (LoRA)", self.learning),
+            "files": section("Save and restore", AnnotationFilesPanel(self), expanded=False),
         }
         content = QWidget(self)
         inner = QVBoxLayout(content)
