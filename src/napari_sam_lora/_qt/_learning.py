@@ -15,6 +15,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -31,6 +32,7 @@ from napari_sam_lora._qt._learning_control import (
     LearningControl,
     Loaded,
     accept_job,
+    auto_accept_job,
     describe_report,
     learn_job,
     load_job,
@@ -50,7 +52,15 @@ __all__ = ["KINDS", "LearningPanel"]
 
 FILTER = "LoRA adapters (*.safetensors *.json);;All files (*)"
 #: The job kinds this panel starts (its Cancel button is enabled for these only).
-KINDS = ("learn", "propose", "accept", "load")
+KINDS = ("learn", "propose", "accept", "auto_accept", "load")
+#: Default bar of auto-accept (estimated IoU).
+AUTO_ACCEPT_BAR = 0.90
+AUTO_ACCEPT_TIP = (
+    "After each Propose, accept by itself, frame by frame, the best candidate whose "
+    "estimated IoU reaches this bar (one undo step; frames you confirmed are never touched; "
+    "marked auto_accepted). The estimate is calibrated online from your own corrections: "
+    "with few corrections, and on untrained (random) weights, it is unreliable."
+)
 
 
 class LearningPanel(QWidget):
@@ -82,6 +92,8 @@ class LearningPanel(QWidget):
         self._pending: int | None = None
         self._proposing: tuple = ()
         self._accepted: tuple = ()
+        self._candidates: list[Any] = []
+        self._bar = AUTO_ACCEPT_BAR
         self._activity: Activity | None = None
         self._build_ui()
         self._connect()
@@ -135,6 +147,14 @@ class LearningPanel(QWidget):
         self.overwrite_check.setToolTip(
             "Accept also replaces masks you confirmed (prompted, corrected, accepted)"
         )
+        self.auto_accept_check = QCheckBox("auto-accept candidates above ≈IoU", self)
+        self.auto_accept_check.setToolTip(AUTO_ACCEPT_TIP)
+        self.auto_accept_spin = QDoubleSpinBox(self)
+        self.auto_accept_spin.setRange(0.05, 1.0)
+        self.auto_accept_spin.setSingleStep(0.01)
+        self.auto_accept_spin.setDecimals(2)
+        self.auto_accept_spin.setValue(AUTO_ACCEPT_BAR)
+        self.auto_accept_spin.setToolTip(AUTO_ACCEPT_TIP)
         self.save_button = QPushButton("Save adapters…", self)
         self.load_button = QPushButton("Load adapters…", self)
         self.status = QLabel("correct a frame in the masks layer, then Learn", self)
@@ -151,6 +171,7 @@ class LearningPanel(QWidget):
         form.addRow(_row(self.propose_button, self.reject_button))
         form.addRow(_row(self.accept_button, self.accept_frame_button))
         form.addRow(self.overwrite_check)
+        form.addRow(_row(self.auto_accept_check, self.auto_accept_spin))
         form.addRow(_row(self.save_button, self.load_button))
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -247,6 +268,7 @@ class LearningPanel(QWidget):
             self._error(exc)
             return False
         self._proposing = (ctx.image, ctx.source, first, last)
+        self._candidates = []
         self.status.setText(f"proposing frames {first}–{last}…")
         self._start("propose", propose_job, ctx.learner, list(range(first, last + 1)))
         return True
@@ -271,6 +293,28 @@ class LearningPanel(QWidget):
         )
         self._accepted = (candidate.obj_id, written)
         self._start("accept", accept_job, learner, candidate, written, overwrite)
+        return True
+
+    def auto_accept(self, candidates: list[Any] | None = None, bar: float | None = None) -> bool:
+        """Accept on the worker, per (object, frame), the best of ``candidates`` (default:
+        the last proposal) whose estimated IoU reaches ``bar`` (default: the spin box);
+        written to the masks layer as one undo step, marked ``auto_accepted``. Frames the
+        user confirmed are never touched. Returns whether a job was started."""
+        if self._refuse_if_busy():
+            return False
+        candidates = list(self._candidates if candidates is None else candidates)
+        bar = float(self.auto_accept_spin.value() if bar is None else bar)
+        try:
+            ctx = self.control.context()
+            if ctx.learner is None or not candidates:
+                raise PromptError("nothing to auto-accept: Propose first")
+        except Exception as exc:
+            self._error(exc)
+            return False
+        self._proposing = (ctx.image, ctx.source, *self._proposing[2:])
+        self._bar = bar
+        self.status.setText(f"auto-accepting frames with ≈IoU ≥ {bar:.2f}…")
+        self._start("auto_accept", auto_accept_job, ctx.learner, candidates, bar)
         return True
 
     def accept_frame(self, layer: Any = None) -> bool:
@@ -386,6 +430,8 @@ class LearningPanel(QWidget):
         for widget in (
             self.preset_combo,
             self.learn_button,
+            self.auto_accept_check,
+            self.auto_accept_spin,
             self.propose_button,
             self.accept_button,
             self.accept_frame_button,
@@ -419,9 +465,20 @@ class LearningPanel(QWidget):
                 )
             else:
                 self.status.setText(f"loaded {len(item.new)} adapter(s): {', '.join(item.new)}")
+        elif self._kind == "auto_accept":
+            image, source = self._proposing[:2]
+            written = self.control.write_auto_accepted(image, source, item)
+            self._accepted, self._candidates = (None, written), []
+            self.status.setText(
+                f"auto-accepted {len(written)} frame(s) (≈IoU ≥ {self._bar:.2f}): "
+                f"{written} (undoable; marked auto_accepted)"
+                if written
+                else f"auto-accept: no frame reached ≈IoU ≥ {self._bar:.2f}"
+            )
         elif self._kind == "propose":
             image, source, first, last = self._proposing
             shown = self.control.show_candidates(image, source, item)
+            self._candidates = list(item) if shown else []
             best = getattr(item[0], "short_name", item[0].name) if item else ""
             self.status.setText(
                 f"{shown} candidate layer(s); best: {best}. Accept ({key_of('accept')}), "
@@ -457,6 +514,14 @@ class LearningPanel(QWidget):
         if pending is not None and state != _threading.CANCELLED:
             self.learn(pending, quiet=True)
             return
+        if (
+            kind == "propose"
+            and state == _threading.FINISHED
+            and self.auto_accept_check.isChecked()
+            and self._candidates
+        ):
+            self.auto_accept()
+            return
         if state == _threading.FINISHED and self.repropagate_check.isChecked():
             frame = self._changed_frame(kind)
             if frame is not None:
@@ -465,7 +530,7 @@ class LearningPanel(QWidget):
     def _changed_frame(self, kind: str) -> int | None:
         if kind == "learn" and self.report is not None:
             return int(self.report.frame)
-        if kind == "accept" and self._accepted and self._accepted[1]:
+        if kind in ("accept", "auto_accept") and self._accepted and self._accepted[1]:
             return int(min(self._accepted[1]))
         return None
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from napari_sam_lora._qt._shortcuts import key_of
-from napari_sam_lora.engine.corrections import diff_corrections
+from napari_sam_lora.engine.corrections import diff_corrections, merge_object
 from napari_sam_lora.engine.errors import PromptError, SamLoraError, StackError
 from napari_sam_lora.engine.lora_settings import load_settings
 from napari_sam_lora.engine.native import preload_triton
@@ -27,9 +27,11 @@ from napari_sam_lora.layers import (
     frame_labels,
     is_candidate_layer,
     output_labels_layer,
+    plane_index,
     reject_candidate,
     same_layer,
     stack_from_image_layer,
+    write_frame,
 )
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "LearningControl",
     "Loaded",
     "accept_job",
+    "auto_accept_job",
     "describe_report",
     "learn_job",
     "load_job",
@@ -101,6 +104,12 @@ def accept_job(
     """Worker: makes the accepted frames SAM2 conditioning frames and replay examples;
     yields the engine's ``AcceptReport``."""
     yield learner.accept(candidate, frames=frames, overwrite_confirmed=overwrite_confirmed)
+
+
+def auto_accept_job(learner: Any, candidates: list[Any], bar: float) -> Generator:
+    """Worker: accepts, per (object, frame), the best candidate whose estimated IoU reaches
+    ``bar`` (never on frames the user confirmed); yields ``[(Candidate, AcceptReport)]``."""
+    yield learner.auto_accept(candidates, bar)
 
 
 def describe_report(report: Any) -> str:
@@ -309,6 +318,46 @@ class LearningControl:
             self.writing = False
         return ctx.learner, candidate, written, skipped
 
+    def write_auto_accepted(
+        self, image: Any, source: StackSource, accepted: list[tuple[Any, Any]]
+    ) -> list[int]:
+        """Write what :func:`auto_accept_job` accepted into the masks layer as ONE undo step.
+
+        On each accepted frame the object's pixels become the candidate's mask (other
+        objects kept), as for a manual accept; the accepted frames leave the candidate
+        layers. Returns the frames written, ascending.
+        """
+        if not accepted or not any(same_layer(image, x) for x in self.viewer.layers):
+            return []
+        output = find_output_layer(self.viewer, image, source) or output_labels_layer(
+            self.viewer, image, source
+        )
+        planes: dict[int, np.ndarray] = {}
+        for candidate, report in accepted:
+            for frame in report.frames:
+                plane = planes.get(frame)
+                if plane is None:
+                    plane = frame_labels(output, source, frame)
+                mask = candidate.masks[candidate.frames.index(frame)]
+                planes[frame] = merge_object(plane, candidate.obj_id, mask)
+        self.writing = True
+        try:
+            with output.block_history():  # every frame, every object: one undo step
+                for frame, labels in sorted(planes.items()):
+                    write_frame(output, source, frame, labels)
+        finally:
+            self.writing = False
+        for candidate, report in accepted:
+            for layer in candidate_layers(self.viewer):
+                info = layer.metadata["napari_sam_lora"]
+                if (
+                    info.get("image") == image.name
+                    and info["obj_id"] == candidate.obj_id
+                    and info["adapter"] == candidate.adapter_name
+                ):
+                    drop_candidate_frames(self.viewer, layer, source, report.frames)
+        return sorted(planes)
+
     def reject(self, layer: Any) -> str:
         """Remove a candidate layer; returns its name."""
         if layer is None or not is_candidate_layer(layer):
@@ -353,3 +402,35 @@ class LearningControl:
         except Exception:  # unsupported image: the actions will say why
             return 1, 0
         return source.num_frames, source.current_frame
+
+
+def drop_candidate_frames(viewer: Any, layer: Any, source: StackSource, frames: list[int]) -> None:
+    """Take accepted ``frames`` out of a candidate layer (the layer goes when none is left).
+
+    Mirrors what :func:`napari_sam_lora.layers.accept_candidate` does after a manual accept.
+    """
+    info = layer.metadata["napari_sam_lora"]
+    gone = {int(f) for f in frames}
+    remaining = [f for f in info["frames"] if f not in gone]
+    if not remaining:
+        for existing in list(viewer.layers):
+            if same_layer(existing, layer):
+                viewer.layers.remove(existing)
+        return
+    keep = [i for i, f in enumerate(info["frames"]) if f not in gone]
+    data = layer.data
+    for frame in gone & set(info["frames"]):
+        data[plane_index(layer, source, frame)] = 0
+    layer.metadata = {
+        **layer.metadata,
+        "napari_sam_lora": {
+            **info,
+            "frames": remaining,
+            **{
+                key: [info[key][i] for i in keep if i < len(info[key])]
+                for key in ("confidences", "estimated_ious")
+                if key in info
+            },
+        },
+    }
+    layer.refresh()
