@@ -1,21 +1,530 @@
 """The panel's *Save and restore* section: annotation state and adapters next to the labels.
 
-Filled in by issue 9's GUI work (save / restore buttons); the dock builds it as one section.
+**Save session…** writes the session's state (``<base>.session.json`` + ``.session.npz``:
+prompts, confirmed frames and their sources, which adapter made which frame, labels) and,
+when there are adapters, the adapters beside it (``<base>.safetensors`` + ``<base>.json``).
+**Restore session…** checks that the files were saved for the current image stack (a
+clear message, nothing changed, if not), restores the session, rebuilds the prompt layers,
+writes the labels into the masks layer as ONE undo step and loads the adapters.
+
+The heavy work (loading the model, re-conditioning SAM2, loading adapters, writing files)
+runs on the worker through the dock's job slot; the file dialogs only ask for a path
+(:meth:`AnnotationFilesPanel.save_session` and :meth:`~AnnotationFilesPanel.restore_session`
+take one directly).
 """
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-from qtpy.QtWidgets import QVBoxLayout, QWidget
+import numpy as np
+from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
-__all__ = ["AnnotationFilesPanel"]
+from napari_sam_lora._qt import threading as _threading
+from napari_sam_lora._qt._propagation import LoadProgress, PropagateRequest, pending_edits
+from napari_sam_lora.engine.adapter_files import adapter_paths
+from napari_sam_lora.engine.errors import PromptError, StackError
+from napari_sam_lora.engine.native import preload_triton
+from napari_sam_lora.engine.prompts import BoxPrompt, MaskPrompt, PointPrompt
+from napari_sam_lora.engine.session_state import (
+    FORMAT,
+    SessionFileError,
+    stack_fingerprint,
+    state_paths,
+)
+from napari_sam_lora.layers import (
+    EditGroup,
+    find_output_layer,
+    frame_labels,
+    output_labels_layer,
+    same_layer,
+    stack_from_image_layer,
+    style_prompt_layers,
+    write_frame,
+)
+
+__all__ = [
+    "AnnotationFilesPanel",
+    "Restored",
+    "RestoredFrame",
+    "Saved",
+    "check_fits",
+    "restore_job",
+    "save_job",
+    "session_base",
+]
+
+FILTER = "napari-sam-lora session (*.session.json);;All files (*)"
+#: The job kinds this section starts.
+KINDS = ("save_session", "restore_session")
+
+
+def session_base(path: str | os.PathLike[str]) -> Path:
+    """The base path of a session's files: ``cells`` for ``cells``, ``cells.session.json``,
+    ``cells.session.npz`` or ``cells.safetensors``."""
+    base = Path(path)
+    if base.name.endswith(".safetensors"):
+        base = base.with_name(base.name[: -len(".safetensors")])
+    json_path, _ = state_paths(base)
+    return json_path.with_name(json_path.name[: -len(".session.json")])
+
+
+def check_fits(path: str | os.PathLike[str], stack: Any) -> dict[str, Any]:
+    """Read a session file's header and check it was saved for ``stack`` ``(T, H, W[, C])``.
+
+    Nothing but the file and three frames of the stack is read; no session is needed.
+
+    Returns
+    -------
+    dict
+        The session file's JSON document.
+
+    Raises
+    ------
+    SessionFileError
+        Missing or unreadable file, another format, or another stack (geometry or content).
+    """
+    json_path, npz_path = state_paths(path)
+    try:
+        doc = json.loads(json_path.read_text("utf-8"))
+    except FileNotFoundError as exc:
+        raise SessionFileError(f"no saved session at {exc.filename}") from exc
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise SessionFileError(f"{json_path.name} cannot be read: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise SessionFileError(f"{json_path} is not a napari-sam-lora session file")
+    if not npz_path.is_file():
+        raise SessionFileError(f"no saved session at {npz_path} (it goes with {json_path.name})")
+    shape = tuple(int(s) for s in np.shape(stack)[1:3])
+    frames = int(np.shape(stack)[0])
+    saved = (doc.get("frames"), tuple(doc.get("frame_shape") or ()))
+    if saved != (frames, shape):
+        raise SessionFileError(
+            f"{json_path.name} was saved for another stack: {saved[0]} frames of "
+            f"{'×'.join(str(s) for s in saved[1])}, this image has {frames} frames of "
+            f"{'×'.join(str(s) for s in shape)}; open the stack it was saved with"
+        )
+    # the engine's fingerprint reads only the stack's geometry and three of its frames
+    probe = SimpleNamespace(
+        num_frames=frames, frame_shape=shape, frames=SimpleNamespace(stack=stack)
+    )
+    if doc.get("stack_sha256") != stack_fingerprint(probe):  # type: ignore[arg-type]
+        raise SessionFileError(
+            f"{json_path.name} was saved for another stack of {frames} frames of "
+            f"{'×'.join(str(s) for s in shape)} (its pixels differ); open the stack it was "
+            f"saved with"
+        )
+    return doc
+
+
+@dataclass(frozen=True)
+class Saved:
+    """Yielded by :func:`save_job`: the files written, and the edits saved as corrections."""
+
+    paths: list[Path]
+    adapters: list[Path]
+    corrected: list[int]
+
+
+def save_job(
+    session: Any, learner: Any, base: Path, user_labels: np.ndarray | None = None
+) -> Generator:
+    """Worker: the masks layer's hand edits become corrections (as Propagate would make
+    them), then the session state and, when there are adapters, the adapters are written
+    under ``base``; yields one :class:`Saved`."""
+    corrected = pending_edits(session, user_labels)
+    for frame in corrected:
+        session.add_correction(frame, np.asarray(user_labels[frame]))
+        yield frame
+    paths = list(session.save_state(base))
+    adapters: list[Path] = []
+    if learner is not None and learner.adapter_names():
+        adapters = [Path(p) for p in learner.save(base, {"session": paths[0].name})]
+    yield Saved(paths, adapters, corrected)
+
+
+@dataclass(frozen=True)
+class RestoredFrame:
+    """Yielded by :func:`restore_job`: one frame of the restored labels."""
+
+    frame: int
+    labels: np.ndarray
+
+
+@dataclass
+class Restored:
+    """Yielded last by :func:`restore_job`: what the session holds now."""
+
+    prompts: list[Any]
+    confirmed: int
+    adapters: list[str] = field(default_factory=list)
+    model: str = ""
+
+
+def restore_job(
+    cache: Any, request: PropagateRequest, control: Any, base: Path, adapters: Path | None
+) -> Generator:
+    """Worker: check the files fit the stack, get the session (loading the model if
+    needed), load the adapters, restore the session; yield the labels frame by frame.
+
+    Yields :class:`LoadProgress` while loading, a :class:`RestoredFrame` per frame, then
+    one :class:`Restored`. Nothing changes when the files belong to another stack or the
+    adapters cannot be loaded.
+    """
+    doc = check_fits(base, request.source.frames)
+    session = yield from cache.iter_session(request)
+    saved_model = str(doc.get("model", ""))
+    if saved_model and saved_model != session.model_label:
+        raise SessionFileError(
+            f"{state_paths(base)[0].name} was saved with model {saved_model}; the panel "
+            f"uses {session.model_label}: choose that model under 'model' first"
+        )
+    names: list[str] = []
+    if adapters is not None:  # first: on error the session is still untouched
+        names = list(control.learner_for(session).load(adapters))
+    session.restore_state(base)
+    learner = control.learner_of(session)
+    if learner is not None:
+        learner.adapter_frames.clear()  # SAM2 started over from the restored state
+    for frame in range(session.num_frames):
+        yield RestoredFrame(frame, np.array(session.labels[frame], copy=True))
+    yield Restored(
+        list(session.prompts),
+        len(session.annotations.confirmed()),
+        names,
+        str(session.model_label),
+    )
+
+
+@dataclass
+class _Restore:
+    """The restore in progress (main thread)."""
+
+    image: Any
+    source: Any
+    base: Path
+    output: Any = None
+    group: EditGroup | None = None
+    done: Restored | None = None
 
 
 class AnnotationFilesPanel(QWidget):
-    """Save the annotation state and adapters; restore them on the same stack."""
+    """Save the annotation state and adapters; restore them on the same stack.
+
+    Parameters
+    ----------
+    host : SamLoraWidget
+        The dock: its ``sessions``, ``slot``, ``life``, ``learning.control`` and layer
+        combos.
+
+    Attributes
+    ----------
+    job : Job or None
+        The last job this section started.
+    """
 
     def __init__(self, host: Any) -> None:
         super().__init__(host)
-        self.host = host
-        QVBoxLayout(self).setContentsMargins(0, 0, 0, 0)
+        self.host, self.viewer = host, host.viewer
+        self.job: _threading.Job | None = None
+        self._kind = ""
+        self._restore: _Restore | None = None
+        self._saved: Saved | None = None
+        self.save_button = QPushButton("Save session…", self)
+        self.save_button.setToolTip(
+            "Save prompts, confirmed frames (and who made each frame), masks and adapters "
+            "next to the image, to continue later"
+        )
+        self.restore_button = QPushButton("Restore session…", self)
+        self.restore_button.setToolTip(
+            "Continue a saved session on this image: prompts, confirmed frames, masks (one "
+            "undo step) and adapters come back"
+        )
+        self.status = QLabel("save your work to continue it later", self)
+        self.status.setWordWrap(True)
+        buttons = QHBoxLayout()
+        buttons.setContentsMargins(4, 2, 4, 2)
+        buttons.addWidget(self.save_button)
+        buttons.addWidget(self.restore_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status)
+        self.save_button.clicked.connect(lambda *_: self.save_session())
+        self.restore_button.clicked.connect(lambda *_: self.restore_session())
+        host.slot.add_listener(self._on_slot)
+
+    # -- public API --------------------------------------------------------------------------
+    def default_path(self) -> str:
+        """Where the dialogs start: next to the image's file (its name), else the cwd."""
+        image = self.host.image_combo.layer
+        source = getattr(getattr(image, "source", None), "path", None)
+        if source:
+            path = Path(source)
+            stem = path.name.split(".")[0] or "session"
+            return str(path.parent / f"{stem}.session.json")
+        name = image.name if image is not None else "session"
+        return str(Path.cwd() / f"{name}.session.json")
+
+    def save_session(self, path: str | os.PathLike[str] | None = None) -> bool:
+        """Save the session (and its adapters) under a base path (a dialog asks for it
+        when not given). Returns whether a job was started."""
+        if self._refuse_if_busy():
+            return False
+        try:
+            ctx = self.host.learning.control.context()  # fails before asking for a file
+            if path is None:
+                path = QFileDialog.getSaveFileName(
+                    self, "Save session", self.default_path(), FILTER
+                )[0]
+                if not path:
+                    return False
+            base = session_base(path)
+            user = None
+            if ctx.output is not None:
+                user = np.stack(
+                    [frame_labels(ctx.output, ctx.source, t) for t in range(ctx.source.num_frames)]
+                )
+        except Exception as exc:
+            self._error(exc)
+            return False
+        learner = self.host.learning.control.learner_of(ctx.session)
+        self.status.setText(f"saving to {base}…")
+        return self._start("save_session", save_job, ctx.session, learner, base, user)
+
+    def restore_session(self, path: str | os.PathLike[str] | None = None) -> bool:
+        """Restore a session saved for the current image (a dialog asks for the file when
+        not given). Returns whether a job was started; a file of another stack is refused
+        before anything changes."""
+        if self._refuse_if_busy():
+            return False
+        host = self.host
+        try:
+            image = host.image_combo.layer
+            if image is None:
+                raise StackError("no image layer: open the stack the session was saved for")
+            axis = host.axis_spin.value() if image.ndim >= 4 else 0
+            source = stack_from_image_layer(image, axis, tuple(self.viewer.dims.point))
+            if path is None:
+                path = QFileDialog.getOpenFileName(
+                    self, "Restore session", self.default_path(), FILTER
+                )[0]
+                if not path:
+                    return False
+            base = session_base(path)
+            check_fits(base, source.frames)  # cheap: a clear message before anything
+            weights = adapter_paths(base)[0]
+            adapters = weights if weights.is_file() else None
+            if adapters is not None:
+                preload_triton()
+        except Exception as exc:
+            self._error(exc)
+            return False
+        request = PropagateRequest(
+            image, source, [], host.model, host.device, host.image_size, "both", None
+        )
+        self._restore = _Restore(image, source, base)
+        self.status.setText(f"restoring {base}…")
+        return self._start(
+            "restore_session",
+            restore_job,
+            host.sessions,
+            request,
+            host.learning.control,
+            base,
+            adapters,
+        )
+
+    # -- internals ---------------------------------------------------------------------------
+    def _start(self, kind: str, fn: Any, *args: Any) -> bool:
+        self._kind = kind
+        try:
+            self.job = self.host.slot.start(
+                kind, fn, *args, on_yield=self._on_yield, on_done=self._on_done
+            )
+        except Exception as exc:
+            self._error(exc)
+            return False
+        self.host.life.job = self.job
+        return True
+
+    def _on_slot(self, kind: str, running: bool) -> None:
+        if self.host.life.alive:
+            self.save_button.setEnabled(not running)
+            self.restore_button.setEnabled(not running)
+
+    def _on_yield(self, item: Any) -> None:
+        if not self.host.life.alive:
+            return
+        if isinstance(item, Saved):
+            self._saved = item
+        elif isinstance(item, LoadProgress):
+            self.status.setText("loading the model…")
+        elif isinstance(item, RestoredFrame):
+            self._write_frame(item)
+        elif isinstance(item, Restored) and self._restore is not None:
+            self._restore.done = item
+
+    def _write_frame(self, item: RestoredFrame) -> None:
+        run = self._restore
+        if run is None:
+            return
+        if run.output is None:
+            if not any(same_layer(run.image, x) for x in self.viewer.layers):
+                self.host.slot.cancel()
+                return
+            run.output = self._masks_layer(run.image, run.source)
+            run.group = EditGroup(run.output)  # every frame: one undo step
+        write_frame(run.output, run.source, item.frame, item.labels, viewer=self.viewer)
+
+    def _masks_layer(self, image: Any, source: Any) -> Any:
+        """The masks layer, created below the prompt layers (so it does not tint them)."""
+        existed = find_output_layer(self.viewer, image, source)
+        output = output_labels_layer(self.viewer, image, source)
+        if existed is None:
+            layers = self.viewer.layers
+            host = self.host
+            above = [
+                layers.index(x)
+                for x in layers
+                if any(same_layer(x, p) for p in (host.points_combo.layer, host.shapes_combo.layer))
+            ]
+            here = layers.index(output)
+            if above and min(above) < here:
+                layers.move(here, min(above))
+        return output
+
+    def _on_done(self, state: str) -> None:
+        run, self._restore = self._restore, None
+        if run is not None and run.group is not None:
+            run.group.close()
+        if not self.host.life.alive:
+            return
+        kind, job = self._kind, self.job
+        if state == _threading.FAILED:
+            error = job.error if job is not None else None
+            text = _threading.describe_error(error) if error is not None else "unknown error"
+            what = "save" if kind == "save_session" else "restore"
+            self.status.setText(f"{what} failed: {text}")
+        elif state == _threading.CANCELLED:
+            self.status.setText(f"{kind.replace('_', ' ')} cancelled")
+        elif kind == "save_session" and self._saved is not None:
+            saved, self._saved = self._saved, None
+            files = [p.name for p in saved.paths + saved.adapters]
+            note = (
+                f"; your edits on frame(s) {saved.corrected} were saved as corrections"
+                if saved.corrected
+                else ""
+            )
+            self.status.setText(f"saved {', '.join(files)} in {saved.paths[0].parent}{note}")
+        elif kind == "restore_session" and run is not None and run.done is not None:
+            self._rebuild_prompts(run.image, run.source, run.done.prompts, run.output)
+            done = run.done
+            adapters = f", {len(done.adapters)} adapter(s)" if done.adapters else ""
+            self.status.setText(
+                f"restored {run.base.name}: {len(done.prompts)} prompt(s), {done.confirmed} "
+                f"confirmed (frame, object)s{adapters} (Ctrl+Z in the masks layer undoes the "
+                f"masks)"
+            )
+        self.host.refresh_objects()
+        self.host.show_frame_info()
+
+    def _rebuild_prompts(self, image: Any, source: Any, prompts: list[Any], output: Any) -> None:
+        """Make the prompt layers hold exactly ``prompts`` (clicks, boxes, masks)."""
+        import pandas as pd
+
+        host = self.host
+        points_layer, shapes_layer = host.points_combo.layer, host.shapes_combo.layer
+        if points_layer is None or shapes_layer is None:
+            host.add_prompt_layers()
+            points_layer, shapes_layer = host.points_combo.layer, host.shapes_combo.layer
+        coords, labels, point_ids = [], [], []
+        boxes, box_ids = [], []
+        masks = np.zeros(source.layer_shape, np.int32)
+        has_masks = False
+        for prompt in prompts:
+            if isinstance(prompt, PointPrompt):
+                for (row, col), label in zip(prompt.points, prompt.labels, strict=True):
+                    coords.append(
+                        _layer_coords(points_layer, image, source, prompt.frame, row, col)
+                    )
+                    labels.append(int(label))
+                    point_ids.append(int(prompt.obj_id))
+            elif isinstance(prompt, BoxPrompt):
+                r0, c0, r1, c1 = (float(v) for v in prompt.box)
+                corners = ((r0, c0), (r0, c1), (r1, c1), (r1, c0))
+                boxes.append(
+                    np.array(
+                        [
+                            _layer_coords(shapes_layer, image, source, prompt.frame, r, c)
+                            for r, c in corners
+                        ]
+                    )
+                )
+                box_ids.append(int(prompt.obj_id))
+            elif isinstance(prompt, MaskPrompt):
+                has_masks = True
+                masks[source.frame_index(prompt.frame)][np.asarray(prompt.mask, bool)] = int(
+                    prompt.obj_id
+                )
+        ndim = points_layer.ndim
+        points_layer.data = np.array(coords, float).reshape(-1, ndim)
+        points_layer.features = pd.DataFrame(
+            {
+                "label": pd.Series(labels, dtype="int64"),
+                "obj_id": pd.Series(point_ids, dtype="int64"),
+            }
+        )
+        if len(shapes_layer.data):
+            shapes_layer.selected_data = set(range(len(shapes_layer.data)))
+            shapes_layer.remove_selected()
+        if boxes:
+            shapes_layer.add_rectangles(boxes)
+        shapes_layer.features = pd.DataFrame({"obj_id": pd.Series(box_ids, dtype="int64")})
+        mask_layer = host.mask_combo.layer
+        if has_masks:
+            name = f"{image.name} prompt masks"
+            existing = [x for x in self.viewer.layers if x.name == name]
+            if existing and existing[0].data.shape == masks.shape:
+                existing[0].data = masks
+                mask_layer = existing[0]
+            else:
+                mask_layer = self.viewer.add_labels(
+                    masks,
+                    name=name,
+                    scale=tuple(image.scale),
+                    translate=tuple(image.translate),
+                    rotate=np.asarray(image.rotate),
+                    shear=np.asarray(image.shear),
+                    affine=np.asarray(image.affine.affine_matrix),
+                )
+            host.mask_combo.set_layer(mask_layer)
+        elif mask_layer is not None:
+            host.mask_combo.set_layer(None)  # its masks are not prompts of this session
+        style_prompt_layers(points_layer, shapes_layer, output)
+
+    def _refuse_if_busy(self) -> bool:
+        if not self.host.slot.busy:
+            return False
+        self._error(PromptError("a job is running: wait for it or cancel it first"))
+        return True
+
+    def _error(self, exc: BaseException) -> None:
+        """The error in full in this section's status line, and as a notification."""
+        self.status.setText(f"error: {_threading.describe_error(exc)}")
+        _threading.notify_error(exc)
+
+
+def _layer_coords(
+    layer: Any, image: Any, source: Any, frame: int, row: float, col: float
+) -> np.ndarray:
+    """``(frame, row, col)`` of the stack as data coordinates of ``layer`` (via world)."""
+    data = source.to_data_coords(int(frame), float(row), float(col))
+    world = np.asarray(image.data_to_world(data), float)
+    return np.asarray(layer.world_to_data(world), float)

@@ -1,0 +1,206 @@
+"""Save and restore the annotation state from the dock (issue 9 item 6), in a real viewer
+(``xvfb-run -a``), with the untrained model at 256 px (random weights).
+
+Stop today, continue tomorrow: a session saved in one dock and restored in a fresh one on
+the same stack gives the same next propagation, with the same confirmed frames, prompt
+layers and adapters, and without encoding the stack again (features come from disk).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_sam_lora.layers import candidate_layers
+
+pytestmark = pytest.mark.viewer
+
+WAIT_MS = 180_000
+N_FRAMES = 4
+
+
+def idle(qtbot, widget):
+    qtbot.waitUntil(lambda: widget.job is not None and not widget.job.is_running, timeout=WAIT_MS)
+
+
+def dock(make_napari_viewer, tiny_model, image):
+    """A fresh viewer showing ``image`` as "img", with a fresh real-engine dock."""
+    from napari_sam_lora._qt._propagation import SessionCache
+
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="img")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-sam-lora", "SAM2 LoRA")
+    widget.image_size = 256
+    widget.set_model("untrained:sam2.1_hiera_tiny")
+
+    def load(model, device, image_size):
+        yield ("build", 1, 1)
+        return tiny_model
+
+    widget.sessions = SessionCache(load_model=load)
+    widget.learning.repropagate_check.setChecked(False)  # one job at a time here
+    return viewer, widget
+
+
+def files_of(widget):
+    """The dock's *Save and restore* section."""
+    from napari_sam_lora._qt._annotation_files import AnnotationFilesPanel
+
+    panel = widget.findChild(AnnotationFilesPanel)
+    assert panel is not None
+    return panel
+
+
+def click_and_box(widget, truth):
+    """Object 1: a positive click on it and a negative one in a corner; object 2: a box."""
+    widget.add_prompt_layers()
+    points, shapes = widget.points_combo.layer, widget.shapes_combo.layer
+    rows, cols = np.nonzero(truth[0])
+    points.add(np.array([0.0, rows.mean(), cols.mean()]))
+    points.feature_defaults = {"label": 0, "obj_id": 1}
+    points.add(np.array([0.0, 4.0, 4.0]))
+    shapes.feature_defaults = {"obj_id": 2}
+    shapes.add_rectangles(np.array([[0, 40, 4], [0, 40, 20], [0, 60, 20], [0, 60, 4]], float))
+
+
+def correct(viewer, out, frame, mask):
+    viewer.dims.set_current_step(0, frame)
+    user = out.data[frame].copy()
+    user[user == 1] = 0
+    user[mask] = 1
+    rows, cols = np.nonzero(out.data[frame] != user)
+    assert rows.size
+    out.data_setitem((np.full(rows.size, frame), rows, cols), user[rows, cols])
+
+
+def test_save_then_restore_in_a_fresh_dock_continues_the_same_work(
+    make_napari_viewer, tiny_model, qtbot, notes, tmp_path
+):
+    from napari_sam_lora.synthetic import make_stack
+
+    image, truth = make_stack("moving_disk", n_frames=N_FRAMES, shape=(64, 64))
+    truth = truth == 1
+    # day 1
+    viewer, widget = dock(make_napari_viewer, tiny_model, image)
+    click_and_box(widget, truth)
+    assert widget.propagate()
+    idle(qtbot, widget)
+    out = viewer.layers["img masks"]
+    correct(viewer, out, 2, truth[2])
+    assert widget.learning.learn()
+    idle(qtbot, widget)
+    assert widget.learning.job.state == "finished" and notes == []
+    files = files_of(widget)
+    assert files.default_path().endswith("img.session.json")  # no file: the cwd
+    assert files.save_session(tmp_path / "day1")
+    idle(qtbot, widget)
+    assert files.job.state == "finished" and notes == [], files.status.text()
+    for name in ("day1.session.json", "day1.session.npz", "day1.safetensors", "day1.json"):
+        assert (tmp_path / name).is_file(), name
+    assert "saved day1.session.json" in files.status.text()
+    session = widget.sessions.session
+    saved_labels = out.data.copy()
+    saved_sources = {t: session.annotations.frame_sources(t) for t in range(N_FRAMES)}
+    saved_confirmed = sorted(session.annotations.confirmed())
+    (adapter,) = widget.learning.learner.adapter_names(1)
+    adapters = sorted(widget.learning.learner.adapter_names())
+    assert widget.propagate()  # what day 1 would do next
+    idle(qtbot, widget)
+    expected = out.data.copy()
+    widget.shutdown()  # its learner's adapters leave the shared decoder
+
+    # day 2: a fresh viewer and dock on the same stack
+    viewer, widget = dock(make_napari_viewer, tiny_model, image.copy())
+    files = files_of(widget)
+    calls = tiny_model.predictor.encoder_calls
+    assert files.restore_session(tmp_path / "day1.session.json")
+    idle(qtbot, widget)
+    assert files.job.state == "finished" and notes == [], files.status.text()
+    assert files.status.text().startswith("restored day1")
+    out = viewer.layers["img masks"]
+    np.testing.assert_array_equal(out.data, saved_labels)
+    assert len(out._undo_history) == 1  # the masks: ONE undo step
+    out.undo()
+    assert not out.data.any()
+    out.redo()
+    np.testing.assert_array_equal(out.data, saved_labels)
+    session = widget.sessions.session
+    assert sorted(session.annotations.confirmed()) == saved_confirmed
+    assert {t: session.annotations.frame_sources(t) for t in range(N_FRAMES)} == saved_sources
+    assert session.annotations.source(2, 1) == "correction"
+    # prompt layers rebuilt: the negative click stays negative, the box keeps its object
+    points, shapes = widget.points_combo.layer, widget.shapes_combo.layer
+    assert points.name == "img prompts" and shapes.name == "img boxes"
+    assert list(points.features["label"]) == [1, 0]
+    assert list(points.features["obj_id"]) == [1, 1]
+    assert list(points.symbol) and str(points.symbol[1]).lower().endswith("x")
+    assert list(shapes.features["obj_id"]) == [2] and list(shapes.shape_type) == ["rectangle"]
+    np.testing.assert_allclose(points.data[1], [0, 4, 4])
+    # adapters back
+    learner = widget.learning.learner
+    assert learner.adapter_names(1) == [adapter]
+    assert sorted(learner.adapter_names()) == adapters
+    row = {r.obj_id: r for r in widget.objects.rows}
+    assert row[1].adapters == 1 and 2 in set(row[1].confirmed) and {1, 2} <= set(row)
+    viewer.dims.set_current_step(0, 2)
+    assert "object 1 correction" in widget.frame_info.text()
+
+    assert widget.propagate()  # the same next propagation as day 1's
+    idle(qtbot, widget)
+    assert widget.job.state == "finished" and notes == []
+    np.testing.assert_array_equal(out.data, expected)
+    assert tiny_model.predictor.encoder_calls == calls  # every feature came from disk
+
+    widget.learning.propose(1, 3)  # the adapters propose again
+    idle(qtbot, widget)
+    assert widget.learning.job.state == "finished" and notes == []
+    proposed = sorted(x.metadata["napari_sam_lora"]["adapter"] for x in candidate_layers(viewer))
+    assert proposed == adapters
+    for layer in candidate_layers(viewer):
+        viewer.layers.remove(layer)
+
+    # restoring over work in progress: the masks come back as one undo step
+    assert files.restore_session(tmp_path / "day1")
+    idle(qtbot, widget)
+    assert files.job.state == "finished" and notes == []
+    np.testing.assert_array_equal(out.data, saved_labels)
+    out.undo()
+    np.testing.assert_array_equal(out.data, expected)
+    widget.shutdown()
+
+
+def test_files_of_another_stack_are_refused_and_nothing_changes(
+    tiny_widget, tiny_model, qtbot, notes, tmp_path
+):
+    from napari_sam_lora.engine.session import Session
+    from napari_sam_lora.synthetic import make_stack
+
+    viewer, widget = tiny_widget
+    image, truth = make_stack("moving_disk", n_frames=N_FRAMES, shape=(64, 64))
+    viewer.add_image(image, name="img")
+    click_and_box(widget, truth == 1)
+    assert widget.propagate()
+    idle(qtbot, widget)
+    assert widget.job.state == "finished"
+    out = viewer.layers["img masks"]
+    session = widget.sessions.session
+    same_shape = np.random.default_rng(1).integers(0, 255, image.shape).astype(image.dtype)
+    Session(same_shape, model=tiny_model).save_state(tmp_path / "pixels")
+    Session(image[:3], model=tiny_model).save_state(tmp_path / "frames")
+    before = (out.data.copy(), len(out._undo_history), widget.points_combo.layer.data.copy())
+    sources = session.annotations.frame_sources(0)
+    files = files_of(widget)
+    for path, message in (
+        ("pixels.session.json", "saved for another stack of 4 frames of 64×64 (its pixels"),
+        ("frames", "saved for another stack: 3 frames of 64×64, this image has 4"),
+        ("missing", "no saved session at"),
+    ):
+        notes.clear()
+        assert not files.restore_session(tmp_path / path)
+        assert len(notes) == 1 and message in notes[0], notes
+        assert files.status.text().startswith("error: ") and message in files.status.text()
+    np.testing.assert_array_equal(out.data, before[0])
+    assert len(out._undo_history) == before[1]
+    np.testing.assert_array_equal(widget.points_combo.layer.data, before[2])
+    assert widget.sessions.session is session and session.annotations.frame_sources(0) == sources
+    assert files.job is None  # no job was started
