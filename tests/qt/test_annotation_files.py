@@ -8,8 +8,11 @@ layers and adapters, and without encoding the stack again (features come from di
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
+from qtpy.QtCore import QTimer
 
 from napari_sam_lora.layers import candidate_layers
 
@@ -113,8 +116,18 @@ def test_save_then_restore_in_a_fresh_dock_continues_the_same_work(
     viewer, widget = dock(make_napari_viewer, tiny_model, image.copy())
     files = files_of(widget)
     calls = tiny_model.predictor.encoder_calls
-    assert files.restore_session(tmp_path / "day1.session.json")
-    idle(qtbot, widget)
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    try:
+        assert files.restore_session(tmp_path / "day1.session.json")
+        idle(qtbot, widget)
+    finally:
+        timer.stop()
+    gaps = np.diff(ticks)
+    assert len(ticks) > 5 and gaps.max() < 0.25, f"max gap {gaps.max():.3f} s"
     assert files.job.state == "finished" and notes == [], files.status.text()
     assert files.status.text().startswith("restored day1")
     out = viewer.layers["img masks"]
@@ -178,29 +191,64 @@ def test_files_of_another_stack_are_refused_and_nothing_changes(
     viewer, widget = tiny_widget
     image, truth = make_stack("moving_disk", n_frames=N_FRAMES, shape=(64, 64))
     viewer.add_image(image, name="img")
+    files = files_of(widget)
+    same_shape = np.random.default_rng(1).integers(0, 255, image.shape).astype(image.dtype)
+    Session(same_shape, model=tiny_model).save_state(tmp_path / "pixels")
+    Session(image[:3], model=tiny_model).save_state(tmp_path / "frames")
+    assert files.restore_session(tmp_path / "pixels")  # nothing yet: no layer is left over
+    idle(qtbot, widget)
+    assert files.job.state == "failed" and [x.name for x in viewer.layers] == ["img"]
+    assert widget.sessions.session is None
+    notes.clear()
     click_and_box(widget, truth == 1)
     assert widget.propagate()
     idle(qtbot, widget)
     assert widget.job.state == "finished"
     out = viewer.layers["img masks"]
     session = widget.sessions.session
-    same_shape = np.random.default_rng(1).integers(0, 255, image.shape).astype(image.dtype)
-    Session(same_shape, model=tiny_model).save_state(tmp_path / "pixels")
-    Session(image[:3], model=tiny_model).save_state(tmp_path / "frames")
     before = (out.data.copy(), len(out._undo_history), widget.points_combo.layer.data.copy())
     sources = session.annotations.frame_sources(0)
-    files = files_of(widget)
+    job = files.job
     for path, message in (
-        ("pixels.session.json", "saved for another stack of 4 frames of 64×64 (its pixels"),
         ("frames", "saved for another stack: 3 frames of 64×64, this image has 4"),
         ("missing", "no saved session at"),
-    ):
+    ):  # refused at once, on the main thread
         notes.clear()
         assert not files.restore_session(tmp_path / path)
         assert len(notes) == 1 and message in notes[0], notes
         assert files.status.text().startswith("error: ") and message in files.status.text()
+    assert files.job is job  # no job was started
+    # same geometry, other pixels: the worker reads the frames, refuses before any change
+    notes.clear()
+    assert files.restore_session(tmp_path / "pixels.session.json")
+    idle(qtbot, widget)
+    message = "saved for another stack of 4 frames of 64×64 (its pixels differ)"
+    assert files.job.state == "failed" and len(notes) == 1 and message in notes[0], notes
+    assert files.status.text().startswith("restore failed: ") and message in files.status.text()
     np.testing.assert_array_equal(out.data, before[0])
     assert len(out._undo_history) == before[1]
     np.testing.assert_array_equal(widget.points_combo.layer.data, before[2])
     assert widget.sessions.session is session and session.annotations.frame_sources(0) == sources
-    assert files.job is None  # no job was started
+
+
+def test_adapters_left_by_an_earlier_save_are_not_the_sessions(tmp_path):
+    import hashlib
+    import json
+
+    from napari_sam_lora._qt._annotation_files import saved_adapters, session_base
+
+    assert session_base(tmp_path / "a.session.json") == tmp_path / "a"
+    assert session_base(tmp_path / "a.session.npz") == tmp_path / "a"
+    assert session_base(tmp_path / "a.safetensors") == tmp_path / "a"
+    assert session_base(tmp_path / "a") == tmp_path / "a"
+    (tmp_path / "a.session.json").write_text('{"format": "napari-sam-lora-session"}')
+    assert saved_adapters(tmp_path / "a") == (None, "")  # none saved
+    (tmp_path / "a.safetensors").write_bytes(b"weights")
+    (tmp_path / "a.json").write_text(json.dumps({"metadata": {"session_sha256": "0" * 64}}))
+    path, why = saved_adapters(tmp_path / "a")
+    assert path is None and "a.safetensors belongs to an earlier save" in why
+    digest = hashlib.sha256((tmp_path / "a.session.json").read_bytes()).hexdigest()
+    (tmp_path / "a.json").write_text(json.dumps({"metadata": {"session_sha256": digest}}))
+    assert saved_adapters(tmp_path / "a") == (tmp_path / "a.safetensors", "")
+    (tmp_path / "a.json").write_text(json.dumps({"metadata": {}}))  # from 'Save adapters…'
+    assert saved_adapters(tmp_path / "a") == (tmp_path / "a.safetensors", "")

@@ -15,6 +15,7 @@ take one directly).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Generator
@@ -42,6 +43,7 @@ from napari_sam_lora.layers import (
     EditGroup,
     find_output_layer,
     frame_labels,
+    make_prompt_layers,
     output_labels_layer,
     same_layer,
     stack_from_image_layer,
@@ -57,6 +59,7 @@ __all__ = [
     "check_fits",
     "restore_job",
     "save_job",
+    "saved_adapters",
     "session_base",
 ]
 
@@ -75,10 +78,12 @@ def session_base(path: str | os.PathLike[str]) -> Path:
     return json_path.with_name(json_path.name[: -len(".session.json")])
 
 
-def check_fits(path: str | os.PathLike[str], stack: Any) -> dict[str, Any]:
+def check_fits(path: str | os.PathLike[str], stack: Any, pixels: bool = True) -> dict[str, Any]:
     """Read a session file's header and check it was saved for ``stack`` ``(T, H, W[, C])``.
 
-    Nothing but the file and three frames of the stack is read; no session is needed.
+    Nothing but the file and (with ``pixels``) three frames of the stack is read; no
+    session is needed. Without ``pixels`` only the geometry is checked (instant: for the
+    main thread).
 
     Returns
     -------
@@ -110,6 +115,8 @@ def check_fits(path: str | os.PathLike[str], stack: Any) -> dict[str, Any]:
             f"{'×'.join(str(s) for s in saved[1])}, this image has {frames} frames of "
             f"{'×'.join(str(s) for s in shape)}; open the stack it was saved with"
         )
+    if not pixels:
+        return doc
     # the engine's fingerprint reads only the stack's geometry and three of its frames
     probe = SimpleNamespace(
         num_frames=frames, frame_shape=shape, frames=SimpleNamespace(stack=stack)
@@ -145,8 +152,32 @@ def save_job(
     paths = list(session.save_state(base))
     adapters: list[Path] = []
     if learner is not None and learner.adapter_names():
-        adapters = [Path(p) for p in learner.save(base, {"session": paths[0].name})]
+        tag = {"session": paths[0].name, "session_sha256": _digest(paths[0])}
+        adapters = [Path(p) for p in learner.save(base, tag)]
     yield Saved(paths, adapters, corrected)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def saved_adapters(base: Path) -> tuple[Path | None, str]:
+    """The adapter file saved with the session at ``base``, or ``None`` and why not.
+
+    An adapter file left there by an earlier save (it names another session file's
+    checksum) is not the session's; a file without that tag (saved with *Save adapters…*
+    under the same name) is used.
+    """
+    weights, settings = adapter_paths(base)
+    if not weights.is_file():
+        return None, ""
+    try:
+        tag = json.loads(settings.read_text("utf-8")).get("metadata", {}).get("session_sha256")
+    except (OSError, ValueError, AttributeError):
+        tag = None  # the loader names what is wrong with it
+    if tag is not None and tag != _digest(state_paths(base)[0]):
+        return None, f"{weights.name} belongs to an earlier save: adapters not loaded"
+    return weights, ""
 
 
 @dataclass(frozen=True)
@@ -212,6 +243,7 @@ class _Restore:
     output: Any = None
     group: EditGroup | None = None
     done: Restored | None = None
+    created: list[Any] = field(default_factory=list)
 
 
 class AnnotationFilesPanel(QWidget):
@@ -236,6 +268,7 @@ class AnnotationFilesPanel(QWidget):
         self._kind = ""
         self._restore: _Restore | None = None
         self._saved: Saved | None = None
+        self._note = ""
         self.save_button = QPushButton("Save session…", self)
         self.save_button.setToolTip(
             "Save prompts, confirmed frames (and who made each frame), masks and adapters "
@@ -318,9 +351,8 @@ class AnnotationFilesPanel(QWidget):
                 if not path:
                     return False
             base = session_base(path)
-            check_fits(base, source.frames)  # cheap: a clear message before anything
-            weights = adapter_paths(base)[0]
-            adapters = weights if weights.is_file() else None
+            check_fits(base, source.frames, pixels=False)  # instant; the worker reads pixels
+            adapters, self._note = saved_adapters(base)
             if adapters is not None:
                 preload_triton()
         except Exception as exc:
@@ -329,7 +361,9 @@ class AnnotationFilesPanel(QWidget):
         request = PropagateRequest(
             image, source, [], host.model, host.device, host.image_size, "both", None
         )
-        self._restore = _Restore(image, source, base)
+        # the prompt layers now (creating a napari layer takes the main thread ~0.1 s): the
+        # masks layer comes with the first restored frame, the prompts fill in at the end
+        self._restore = _Restore(image, source, base, created=self._prompt_layers(image))
         self.status.setText(f"restoring {base}…")
         return self._start(
             "restore_session",
@@ -342,6 +376,17 @@ class AnnotationFilesPanel(QWidget):
         )
 
     # -- internals ---------------------------------------------------------------------------
+    def _prompt_layers(self, image: Any) -> list[Any]:
+        """Select the image's prompt layers, making them if needed; returns those made."""
+        host = self.host
+        if host.points_combo.layer is not None and host.shapes_combo.layer is not None:
+            return []
+        before = list(self.viewer.layers)
+        points, shapes = make_prompt_layers(self.viewer, image, host.obj_spin.value())
+        host.points_combo.set_layer(points)  # the dock styles and watches them
+        host.shapes_combo.set_layer(shapes)
+        return [x for x in (points, shapes) if not any(same_layer(x, y) for y in before)]
+
     def _start(self, kind: str, fn: Any, *args: Any) -> bool:
         self._kind = kind
         try:
@@ -404,6 +449,11 @@ class AnnotationFilesPanel(QWidget):
         run, self._restore = self._restore, None
         if run is not None and run.group is not None:
             run.group.close()
+        if run is not None and state != _threading.FINISHED:
+            for layer in run.created:  # refused: leave the viewer as it was
+                for existing in list(self.viewer.layers):
+                    if same_layer(existing, layer) and not len(existing.data):
+                        self.viewer.layers.remove(existing)
         if not self.host.life.alive:
             return
         kind, job = self._kind, self.job
@@ -427,10 +477,11 @@ class AnnotationFilesPanel(QWidget):
             self._rebuild_prompts(run.image, run.source, run.done.prompts, run.output)
             done = run.done
             adapters = f", {len(done.adapters)} adapter(s)" if done.adapters else ""
+            note = f"; {self._note}" if self._note else ""
             self.status.setText(
                 f"restored {run.base.name}: {len(done.prompts)} prompt(s), {done.confirmed} "
                 f"confirmed (frame, object)s{adapters} (Ctrl+Z in the masks layer undoes the "
-                f"masks)"
+                f"masks){note}"
             )
         self.host.refresh_objects()
         self.host.show_frame_info()
@@ -440,10 +491,8 @@ class AnnotationFilesPanel(QWidget):
         import pandas as pd
 
         host = self.host
+        self._prompt_layers(image)  # made at the start; again if removed since
         points_layer, shapes_layer = host.points_combo.layer, host.shapes_combo.layer
-        if points_layer is None or shapes_layer is None:
-            host.add_prompt_layers()
-            points_layer, shapes_layer = host.points_combo.layer, host.shapes_combo.layer
         coords, labels, point_ids = [], [], []
         boxes, box_ids = [], []
         masks = np.zeros(source.layer_shape, np.int32)
