@@ -180,3 +180,22 @@ def test_an_accepted_adapter_does_not_confirm_itself(decoder):  # noqa: F811
     pool.begin(decoder, pool.plan(decoder, inputs, target))
     assert pool.observe(decoder, inputs, target, exclude="obj1_a0") == {}
     assert len(pool.calibrator) == 0
+
+
+def test_raw_score_is_agreement_with_the_reference_or_the_confidence():
+    from napari_sam_lora.engine.adapter_pool import raw_score
+    from napari_sam_lora.engine.adapters import Proposal
+
+    logits = np.full((8, 8), -5.0, np.float32)
+    logits[:4, :4] = 5.0  # 16 pixels
+    proposal = Proposal("a", logits, 0.3, 0.9, 0.27, 0)
+    assert raw_score(proposal, None) == pytest.approx(0.27)
+    same = logits > 0
+    assert raw_score(proposal, same) == pytest.approx(1.0)
+    half = np.zeros((8, 8), bool)
+    half[:4, :2] = True  # 8 of the 16 pixels
+    assert raw_score(proposal, half) == pytest.approx(0.5)
+    # the reference at full resolution: the logits are upsampled to it
+    assert raw_score(proposal, np.kron(same, np.ones((4, 4), bool))) == pytest.approx(1.0, abs=0.01)
+    empty = Proposal("a", np.full((8, 8), -1024.0, np.float32), 0.3, 0.1, 0.03, 0)
+    assert raw_score(empty, np.zeros((8, 8), bool)) == pytest.approx(1.0)  # both absent

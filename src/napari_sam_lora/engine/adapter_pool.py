@@ -5,7 +5,11 @@ by ground truth. Each pool also holds the object's
 :class:`~napari_sam_lora.engine.calibration.OnlineCalibrator`: every correction, before
 training, reveals the true IoU of what each adapter would have proposed on that frame
 (:meth:`AdapterPool.plan` observes those pairs), and :meth:`AdapterPool.estimate_ious`
-turns raw confidences into estimated IoUs.
+turns raw scores into estimated IoUs.
+
+The raw score the calibrator maps is :func:`raw_score`: the proposal's agreement (IoU)
+with the object's mask on the nearest frame the user confirmed, or the model's confidence
+when there is no such frame.
 """
 
 from __future__ import annotations
@@ -59,6 +63,19 @@ class CorrectionPlan:
     ious: dict[str, float] = field(default_factory=dict)
 
 
+def raw_score(proposal: Proposal, reference: np.ndarray | None) -> float:
+    """The score the calibrator maps to an estimated IoU.
+
+    With a ``reference`` (the object's confirmed mask on the nearest other frame), the IoU
+    between the proposal and it: objects change little between neighbouring frames, so a
+    proposal far from what the user confirmed next door is unlikely to be right (two empty
+    masks agree fully). Without one, the model's confidence.
+    """
+    if reference is None:
+        return float(proposal.confidence)
+    return logits_iou(proposal.logits, reference)
+
+
 class AdapterPool:
     """The adapters of one object (at most ``settings.max_adapters_per_object``).
 
@@ -103,10 +120,11 @@ class AdapterPool:
         props = self.proposals(decoder, inputs)
         return props[0] if props else None
 
-    def estimate_ious(self, confidences: np.ndarray | list[float]) -> np.ndarray:
-        """Estimated IoUs (float32, in ``[0, 1]``) for raw confidences of this object's
-        adapters, from the object's calibrator (the raw values before any correction)."""
-        return self.calibrator.estimate_many(confidences)
+    def estimate_ious(self, raw_scores: np.ndarray | list[float]) -> np.ndarray:
+        """Estimated IoUs (float32, in ``[0, 1]``) for :func:`raw_score` values of this
+        object's adapters, from the object's calibrator (near the raw values before any
+        correction)."""
+        return self.calibrator.estimate_many(raw_scores)
 
     def observe(
         self,
@@ -114,8 +132,9 @@ class AdapterPool:
         inputs: DecoderInputs,
         mask: np.ndarray,
         exclude: str | None = None,
+        reference: np.ndarray | None = None,
     ) -> dict[str, float]:
-        """Feed the calibrator every adapter's ``(confidence, IoU with mask)`` on ``inputs``.
+        """Feed the calibrator every adapter's ``(raw score, IoU with mask)`` on ``inputs``.
 
         Call it with a mask the *user* confirmed for that frame (a correction, which
         :meth:`plan` does itself, or a candidate the user accepted — never an auto-accept),
@@ -124,28 +143,38 @@ class AdapterPool:
         seed-11 synthetic suite (docs/learning.md): with it, ECE 0.10 and Spearman 0.33;
         without it (corrections only), ECE 0.26 and Spearman 0.30 — but it makes the
         estimate rise with every accept, also where the object drifts away, so it is no
-        basis for auto-accept. Returns the IoUs observed.
+        basis for auto-accept. ``reference`` is the :func:`raw_score` reference of the
+        frame. Returns the IoUs observed.
         """
         props = {
             p.adapter_name: p for p in self.proposals(decoder, inputs) if p.adapter_name != exclude
         }
-        return self._observe(props, np.asarray(mask).astype(bool))
+        return self._observe(props, np.asarray(mask).astype(bool), reference)
 
-    def _observe(self, props: dict[str, Proposal], target: np.ndarray) -> dict[str, float]:
+    def _observe(
+        self, props: dict[str, Proposal], target: np.ndarray, reference: np.ndarray | None
+    ) -> dict[str, float]:
         ious = {name: logits_iou(p.logits, target) for name, p in props.items()}
         for name, p in props.items():
-            self.calibrator.observe(p.confidence, ious[name])
+            self.calibrator.observe(raw_score(p, reference), ious[name])
         return ious
 
-    def plan(self, decoder: nn.Module, inputs: DecoderInputs, target: np.ndarray) -> CorrectionPlan:
+    def plan(
+        self,
+        decoder: nn.Module,
+        inputs: DecoderInputs,
+        target: np.ndarray,
+        reference: np.ndarray | None = None,
+    ) -> CorrectionPlan:
         """Decide, for a correction ``target`` on ``inputs``, which adapter to train and how.
 
-        Every adapter's ``(confidence, IoU with the correction)`` on this frame, measured
-        before any training on it, is given to the object's calibrator.
+        Every adapter's ``(raw score, IoU with the correction)`` on this frame, measured
+        before any training on it, is given to the object's calibrator (``reference``: the
+        :func:`raw_score` reference of the frame).
         """
         target = np.asarray(target).astype(bool)
         props = {p.adapter_name: p for p in self.proposals(decoder, inputs)}
-        ious = self._observe(props, target)
+        ious = self._observe(props, target, reference)
         examples = [(inputs, target)]
         room = len(self.names) < self.settings.max_adapters_per_object
         if not self.names or (room and max(ious.values()) <= self.settings.new_adapter_iou):

@@ -345,14 +345,16 @@ def candidate_scores(candidates: Sequence[Any], ious: Sequence[float]) -> list[d
     ----------
     candidates : sequence
         What the user looked at (``CandidateMask``-like: ``.confidence``, the value shown,
-        and optionally ``.payload`` with per-frame ``confidences``, the raw model score).
+        and optionally ``.payload`` with per-frame ``raw_scores`` or ``confidences``: what
+        the calibrator mapped to the value shown).
     ious : sequence of float
         Each candidate's true IoU, in the same order.
     """
     out = []
     for cand, value in zip(candidates, ious, strict=True):
         shown = float(cand.confidence)
-        raw = getattr(getattr(cand, "payload", None), "confidences", None)
+        payload = getattr(cand, "payload", None)
+        raw = getattr(payload, "raw_scores", getattr(payload, "confidences", None))
         out.append(
             {
                 "confidence": shown,

@@ -45,6 +45,9 @@ class Candidate:
     estimated_ious : np.ndarray, optional
         Per frame: the IoU the user can expect, calibrated on the user's own corrections
         when a calibrator is available; otherwise the confidences.
+    raw_scores : np.ndarray, optional
+        Per frame: what the calibrator mapped to ``estimated_ious`` (the agreement with the
+        nearest confirmed frame, see ``adapter_pool.raw_score``); default the confidences.
     """
 
     obj_id: int
@@ -53,10 +56,13 @@ class Candidate:
     masks: np.ndarray
     confidences: np.ndarray
     estimated_ious: np.ndarray | None = None
+    raw_scores: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.estimated_ious is None:
             self.estimated_ious = np.asarray(self.confidences, dtype=np.float32)
+        if self.raw_scores is None:
+            self.raw_scores = np.asarray(self.confidences, dtype=np.float32)
 
     @property
     def confidence(self) -> float:

@@ -32,7 +32,12 @@ from napari_sam_lora.engine.adapter_files import (
     load_adapters,
     save_adapters,
 )
-from napari_sam_lora.engine.adapter_pool import AdapterPool, CorrectionPlan, ReplayEntry
+from napari_sam_lora.engine.adapter_pool import (
+    AdapterPool,
+    CorrectionPlan,
+    ReplayEntry,
+    raw_score,
+)
 from napari_sam_lora.engine.adapters import (
     Proposal,
     activate,
@@ -222,7 +227,8 @@ class Learner:
     ) -> Generator[LearnStep, None, TrainingReport]:
         obj_id = correction.obj_id
         pool = self._pool(obj_id)
-        plan: CorrectionPlan = pool.plan(self.decoder, inputs, correction.mask)
+        reference = self.reference_mask(correction.frame, obj_id)
+        plan: CorrectionPlan = pool.plan(self.decoder, inputs, correction.mask, reference)
         pool.begin(self.decoder, plan)
         steps = train_adapter(
             self.decoder, plan.adapter_name, plan.examples, self.settings, fine_tune=plan.fine_tune
@@ -362,8 +368,28 @@ class Learner:
         proposals = [propose(self.decoder, name, r) for r in records]
         masks = np.stack([self._full_res(p) for p in proposals])
         confidences = np.array([p.confidence for p in proposals], dtype=np.float32)
-        estimated = np.asarray(self.pools[obj_id].estimate_ious(confidences), dtype=np.float32)
-        return Candidate(obj_id, name, [r.frame for r in records], masks, confidences, estimated)
+        raw = [
+            raw_score(p, self.reference_mask(r.frame, obj_id))
+            for p, r in zip(proposals, records, strict=True)
+        ]
+        raw = np.asarray(raw, dtype=np.float32)
+        estimated = np.asarray(self.pools[obj_id].estimate_ious(raw), dtype=np.float32)
+        frames = [r.frame for r in records]
+        return Candidate(obj_id, name, frames, masks, confidences, estimated, raw)
+
+    def reference_mask(self, frame: int, obj_id: int) -> np.ndarray | None:
+        """The object's confirmed mask on the nearest other frame (ties: the most recently
+        confirmed), the reference of the calibrator's raw score; ``None`` when there is none."""
+        annotations = self.session.annotations
+        nearest = min(
+            (
+                (abs(f - int(frame)), -annotations.entry(f, obj_id).order, f)
+                for f, _ in annotations.confirmed(obj_id)
+                if f != int(frame)
+            ),
+            default=None,
+        )
+        return None if nearest is None else annotations.confirmed_mask(nearest[2], obj_id)
 
     def _full_res(self, proposal: Proposal) -> np.ndarray:
         logits = torch.from_numpy(proposal.logits)[None, None]
@@ -425,7 +451,12 @@ class Learner:
             if record is None:
                 continue
             if source == "accepted":  # the user's own judgement: evidence for the calibrator
-                pool.observe(self.decoder, record, obj_mask)
+                pool.observe(
+                    self.decoder,
+                    record,
+                    obj_mask,
+                    reference=self.reference_mask(frame, candidate.obj_id),
+                )
             if self.settings.replay_size > 0:
                 pool.replay.append(ReplayEntry(candidate.adapter_name, cpu_copy(record), obj_mask))
         with self.session.exclusive():

@@ -20,7 +20,7 @@ and ``reduction_absent``. ``headline`` puts corrections, reductions and the fina
 of both runs side by side. ``calibration`` (see :mod:`.calibration`) measures how well the
 confidence shown with the candidates the user examined predicts their true IoU:
 ``spearman``, ``ece`` (10 bins), ``precision_recall`` of "confidence >= tau => IoU >=
-threshold", ``reliability`` bins, and the same for the raw model score under ``raw``.
+threshold", ``reliability`` bins, and the same for the calibrator's raw score under ``raw``.
 """
 
 from __future__ import annotations
@@ -280,8 +280,9 @@ def _calibration_lines(cal: dict[str, Any] | None) -> list[str]:
         "",
         f"{cal['n']} (confidence shown, true IoU) pairs: {cal['source'] or 'candidates'}. "
         f"Spearman rank correlation {_fmt(cal['spearman'], 2)}, expected calibration error "
-        f"(10 bins) {_fmt(cal['ece'], 3)}; the raw model score (predicted IoU × object "
-        f"score): Spearman {_fmt(raw.get('spearman'), 2)}, ECE {_fmt(raw.get('ece'), 3)}.",
+        f"(10 bins) {_fmt(cal['ece'], 3)}; the calibrator's raw score (agreement with "
+        f"the nearest confirmed frame): Spearman {_fmt(raw.get('spearman'), 2)}, "
+        f"ECE {_fmt(raw.get('ece'), 3)}.",
         "",
         f"| confidence ≥ τ | selected | precision (IoU ≥ {cal['threshold']:g}) | recall |",
         "|---:|---:|---:|---:|",
@@ -382,7 +383,7 @@ def _reliability_diagram(ax: Any, cal: dict[str, Any] | None) -> None:
     if cal:
         for table, style, label in (
             (cal.get("reliability") or [], "o-", "shown"),
-            ((cal.get("raw") or {}).get("reliability") or [], "s--", "raw model score"),
+            ((cal.get("raw") or {}).get("reliability") or [], "s--", "raw score"),
         ):
             pts = [(b["mean_confidence"], b["mean_iou"], b["count"]) for b in table if b["count"]]
             if pts:
