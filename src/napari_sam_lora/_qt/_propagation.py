@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_sam_lora._qt._imports import prepare_engine, prepare_learning, thaw
 from napari_sam_lora.engine.errors import PromptError, StackError
 from napari_sam_lora.engine.jobs import relay
 from napari_sam_lora.engine.prompts import Prompt
@@ -157,6 +158,7 @@ def build_request(
 
 
 def _default_load(model: str, device: str | None, image_size: int | None) -> Generator:
+    prepare_engine()  # torch and SAM2, without stalling the event loop (see _imports)
     from napari_sam_lora.engine.predictor import iter_load_model
 
     return iter_load_model(model, device, image_size)
@@ -179,15 +181,22 @@ class SessionCache:
         returning a loaded model (default: the engine's ``iter_load_model``).
     make_session : callable, optional
         ``(stack, loaded_model) -> Session`` (default: the engine's ``Session``).
+    warm_up : callable, optional
+        Run once on the worker at the end of the first propagation that finishes: imports
+        what learning needs, so the first Learn neither imports nor stalls (default: the
+        engine's learning modules with the default ``load_model``, nothing with another).
     """
 
     def __init__(
         self,
         load_model: Callable[..., Generator] | None = None,
         make_session: Callable[[Any, Any], Any] | None = None,
+        warm_up: Callable[[], Any] | None = None,
     ) -> None:
         self._load = load_model or _default_load
         self._make = make_session or _default_session
+        self.warm_up = warm_up if warm_up is not None or load_model else prepare_learning
+        self.warmed_up = False
         self._model_key: tuple | None = None
         self._model: Any = None
         self._key: tuple | None = None
@@ -223,17 +232,21 @@ class SessionCache:
         them); the next propagation loads the model again."""
         self._key, self.session, self._pinned = None, None, ()
         self._model_key, self._model = None, None
+        thaw()  # they may be frozen (see _imports): let the collector free them
 
     def forget_image(self, image_layer: Any) -> None:
         """Drop the session of a removed image layer (frees its memory)."""
         if self._key is not None and self._key[0] == image_layer.unique_id:
             self._key, self.session, self._pinned = None, None, ()
+            thaw()
 
     def iter_session(self, request: PropagateRequest) -> Generator[LoadProgress, None, Any]:
         """Yield :class:`LoadProgress` while loading as needed; return the session."""
         session = self.session_for(request)
         if session is not None:
             return session
+        if self.session is not None:
+            thaw()
         self._key, self.session = None, None
         if request.model_key != self._model_key:
             self._model_key, self._model = None, None
@@ -268,7 +281,8 @@ def propagation_job(
     with ``request.assist`` and a learner that has adapters, the adapters assist.
 
     Yields :class:`LoadProgress`, then one :class:`ModelReady`, then the session's
-    ``PropagationStep`` objects.
+    ``PropagationStep`` objects; after the last one, the first finished propagation runs
+    ``cache.warm_up`` (learning's imports).
     """
     reused = cache.session_for(request) is not None
     session = yield from cache.iter_session(request)
@@ -284,6 +298,9 @@ def propagation_job(
         )
     else:
         yield from session.propagate_steps(request.direction, request.frame_range)
+    if cache.warm_up is not None and not cache.warmed_up:
+        cache.warmed_up = True
+        cache.warm_up()
 
 
 def repropagation_job(

@@ -37,6 +37,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
+from napari_sam_lora._qt import _imports
 from napari_sam_lora._qt import threading as _threading
 from napari_sam_lora._qt._annotation_files import AnnotationFilesPanel
 from napari_sam_lora._qt._layer_combo import LayerCombo
@@ -182,6 +183,7 @@ class SamLoraWidget(QWidget):
         self._watched: Any = None  # weakref to the top-level window whose close shuts us down
         self._styled: dict[str, Any] = {}  # prompt layer unique_id -> uninstall callback
         self._help: ShortcutHelp | None = None
+        self._layer_freezes: dict[Any, int] = {}  # layer unique_id -> heap freezes then
         self._build_ui()
         self._connect()
         self._on_image_changed()
@@ -223,7 +225,8 @@ class SamLoraWidget(QWidget):
         )
         self.add_prompts_button = QPushButton("Add prompt layers", self)
         self.add_prompts_button.setToolTip(
-            "Add '<image> prompts' (clicks) and '<image> boxes' (rectangles) and select them"
+            "Add '<image> prompts' (clicks) and '<image> boxes' (rectangles) and select them, "
+            "and the empty '<image> masks' layer the results go to"
         )
         self.points_combo = LayerCombo(v, napari.layers.Points, nullable=True, parent=self)
         self.shapes_combo = LayerCombo(v, napari.layers.Shapes, nullable=True, parent=self)
@@ -416,6 +419,7 @@ class SamLoraWidget(QWidget):
 
     def _watch_name(self, layer: Any) -> None:
         self.life.connect(layer.events.name, self._refresh_layers)
+        self._layer_freezes[layer.unique_id] = _imports.freezes()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def event(self, event: Any) -> bool:
@@ -479,7 +483,9 @@ class SamLoraWidget(QWidget):
             _threading.notify_error(exc)
 
     def add_prompt_layers(self) -> None:
-        """Add "<image> prompts" (Points) and "<image> boxes" (Shapes) and select them."""
+        """Add "<image> prompts" (Points) and "<image> boxes" (Shapes) and select them, and
+        the (empty) "<image> masks" layer below them when no session exists yet (so no
+        propagation has to create a layer while it runs)."""
         image = self.image_combo.layer
         if image is None:
             self.report_error("no image layer: open an image or a stack first")
@@ -488,6 +494,9 @@ class SamLoraWidget(QWidget):
         self.points_combo.set_layer(points)
         self.shapes_combo.set_layer(shapes)
         self._on_prompt_layers_changed()
+        if self._session() is None:  # with a session, a new empty layer would read as edits
+            with contextlib.suppress(Exception):  # unsupported image: Propagate says why
+                self._make_output(image, self._source(image))
 
     def propagate(self) -> bool:
         """Read the prompts, then segment the stack on a worker thread.
@@ -520,6 +529,10 @@ class SamLoraWidget(QWidget):
             from napari.utils.notifications import show_warning
 
             show_warning(warning)
+        # The masks layer now, not with the first frame: creating a napari layer takes the
+        # main thread for a few hundred ms, and the worker's frames then only write pixels.
+        self._run.output = self._make_output(request.image_layer, request.source)
+        self._run.group = EditGroup(self._run.output)
         self._activity = Activity("SAM2 propagation", len(request.frames))
         self.slot.start(
             "propagate",
@@ -921,6 +934,8 @@ class SamLoraWidget(QWidget):
             self.cancel(f"output layer '{layer.name}' was removed")
         if run is None:
             self.sessions.forget_image(layer)
+        if _imports.freezes() > self._layer_freezes.pop(layer.unique_id, -1):
+            _imports.thaw()  # the layer was frozen with the heap: let its memory go
         self._refresh_layers()
 
     def _refresh_layers(self, *_: Any) -> None:

@@ -1,0 +1,197 @@
+"""The engine's heavy imports (torch, SAM2, peft, triton) on a worker without stalling napari.
+
+A worker thread importing torch stalls the event loop although it is not the main thread,
+for two reasons measured with ``benchmarks/bench_responsiveness.py --stalls``:
+
+- **The GIL held by native code.** Python loads an extension module (``dlopen`` and its
+  static initialisers: libtorch_cpu registers thousands of operators, libtriton its LLVM)
+  holding the GIL, for 0.2–0.6 s. Loading those libraries first through libc's ``dlopen``
+  called with :mod:`ctypes` releases the GIL meanwhile; the import then finds them loaded.
+- **Full garbage collections.** Imports allocate hundreds of thousands of objects, which
+  trigger generation-2 collections; each scans the whole heap (napari, Qt wrappers, torch:
+  0.2–0.8 s on a 2-core machine) holding the GIL, whichever thread triggered it. During
+  :func:`import_modules` automatic collection is paused and afterwards every object that
+  exists is moved to the permanent generation (:func:`gc.freeze`), so later collections do
+  not scan the imported modules again.
+
+Frozen objects are never collected: a napari layer that existed at the freeze and is
+removed later would stay in memory. :func:`thaw` (the dock calls it when a layer is removed
+and when it shuts down) gives them back to the collector; the next full collection frees
+them, and the survivors of that collection are frozen again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import importlib
+import importlib.util
+import os
+import sys
+import threading
+from collections.abc import Iterator
+
+__all__ = [
+    "ENGINE_MODULES",
+    "LEARNING_MODULES",
+    "freezes",
+    "import_modules",
+    "paused_collection",
+    "preload_library",
+    "prepare_engine",
+    "prepare_learning",
+    "thaw",
+]
+
+#: What the first propagation needs (torch, SAM2, hydra).
+ENGINE_MODULES = ("napari_sam_lora.engine.predictor", "napari_sam_lora.engine.session")
+#: What the first Learn needs (peft, transformers, triton through torch._dynamo).
+LEARNING_MODULES = ("napari_sam_lora.engine.adapters",)
+
+_LOCK = threading.RLock()  # one import window at a time (the main thread never waits on it)
+_state = {"thawed": False, "hooked": False, "freezes": 0, "thaws": 0}
+_handles: list[int] = []  # loaded libraries stay loaded (never dlclose'd)
+
+
+def _package_file(package: str, *parts: str) -> str | None:
+    """A file inside an installed package, found without importing the package."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin:
+        return None
+    path = os.path.join(os.path.dirname(spec.origin), *parts)
+    return path if os.path.exists(path) else None
+
+
+def preload_library(path: str, flags: int | None = None) -> bool:
+    """``dlopen`` a shared library through libc, with the GIL released meanwhile.
+
+    Parameters
+    ----------
+    path : str
+        The library file.
+    flags : int, optional
+        ``dlopen`` flags (default ``RTLD_NOW``).
+
+    Returns
+    -------
+    bool
+        Whether it is loaded (``False`` where libc's ``dlopen`` is not available).
+    """
+    if not sys.platform.startswith("linux"):
+        return False  # macOS and Windows: import as usual (no measured stall there)
+    try:
+        libc = ctypes.CDLL(None)
+        dlopen = libc.dlopen
+    except (OSError, AttributeError):
+        return False
+    dlopen.restype = ctypes.c_void_p
+    dlopen.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    handle = dlopen(os.fsencode(path), os.RTLD_NOW if flags is None else flags)
+    if handle:
+        _handles.append(handle)
+    return bool(handle)
+
+
+def _preload_torch() -> None:
+    if "torch" in sys.modules:
+        return
+    path = _package_file("torch", "lib", "libtorch_cpu.so")
+    if path is not None:
+        preload_library(path)
+
+
+def _preload_triton() -> None:
+    """Load libtriton with ``RTLD_DEEPBIND`` (its LLVM must not bind to the OpenGL driver's;
+    see :func:`napari_sam_lora.engine.native.preload_triton`), then import triton: the
+    engine's own ``preload_triton`` then finds it imported and does nothing, so nothing
+    changes the process-wide dlopen flags while the main thread runs."""
+    deepbind = getattr(os, "RTLD_DEEPBIND", 0)
+    if "triton" in sys.modules or not deepbind:
+        return
+    path = _package_file("triton", "_C", "libtriton.so")
+    if path is None or not preload_library(path, os.RTLD_NOW | deepbind):
+        return
+    with contextlib.suppress(Exception):  # unusable triton: torch copes without it
+        importlib.import_module("triton")
+
+
+def _freeze() -> None:
+    gc.freeze()
+    _state["freezes"] += 1
+    _state["thawed"] = False
+
+
+def _refreeze(phase: str, info: dict) -> None:
+    """gc callback: after the first full collection since :func:`thaw`, freeze the
+    survivors again (they are all reachable, so nothing collectable gets pinned)."""
+    if phase == "stop" and info.get("generation") == 2 and _state["thawed"]:
+        _freeze()
+
+
+def freezes() -> int:
+    """How many times the heap was frozen so far: an object that existed when this was
+    ``n`` is frozen (until :func:`thaw`) if it is now larger than ``n``."""
+    return int(_state["freezes"])
+
+
+@contextlib.contextmanager
+def paused_collection() -> Iterator[None]:
+    """No automatic garbage collection inside; everything alive at the end is frozen
+    (unless :func:`thaw` was called meanwhile: then the next full collection freezes)."""
+    with _LOCK:
+        if not _state["hooked"]:
+            gc.callbacks.append(_refreeze)
+            _state["hooked"] = True
+        enabled, thaws = gc.isenabled(), _state["thaws"]
+        gc.disable()
+        try:
+            yield
+        finally:
+            if _state["thaws"] == thaws:
+                _freeze()
+            if enabled:
+                gc.enable()
+
+
+def import_modules(*modules: str) -> None:
+    """Import ``modules`` (on a worker) with collection paused, then freeze the heap."""
+    missing = [m for m in modules if m not in sys.modules]
+    if not missing:
+        return
+    with paused_collection():
+        for name in missing:
+            importlib.import_module(name)
+
+
+def prepare_engine() -> None:
+    """Import what a propagation needs (torch, SAM2), without stalling the event loop."""
+    _preload_torch()
+    import_modules(*ENGINE_MODULES)
+
+
+def prepare_learning() -> None:
+    """Import what learning needs (triton, peft), without stalling the event loop.
+
+    Run on a worker: after it, the learning panel's first Learn imports nothing.
+    """
+    prepare_engine()
+    if all(m in sys.modules for m in LEARNING_MODULES):
+        return
+    with paused_collection():
+        _preload_triton()
+        for name in LEARNING_MODULES:
+            importlib.import_module(name)
+
+
+def thaw() -> None:
+    """Give every frozen object back to the collector (a layer or a session that existed
+    at the last freeze was dropped: its memory must be freeable); the survivors of the
+    next full collection are frozen again. Cheap; never waits for an import."""
+    _state["thaws"] += 1
+    _state["thawed"] = True
+    if gc.get_freeze_count():
+        gc.unfreeze()
