@@ -8,6 +8,7 @@ layers and adapters, and without encoding the stack again (features come from di
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -77,8 +78,11 @@ def correct(viewer, out, frame, mask):
 
 
 def test_save_then_restore_in_a_fresh_dock_continues_the_same_work(
-    make_napari_viewer, tiny_model, qtbot, notes, tmp_path
+    make_napari_viewer, tiny_model, qtbot, notes, tmp_path, monkeypatch
 ):
+    from types import SimpleNamespace
+
+    from napari_sam_lora._qt import _annotation_files
     from napari_sam_lora.synthetic import make_stack
 
     image, truth = make_stack("moving_disk", n_frames=N_FRAMES, shape=(64, 64))
@@ -95,12 +99,23 @@ def test_save_then_restore_in_a_fresh_dock_continues_the_same_work(
     assert widget.learning.job.state == "finished" and notes == []
     files = files_of(widget)
     assert files.default_path().endswith("img.session.json")  # no file: the cwd
-    assert files.save_session(tmp_path / "day1")
+    correct(viewer, out, 3, np.roll(truth[3], 2, axis=0))  # an edit not learned from yet
+    asked = []
+
+    def dialog(parent, title, start, filters):
+        asked.append(start)
+        return str(tmp_path / "day1.session.json"), filters
+
+    monkeypatch.setattr(_annotation_files, "QFileDialog", SimpleNamespace(getSaveFileName=dialog))
+    files.save_button.click()  # the button only asks for the path
+    assert asked == [files.default_path()]
     idle(qtbot, widget)
     assert files.job.state == "finished" and notes == [], files.status.text()
     for name in ("day1.session.json", "day1.session.npz", "day1.safetensors", "day1.json"):
         assert (tmp_path / name).is_file(), name
     assert "saved day1.session.json" in files.status.text()
+    edited = re.search(r"edits on frame\(s\) \[([\d, ]+)\] were saved as corr", files.status.text())
+    assert edited and 3 in {int(f) for f in edited.group(1).split(",")}, files.status.text()
     session = widget.sessions.session
     saved_labels = out.data.copy()
     saved_sources = {t: session.annotations.frame_sources(t) for t in range(N_FRAMES)}
@@ -122,8 +137,8 @@ def test_save_then_restore_in_a_fresh_dock_continues_the_same_work(
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
     timer.start()
     try:
-        assert files.restore_session(tmp_path / "day1.session.json")
-        idle(qtbot, widget)
+        assert files.restore_session(tmp_path / "day1.session.json")  # the click makes
+        idle(qtbot, widget)  # the missing layers; the worker's work is measured from here
     finally:
         timer.stop()
     gaps = np.diff(ticks)
@@ -141,6 +156,7 @@ def test_save_then_restore_in_a_fresh_dock_continues_the_same_work(
     assert sorted(session.annotations.confirmed()) == saved_confirmed
     assert {t: session.annotations.frame_sources(t) for t in range(N_FRAMES)} == saved_sources
     assert session.annotations.source(2, 1) == "correction"
+    assert session.annotations.source(3, 1) == "correction"  # the unlearned edit too
     # prompt layers rebuilt: the negative click stays negative, the box keeps its object
     points, shapes = widget.points_combo.layer, widget.shapes_combo.layer
     assert points.name == "img prompts" and shapes.name == "img boxes"
@@ -195,6 +211,28 @@ def test_files_of_another_stack_are_refused_and_nothing_changes(
     same_shape = np.random.default_rng(1).integers(0, 255, image.shape).astype(image.dtype)
     Session(same_shape, model=tiny_model).save_state(tmp_path / "pixels")
     Session(image[:3], model=tiny_model).save_state(tmp_path / "frames")
+    # cancelled while the model loads: nothing changes, the layers it made go again
+    import threading
+
+    from napari_sam_lora._qt._propagation import SessionCache
+
+    loading = threading.Event()
+
+    def slow_load(model, device, image_size):
+        loading.wait(30)
+        yield ("build", 1, 1)
+        return tiny_model
+
+    widget.sessions = SessionCache(load_model=slow_load)
+    Session(image, model=tiny_model).save_state(tmp_path / "mine")
+    assert files.restore_session(tmp_path / "mine")
+    assert files.cancel_button.isEnabled()
+    assert len(viewer.layers) == 4  # the prompt and masks layers are made at the click
+    files.cancel_button.click()
+    loading.set()
+    idle(qtbot, widget)
+    assert files.job.state == "cancelled" and "cancelled" in files.status.text()
+    assert [x.name for x in viewer.layers] == ["img"] and notes == []
     assert files.restore_session(tmp_path / "pixels")  # nothing yet: no layer is left over
     idle(qtbot, widget)
     assert files.job.state == "failed" and [x.name for x in viewer.layers] == ["img"]

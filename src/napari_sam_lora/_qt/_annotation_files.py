@@ -25,6 +25,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+from napari.layers import Labels
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from napari_sam_lora._qt import threading as _threading
@@ -53,19 +54,22 @@ from napari_sam_lora.layers import (
 
 __all__ = [
     "AnnotationFilesPanel",
+    "Prepared",
     "Restored",
     "RestoredFrame",
     "Saved",
     "check_fits",
-    "restore_job",
+    "restore_apply_job",
+    "restore_prepare_job",
     "save_job",
     "saved_adapters",
     "session_base",
 ]
 
 FILTER = "napari-sam-lora session (*.session.json);;All files (*)"
-#: The job kinds this section starts.
-KINDS = ("save_session", "restore_session")
+#: The job kinds this section starts (``restore_session`` prepares: it can be cancelled;
+#: ``restore_apply`` changes the session and the layers: it runs to its end).
+KINDS = ("save_session", "restore_session", "restore_apply")
 
 
 def session_base(path: str | os.PathLike[str]) -> Path:
@@ -198,16 +202,18 @@ class Restored:
     model: str = ""
 
 
-def restore_job(
-    cache: Any, request: PropagateRequest, control: Any, base: Path, adapters: Path | None
-) -> Generator:
-    """Worker: check the files fit the stack, get the session (loading the model if
-    needed), load the adapters, restore the session; yield the labels frame by frame.
+@dataclass(frozen=True)
+class Prepared:
+    """Yielded by :func:`restore_prepare_job`: the session the files fit."""
 
-    Yields :class:`LoadProgress` while loading, a :class:`RestoredFrame` per frame, then
-    one :class:`Restored`. Nothing changes when the files belong to another stack or the
-    adapters cannot be loaded.
-    """
+    session: Any
+
+
+def restore_prepare_job(cache: Any, request: PropagateRequest, base: Path) -> Generator:
+    """Worker, cancellable: check the files fit the stack (its pixels too), then get the
+    session (loading the model if needed) and check the model; yields
+    :class:`LoadProgress` while loading, then one :class:`Prepared`. Changes no
+    annotation state."""
     doc = check_fits(base, request.source.frames)
     session = yield from cache.iter_session(request)
     saved_model = str(doc.get("model", ""))
@@ -216,8 +222,15 @@ def restore_job(
             f"{state_paths(base)[0].name} was saved with model {saved_model}; the panel "
             f"uses {session.model_label}: choose that model under 'model' first"
         )
+    yield Prepared(session)
+
+
+def restore_apply_job(session: Any, control: Any, base: Path, adapters: Path | None) -> Generator:
+    """Worker: load the adapters (first: on error nothing is restored), restore the
+    session (SAM2 is conditioned again on every confirmed frame); yields a
+    :class:`RestoredFrame` per frame, then one :class:`Restored`."""
     names: list[str] = []
-    if adapters is not None:  # first: on error the session is still untouched
+    if adapters is not None:
         names = list(control.learner_for(session).load(adapters))
     session.restore_state(base)
     learner = control.learner_of(session)
@@ -244,6 +257,8 @@ class _Restore:
     group: EditGroup | None = None
     done: Restored | None = None
     created: list[Any] = field(default_factory=list)
+    adapters: Path | None = None
+    session: Any = None
 
 
 class AnnotationFilesPanel(QWidget):
@@ -279,18 +294,23 @@ class AnnotationFilesPanel(QWidget):
             "Continue a saved session on this image: prompts, confirmed frames, masks (one "
             "undo step) and adapters come back"
         )
+        self.cancel_button = QPushButton("Cancel", self)
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.setToolTip("Stop a restore while it loads the model (nothing changes)")
         self.status = QLabel("save your work to continue it later", self)
         self.status.setWordWrap(True)
         buttons = QHBoxLayout()
         buttons.setContentsMargins(4, 2, 4, 2)
         buttons.addWidget(self.save_button)
         buttons.addWidget(self.restore_button)
+        buttons.addWidget(self.cancel_button)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(buttons)
         layout.addWidget(self.status)
         self.save_button.clicked.connect(lambda *_: self.save_session())
         self.restore_button.clicked.connect(lambda *_: self.restore_session())
+        self.cancel_button.clicked.connect(lambda *_: self.cancel())
         host.slot.add_listener(self._on_slot)
 
     # -- public API --------------------------------------------------------------------------
@@ -361,19 +381,21 @@ class AnnotationFilesPanel(QWidget):
         request = PropagateRequest(
             image, source, [], host.model, host.device, host.image_size, "both", None
         )
-        # the prompt layers now (creating a napari layer takes the main thread ~0.1 s): the
-        # masks layer comes with the first restored frame, the prompts fill in at the end
-        self._restore = _Restore(image, source, base, created=self._prompt_layers(image))
-        self.status.setText(f"restoring {base}…")
-        return self._start(
-            "restore_session",
-            restore_job,
-            host.sessions,
-            request,
-            host.learning.control,
-            base,
-            adapters,
-        )
+        # the layers now, at the click (creating a napari layer takes the main thread
+        # 0.1-0.3 s): the worker's frames then only write pixels; removed again if refused
+        created = self._prompt_layers(image)
+        if find_output_layer(self.viewer, image, source) is None:
+            created.append(self._masks_layer(image, source))
+        self._restore = _Restore(image, source, base, created=created, adapters=adapters)
+        self.status.setText(f"restoring {base}: checking the stack, loading the model…")
+        return self._start("restore_session", restore_prepare_job, host.sessions, request, base)
+
+    def cancel(self) -> None:
+        """Stop a restore that is still checking or loading the model (nothing changed)."""
+        if self.host.slot.busy and self.host.slot.kind == "restore_session":
+            self.host.slot.cancel()
+            self.cancel_button.setEnabled(False)
+            self.status.setText("cancelling the restore…")
 
     # -- internals ---------------------------------------------------------------------------
     def _prompt_layers(self, image: Any) -> list[Any]:
@@ -403,6 +425,7 @@ class AnnotationFilesPanel(QWidget):
         if self.host.life.alive:
             self.save_button.setEnabled(not running)
             self.restore_button.setEnabled(not running)
+            self.cancel_button.setEnabled(running and kind == "restore_session")
 
     def _on_yield(self, item: Any) -> None:
         if not self.host.life.alive:
@@ -411,6 +434,8 @@ class AnnotationFilesPanel(QWidget):
             self._saved = item
         elif isinstance(item, LoadProgress):
             self.status.setText("loading the model…")
+        elif isinstance(item, Prepared) and self._restore is not None:
+            self._restore.session = item.session
         elif isinstance(item, RestoredFrame):
             self._write_frame(item)
         elif isinstance(item, Restored) and self._restore is not None:
@@ -447,12 +472,27 @@ class AnnotationFilesPanel(QWidget):
 
     def _on_done(self, state: str) -> None:
         run, self._restore = self._restore, None
+        if (
+            self._kind == "restore_session"
+            and state == _threading.FINISHED
+            and run is not None
+            and run.session is not None
+            and self.host.life.alive
+        ):  # the files fit: now restore (not cancellable: it changes the session)
+            self._restore = run
+            self.status.setText(f"restoring {run.base}…")
+            control = self.host.learning.control
+            if self._start(
+                "restore_apply", restore_apply_job, run.session, control, run.base, run.adapters
+            ):
+                return
+            self._restore, state = None, _threading.FAILED
         if run is not None and run.group is not None:
             run.group.close()
         if run is not None and state != _threading.FINISHED:
             for layer in run.created:  # refused: leave the viewer as it was
                 for existing in list(self.viewer.layers):
-                    if same_layer(existing, layer) and not len(existing.data):
+                    if same_layer(existing, layer) and _empty(existing):
                         self.viewer.layers.remove(existing)
         if not self.host.life.alive:
             return
@@ -461,6 +501,8 @@ class AnnotationFilesPanel(QWidget):
             error = job.error if job is not None else None
             text = _threading.describe_error(error) if error is not None else "unknown error"
             what = "save" if kind == "save_session" else "restore"
+            if job is None or job.error is None:
+                text = "could not start"
             self.status.setText(f"{what} failed: {text}")
         elif state == _threading.CANCELLED:
             self.status.setText(f"{kind.replace('_', ' ')} cancelled")
@@ -473,7 +515,7 @@ class AnnotationFilesPanel(QWidget):
                 else ""
             )
             self.status.setText(f"saved {', '.join(files)} in {saved.paths[0].parent}{note}")
-        elif kind == "restore_session" and run is not None and run.done is not None:
+        elif kind == "restore_apply" and run is not None and run.done is not None:
             self._rebuild_prompts(run.image, run.source, run.done.prompts, run.output)
             done = run.done
             adapters = f", {len(done.adapters)} adapter(s)" if done.adapters else ""
@@ -568,6 +610,13 @@ class AnnotationFilesPanel(QWidget):
         """The error in full in this section's status line, and as a notification."""
         self.status.setText(f"error: {_threading.describe_error(exc)}")
         _threading.notify_error(exc)
+
+
+def _empty(layer: Any) -> bool:
+    """Whether a layer holds nothing (no point or shape; a Labels layer of zeros)."""
+    if isinstance(layer, Labels):
+        return not np.any(np.asarray(layer.data))
+    return not len(layer.data)
 
 
 def _layer_coords(
