@@ -61,6 +61,7 @@ from napari_sam_lora.engine.namespaces import (
     free_names,
     release_namespace,
 )
+from napari_sam_lora.engine.reference import reference_mask
 from napari_sam_lora.engine.repropagation import RepropagationReport
 from napari_sam_lora.engine.session import Session
 from napari_sam_lora.engine.tracking import PropagationStep
@@ -378,18 +379,10 @@ class Learner:
         return Candidate(obj_id, name, frames, masks, confidences, estimated, raw)
 
     def reference_mask(self, frame: int, obj_id: int) -> np.ndarray | None:
-        """The object's confirmed mask on the nearest other frame (ties: the most recently
-        confirmed), the reference of the calibrator's raw score; ``None`` when there is none."""
-        annotations = self.session.annotations
-        nearest = min(
-            (
-                (abs(f - int(frame)), -annotations.entry(f, obj_id).order, f)
-                for f, _ in annotations.confirmed(obj_id)
-                if f != int(frame)
-            ),
-            default=None,
-        )
-        return None if nearest is None else annotations.confirmed_mask(nearest[2], obj_id)
+        """What a proposal on ``frame`` is compared with to estimate its IoU: the object's
+        confirmed mask on the nearest other frame, moved by its recent motion
+        (:func:`~napari_sam_lora.engine.reference.reference_mask`); ``None`` without one."""
+        return reference_mask(self.session.annotations, frame, obj_id)
 
     def _full_res(self, proposal: Proposal) -> np.ndarray:
         logits = torch.from_numpy(proposal.logits)[None, None]
@@ -455,6 +448,7 @@ class Learner:
                     self.decoder,
                     record,
                     obj_mask,
+                    exclude=candidate.adapter_name,
                     reference=self.reference_mask(frame, candidate.obj_id),
                 )
             if self.settings.replay_size > 0:
