@@ -21,7 +21,6 @@ import os
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -34,12 +33,7 @@ from napari_sam_lora.engine.adapter_files import adapter_paths
 from napari_sam_lora.engine.errors import PromptError, StackError
 from napari_sam_lora.engine.native import preload_triton
 from napari_sam_lora.engine.prompts import BoxPrompt, MaskPrompt, PointPrompt
-from napari_sam_lora.engine.session_state import (
-    FORMAT,
-    SessionFileError,
-    stack_fingerprint,
-    state_paths,
-)
+from napari_sam_lora.engine.session_state import SessionFileError, check_state, state_paths
 from napari_sam_lora.layers import (
     EditGroup,
     find_output_layer,
@@ -58,7 +52,6 @@ __all__ = [
     "Restored",
     "RestoredFrame",
     "Saved",
-    "check_fits",
     "restore_apply_job",
     "restore_prepare_job",
     "save_job",
@@ -80,58 +73,6 @@ def session_base(path: str | os.PathLike[str]) -> Path:
         base = base.with_name(base.name[: -len(".safetensors")])
     json_path, _ = state_paths(base)
     return json_path.with_name(json_path.name[: -len(".session.json")])
-
-
-def check_fits(path: str | os.PathLike[str], stack: Any, pixels: bool = True) -> dict[str, Any]:
-    """Read a session file's header and check it was saved for ``stack`` ``(T, H, W[, C])``.
-
-    Nothing but the file and (with ``pixels``) three frames of the stack is read; no
-    session is needed. Without ``pixels`` only the geometry is checked (instant: for the
-    main thread).
-
-    Returns
-    -------
-    dict
-        The session file's JSON document.
-
-    Raises
-    ------
-    SessionFileError
-        Missing or unreadable file, another format, or another stack (geometry or content).
-    """
-    json_path, npz_path = state_paths(path)
-    try:
-        doc = json.loads(json_path.read_text("utf-8"))
-    except FileNotFoundError as exc:
-        raise SessionFileError(f"no saved session at {exc.filename}") from exc
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise SessionFileError(f"{json_path.name} cannot be read: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise SessionFileError(f"{json_path} is not a napari-sam-lora session file")
-    if not npz_path.is_file():
-        raise SessionFileError(f"no saved session at {npz_path} (it goes with {json_path.name})")
-    shape = tuple(int(s) for s in np.shape(stack)[1:3])
-    frames = int(np.shape(stack)[0])
-    saved = (doc.get("frames"), tuple(doc.get("frame_shape") or ()))
-    if saved != (frames, shape):
-        raise SessionFileError(
-            f"{json_path.name} was saved for another stack: {saved[0]} frames of "
-            f"{'×'.join(str(s) for s in saved[1])}, this image has {frames} frames of "
-            f"{'×'.join(str(s) for s in shape)}; open the stack it was saved with"
-        )
-    if not pixels:
-        return doc
-    # the engine's fingerprint reads only the stack's geometry and three of its frames
-    probe = SimpleNamespace(
-        num_frames=frames, frame_shape=shape, frames=SimpleNamespace(stack=stack)
-    )
-    if doc.get("stack_sha256") != stack_fingerprint(probe):  # type: ignore[arg-type]
-        raise SessionFileError(
-            f"{json_path.name} was saved for another stack of {frames} frames of "
-            f"{'×'.join(str(s) for s in shape)} (its pixels differ); open the stack it was "
-            f"saved with"
-        )
-    return doc
 
 
 @dataclass(frozen=True)
@@ -214,7 +155,7 @@ def restore_prepare_job(cache: Any, request: PropagateRequest, base: Path) -> Ge
     session (loading the model if needed) and check the model; yields
     :class:`LoadProgress` while loading, then one :class:`Prepared`. Changes no
     annotation state."""
-    doc = check_fits(base, request.source.frames)
+    doc = check_state(base, request.source.frames)
     session = yield from cache.iter_session(request)
     saved_model = str(doc.get("model", ""))
     if saved_model and saved_model != session.model_label:
@@ -371,7 +312,7 @@ class AnnotationFilesPanel(QWidget):
                 if not path:
                     return False
             base = session_base(path)
-            check_fits(base, source.frames, pixels=False)  # instant; the worker reads pixels
+            check_state(base, source.frames, pixels=False)  # instant; the worker reads pixels
             adapters, self._note = saved_adapters(base)
             if adapters is not None:
                 preload_triton()

@@ -29,7 +29,14 @@ if TYPE_CHECKING:
 FORMAT = "napari-sam-lora-session"
 VERSION = 1
 
-__all__ = ["SessionFileError", "read_state", "stack_fingerprint", "state_paths", "write_state"]
+__all__ = [
+    "SessionFileError",
+    "check_state",
+    "read_state",
+    "stack_fingerprint",
+    "state_paths",
+    "write_state",
+]
 
 
 class SessionFileError(SamLoraError):
@@ -45,15 +52,63 @@ def state_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     return base.with_name(base.name + ".session.json"), base.with_name(base.name + ".session.npz")
 
 
-def stack_fingerprint(session: Session) -> str:
-    """SHA-256 over the stack's geometry and a sample of its pixels (first, middle, last)."""
-    digest = hashlib.sha256(f"{session.num_frames}|{session.frame_shape}".encode())
-    for t in sorted({0, session.num_frames // 2, session.num_frames - 1}):
-        frame = np.ascontiguousarray(
-            np.asarray(frame_at(session.frames.stack, t, session.num_frames))
-        )
+def stack_fingerprint(stack: Any) -> str:
+    """SHA-256 over a ``(T, H, W[, C])`` stack's geometry and a sample of its pixels (first,
+    middle, last frame); reads nothing else of a lazy stack."""
+    num_frames, frame_shape = int(np.shape(stack)[0]), tuple(int(s) for s in np.shape(stack)[1:3])
+    digest = hashlib.sha256(f"{num_frames}|{frame_shape}".encode())
+    for t in sorted({0, num_frames // 2, num_frames - 1}):
+        frame = np.ascontiguousarray(np.asarray(frame_at(stack, t, num_frames)))
         digest.update(frame.tobytes())
     return digest.hexdigest()
+
+
+def _size(shape: Any) -> str:
+    return "×".join(str(s) for s in shape)
+
+
+def check_state(path: str | os.PathLike[str], stack: Any, pixels: bool = True) -> dict[str, Any]:
+    """Read a session file's header and check that it was saved for ``stack``.
+
+    Only the JSON header and (with ``pixels``) three frames of the stack are read; no
+    session is needed. Without ``pixels`` only the geometry is checked (instant, for a
+    GUI's main thread).
+
+    Returns
+    -------
+    dict
+        The session file's JSON document.
+
+    Raises
+    ------
+    SessionFileError
+        Missing or unreadable files, another format, or another stack (geometry or pixels).
+    """
+    json_path, npz_path = state_paths(path)
+    try:
+        doc = json.loads(json_path.read_text("utf-8"))
+    except FileNotFoundError as exc:
+        raise SessionFileError(f"no saved session at {exc.filename}") from exc
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise SessionFileError(f"{json_path.name} cannot be read: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise SessionFileError(f"{json_path} is not a napari-sam-lora session file")
+    if not npz_path.is_file():
+        raise SessionFileError(f"no saved session at {npz_path} (it goes with {json_path.name})")
+    frames, shape = int(np.shape(stack)[0]), tuple(int(s) for s in np.shape(stack)[1:3])
+    saved = (doc.get("frames"), tuple(doc.get("frame_shape") or ()))
+    if saved != (frames, shape):
+        raise SessionFileError(
+            f"{json_path.name} was saved for another stack: {saved[0]} frames of "
+            f"{_size(saved[1])}, this image has {frames} frames of {_size(shape)}; open the "
+            "stack it was saved with"
+        )
+    if pixels and doc.get("stack_sha256") != stack_fingerprint(stack):
+        raise SessionFileError(
+            f"{json_path.name} was saved for another stack of {frames} frames of "
+            f"{_size(shape)} (its pixels differ); open the stack it was saved with"
+        )
+    return doc
 
 
 def write_state(session: Session, path: str | os.PathLike[str]) -> list[Path]:
@@ -86,7 +141,7 @@ def write_state(session: Session, path: str | os.PathLike[str]) -> list[Path]:
         "model": session.model_label,
         "frames": session.num_frames,
         "frame_shape": list(session.frame_shape),
-        "stack_sha256": stack_fingerprint(session),
+        "stack_sha256": stack_fingerprint(session.frames.stack),
         "prompts": prompts,
         "annotations": annotations,
     }
@@ -106,22 +161,15 @@ def read_state(session: Session, path: str | os.PathLike[str]) -> None:
     SessionFileError
         Missing or damaged files, another format, or another stack.
     """
+    doc = check_state(path, session.frames.stack)
     json_path, npz_path = state_paths(path)
     try:
-        doc = json.loads(json_path.read_text("utf-8"))
         with np.load(npz_path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except FileNotFoundError as exc:
         raise SessionFileError(f"no saved session at {exc.filename}") from exc
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise SessionFileError(f"{json_path.name}/{npz_path.name} cannot be read: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise SessionFileError(f"{json_path} is not a napari-sam-lora session file")
-    if doc.get("stack_sha256") != stack_fingerprint(session):
-        raise SessionFileError(
-            f"{json_path} was saved for another stack ({doc.get('frames')} frames of "
-            f"{tuple(doc.get('frame_shape', ()))}); open the stack it was saved with"
-        )
+    except (OSError, ValueError) as exc:
+        raise SessionFileError(f"{npz_path.name} cannot be read: {exc}") from exc
     try:
         prompts = [
             _prompt(entry, i, arrays, session.frame_shape) for i, entry in enumerate(doc["prompts"])
