@@ -120,6 +120,23 @@ def test_calibrator_moves_toward_observed_ious_and_stays_monotone():
     assert one.estimate(0.3) == pytest.approx((0.9 + 2 * 0.3) / 3)
 
 
+def test_calibrator_has_no_say_beyond_the_scores_it_observed():
+    cal = OnlineCalibrator(prior_weight=0.0)
+    # corrections happen where candidates fail: every observation is low
+    cal.observe_many([(0.1, 0.05), (0.2, 0.1), (0.3, 0.2)])
+    assert cal.estimate(0.2) == pytest.approx(0.1)  # inside: the fitted map
+    assert cal.estimate(0.9) == pytest.approx(0.9)  # above: back to the raw score
+    assert cal.estimate(0.05) == pytest.approx(0.05)  # below: the raw score (not above 0.05)
+    assert cal.estimate(0.31) == pytest.approx(0.31)  # just above: a step up, still monotone
+    high = OnlineCalibrator(prior_weight=0.0)
+    high.observe_many([(0.5, 0.9), (0.6, 0.95)])  # over the identity: kept flat above
+    assert high.estimate(0.7) == pytest.approx(0.95)
+    assert high.estimate(0.2) == pytest.approx(0.2)
+    grid = np.linspace(0, 1, 101)
+    for c in (cal, high):
+        assert np.all(np.diff(c.estimate_many(grid)) >= -1e-7)
+
+
 def test_calibrator_round_trips_and_rejects_bad_records():
     cal = OnlineCalibrator(max_points=3)
     cal.observe_many([(0.1, 0.2), (0.2, 0.3), (0.3, 0.9), (0.4, 1.0)])

@@ -136,7 +136,12 @@ class OnlineCalibrator:
         if n == 0:
             return r.astype(np.float32)
         kx, ky = self._knots()
-        fitted = np.interp(r, kx, ky)  # flat beyond the first/last block
+        fitted = np.interp(r, kx, ky)
+        # beyond the observed scores there is no evidence: back toward the raw score,
+        # staying monotone (never below the last fitted value above, never above the first
+        # below)
+        fitted = np.where(r > kx[-1], np.maximum(ky[-1], r), fitted)
+        fitted = np.where(r < kx[0], np.minimum(ky[0], r), fitted)
         est = (n * fitted + self.prior_weight * r) / (n + self.prior_weight)
         return np.clip(est, 0.0, 1.0).astype(np.float32)
 
