@@ -41,6 +41,7 @@ __all__ = [
     "preload_library",
     "prepare_engine",
     "prepare_learning",
+    "reset",
     "thaw",
 ]
 
@@ -195,3 +196,10 @@ def thaw() -> None:
     _state["thawed"] = True
     if gc.get_freeze_count():
         gc.unfreeze()
+
+
+def reset() -> None:
+    """Unfreeze everything and freeze nothing later (until the next import window)."""
+    _state["thaws"] += 1
+    _state["thawed"] = False
+    gc.unfreeze()

@@ -326,6 +326,7 @@ class Run:
     seen: set[int] = field(default_factory=set)
     model_label: str = ""
     stop_reason: str = ""
+    made_output: bool = False  # the run created its (empty) masks layer at the click
 
 
 class Lifecycle:

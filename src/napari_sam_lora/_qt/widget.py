@@ -494,9 +494,17 @@ class SamLoraWidget(QWidget):
         self.points_combo.set_layer(points)
         self.shapes_combo.set_layer(shapes)
         self._on_prompt_layers_changed()
-        if self._session() is None:  # with a session, a new empty layer would read as edits
-            with contextlib.suppress(Exception):  # unsupported image: Propagate says why
-                self._make_output(image, self._source(image))
+        # the masks layer in the next event-loop turn: each napari layer takes the main
+        # thread for 0.1-0.3 s (more on a busy machine), so not all three in one turn
+        QTimer.singleShot(0, lambda: self._prepare_output(image))
+
+    def _prepare_output(self, image: Any) -> None:
+        """Make the (empty) masks layer of ``image`` before any propagation needs it, unless
+        a session exists (a new empty layer would then read as the user's edits)."""
+        if not self.life.alive or not self._in_viewer(image) or self._session() is not None:
+            return
+        with contextlib.suppress(Exception):  # unsupported image: Propagate says why
+            self._make_output(image, self._source(image))
 
     def propagate(self) -> bool:
         """Read the prompts, then segment the stack on a worker thread.
@@ -531,6 +539,8 @@ class SamLoraWidget(QWidget):
             show_warning(warning)
         # The masks layer now, not with the first frame: creating a napari layer takes the
         # main thread for a few hundred ms, and the worker's frames then only write pixels.
+        existed = find_output_layer(self.viewer, request.image_layer, request.source)
+        self._run.made_output = existed is None
         self._run.output = self._make_output(request.image_layer, request.source)
         self._run.group = EditGroup(self._run.output)
         self._activity = Activity("SAM2 propagation", len(request.frames))
@@ -792,6 +802,13 @@ class SamLoraWidget(QWidget):
             self._restyle()
         return output
 
+    def _drop_empty_output(self, output: Any) -> None:
+        if output is None or not self._in_viewer(output):
+            return
+        with contextlib.suppress(Exception):  # the viewer may be closing
+            if not np.asarray(output.data).any():
+                self.viewer.layers.remove(output)
+
     def _keep_confirmed(self, output: Any, source: Any, frame: int, labels: Any) -> Any:
         """The step's labels with the layer's pixels of confirmed (frame, object)s kept."""
         session = self.sessions.session
@@ -819,6 +836,9 @@ class SamLoraWidget(QWidget):
             self.sessions.forget_image(run.request.image_layer)
         if not self.life.alive:
             return
+        wrote_nothing = run is not None and run.made_output and run.written == 0
+        if wrote_nothing and state != _threading.FINISHED:  # it leaves no layer behind
+            self._drop_empty_output(run.output)
         self.progress.setRange(0, max(run.total if run else 0, 1))
         model = f" ({run.model_label})" if run and run.model_label else ""
         if state == _threading.FINISHED and run is not None:
