@@ -327,6 +327,40 @@ def test_adapter_assisted_batch_matches_a_direct_learner(client, tiny_model, tmp
     assert sum(r["adapter_frames"] for r in result.rows) > 0  # the adapter did assist
 
 
+def _worker_state():
+    """Run on a worker: dask's malloc variable and whether the plugin relaxed it."""
+    import os
+
+    from napari_sam_lora.batch import worker
+
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_"), worker._MALLOC_RELAXED
+
+
+@pytest.mark.slow
+def test_workers_allocate_like_the_direct_loop(client):
+    """dask's MALLOC_TRIM_THRESHOLD_ (page faults on every tensor, docs/batch.md) is undone.
+
+    A cluster started by the job spawns its workers without it, even after another cluster
+    left it in this process's environment; on any other cluster the plugin relaxes malloc
+    at setup.
+    """
+    from napari_sam_lora.batch import job
+    from napari_sam_lora.batch.worker import PLUGIN_NAME, ModelPlugin
+
+    plugin = ModelPlugin(TEST_MODEL, TEST_IMAGE_SIZE, "cpu", torch_threads=1)
+    client.register_plugin(plugin, name=PLUGIN_NAME)
+    for trim, relaxed in client.run(_worker_state).values():
+        assert trim == "65536"  # dask's pre-spawn environment, on a cluster not ours
+        assert relaxed is True
+
+    with job._client(None, None, 1, 1, None, "cpu", None) as (own, threads):
+        assert threads == max(1, job._cores())
+        own.register_plugin(ModelPlugin(TEST_MODEL, TEST_IMAGE_SIZE, "cpu", (), threads))
+        for trim, relaxed in own.run(_worker_state).values():
+            assert trim is None  # spawned without it: glibc's own dynamic thresholds
+            assert relaxed is False
+
+
 def test_local_cluster_sized_to_the_machine(monkeypatch):
     from napari_sam_lora.batch import job
 
