@@ -186,3 +186,17 @@ def test_in_turns_runs_one_step_per_event_loop_turn(qtbot, notes):
     in_turns([lambda: stopped.append(1), lambda: stopped.append(2)], alive=lambda: not stopped)
     qtbot.wait(100)
     assert stopped == [1] and notes == []
+
+
+def test_dock_imports_pandas_on_a_worker(make_napari_viewer, qtbot, monkeypatch, notes):
+    threads: list[bool] = []
+    monkeypatch.setattr(
+        _imports,
+        "prepare_panel",
+        lambda: threads.append(threading.current_thread() is threading.main_thread()),
+    )
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-sam-lora", "SAM2 LoRA")
+    qtbot.waitUntil(lambda: not widget._panel_imports.is_running, timeout=WAIT_MS)
+    assert threads == [False] and notes == []
+    widget.shutdown()

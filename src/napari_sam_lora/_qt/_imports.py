@@ -35,18 +35,24 @@ from collections.abc import Iterator
 __all__ = [
     "ENGINE_MODULES",
     "LEARNING_MODULES",
+    "PANEL_MODULES",
     "freezes",
     "import_modules",
+    "panel_job",
     "paused_collection",
     "preload_library",
     "prepare_engine",
     "prepare_learning",
+    "prepare_panel",
     "reset",
     "thaw",
 ]
 
 #: What the first propagation needs (torch, SAM2, hydra).
 ENGINE_MODULES = ("napari_sam_lora.engine.predictor", "napari_sam_lora.engine.session")
+#: What napari needs for the prompt layers' features (imported at their first creation,
+#: 0.2-0.5 s, on the main thread otherwise).
+PANEL_MODULES = ("pandas",)
 #: What the first Learn needs (peft, transformers, triton through torch._dynamo).
 LEARNING_MODULES = ("napari_sam_lora.engine.adapters",)
 
@@ -166,6 +172,17 @@ def import_modules(*modules: str) -> None:
     with paused_collection():
         for name in missing:
             importlib.import_module(name)
+
+
+def prepare_panel() -> None:
+    """Import what the panel's first layers need (pandas); run on a worker at dock open."""
+    import_modules(*PANEL_MODULES)
+
+
+def panel_job() -> Iterator[None]:
+    """:func:`prepare_panel` as a job for ``_qt.threading.start_job`` (yields nothing)."""
+    prepare_panel()
+    yield from ()
 
 
 def prepare_engine() -> None:

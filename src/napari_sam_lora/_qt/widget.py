@@ -188,6 +188,8 @@ class SamLoraWidget(QWidget):
         self._connect()
         self._on_image_changed()
         _LIVE.add(self)
+        # pandas (the prompt layers' features) on a worker now, not at the first click
+        self._panel_imports = _threading.start_job(_imports.panel_job)
 
     @property
     def sessions(self) -> SessionCache:
