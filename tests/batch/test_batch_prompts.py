@@ -11,6 +11,7 @@ from napari_sam_lora.batch import outputs
 from napari_sam_lora.batch.prompts import match_seeds, read_points_table
 from napari_sam_lora.batch.stack import PointRow, point_prompts, resolve_start, seed_prompts
 from napari_sam_lora.data.readers import open_stack
+from napari_sam_lora.engine.atomic import write_files
 from napari_sam_lora.engine.errors import PromptError
 
 GEOMETRY = {"a": (4, (64, 80)), "b": (2, (32, 32))}
@@ -119,7 +120,7 @@ def test_labels_written_atomically_and_read_back(tmp_path):
             raise RuntimeError("disk full")
 
         with pytest.raises(RuntimeError, match="disk full"):
-            outputs.write_atomic(path, half_then_fail)
+            write_files({path: half_then_fail})
         assert np.array_equal(np.asarray(open_stack(path)[...]), labels)
     attrs = json.loads((tmp_path / "s0_labels.ome.zarr" / ".zattrs").read_text())
     (multiscale,) = attrs["multiscales"]

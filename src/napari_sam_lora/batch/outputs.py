@@ -1,12 +1,11 @@
 """Batch outputs: labels images (OME-Zarr or TIFF), the manifest and the summary table.
 
-Files (TIFF labels, ``manifest.json``, ``summary.csv``) go through the project's one atomic
-writer, :func:`napari_sam_lora.engine.atomic.write_files`. An OME-Zarr output is a folder,
-which that writer does not handle: :func:`write_atomic` writes it under a temporary name
-in the same folder and moves it into place with ``os.replace``. Either way a reader (or a
-resumed run) sees the old complete output or the new complete one, never half of one.
-Leftover temporary names of an interrupted run start with ``.`` and contain ``.tmp-``;
-:func:`remove_partials` deletes them.
+Every output — TIFF labels, OME-Zarr labels (a folder), ``manifest.json``, ``summary.csv``
+— goes through the project's one atomic writer,
+:func:`napari_sam_lora.engine.atomic.write_files`: written under a temporary name in the
+same folder, ``fsync``-ed, renamed into place. A reader (or a resumed run) sees the old
+complete output or the new complete one, never half of one. Leftover temporary names of an
+interrupted run start with ``.`` and contain ``.tmp-``; :func:`remove_partials` deletes them.
 """
 
 from __future__ import annotations
@@ -16,9 +15,7 @@ import hashlib
 import io
 import json
 import os
-import shutil
-import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +53,6 @@ SUMMARY_COLUMNS = (
     "worker",
     "peak_mb",
 )
-_TMP = ".tmp-"
 
 
 def output_path(output_dir: str | os.PathLike[str], name: str, fmt: str) -> Path:
@@ -64,55 +60,11 @@ def output_path(output_dir: str | os.PathLike[str], name: str, fmt: str) -> Path
     return Path(output_dir) / f"{name}_labels{FORMATS[fmt]}"
 
 
-def _temporary(final: Path) -> Path:
-    return final.parent / f".{final.name}{_TMP}{uuid.uuid4().hex[:8]}"
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink(missing_ok=True)
-
-
-def _replace(tmp: Path, final: Path) -> None:
-    """Move ``tmp`` onto ``final`` (a file or a folder) in one rename where possible."""
-    if final.is_dir() and not final.is_symlink():  # rename cannot replace a non-empty folder
-        old = _temporary(final)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        _remove(old)
-    else:
-        os.replace(tmp, final)
-
-
-def write_atomic(final: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` for a temporary sibling of ``final``, then move it into place.
-
-    For folders (zarr); single files go through :func:`~napari_sam_lora.engine.atomic.write_files`.
-
-    On any error the temporary output is removed and ``final`` is left as it was.
-    """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(final)
-    try:
-        write(tmp)
-        _replace(tmp, final)
-    except BaseException:
-        _remove(tmp)
-        raise
-    return final
-
-
 def remove_partials(output_dir: str | os.PathLike[str]) -> list[Path]:
     """Delete temporary outputs an interrupted run left in ``output_dir``; return them."""
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir() if p.name.startswith(".") and _TMP in p.name]
-    for path in found:
-        _remove(path)
-    return found
+    from napari_sam_lora.engine.atomic import remove_temps
+
+    return remove_temps(output_dir)
 
 
 # --------------------------------------------------------------------------- labels
@@ -140,15 +92,15 @@ def write_labels(
     attrs : mapping, optional
         Extra JSON attributes (model, adapters...) stored under ``"napari-sam-lora"``.
     """
-    final = Path(path)
-    if fmt == "ome-zarr":
-        return write_atomic(final, lambda tmp: _write_ome_zarr(labels, tmp, axis, attrs or {}))
-    if fmt == "tiff":
-        from napari_sam_lora.engine.atomic import write_files
+    from napari_sam_lora.engine.atomic import write_files
 
-        write_files({final: lambda tmp: _write_tiff(labels, tmp, axis, attrs or {})})
-        return final
-    raise ValueError(f"unknown output format {fmt!r}; choose {' or '.join(FORMATS)}")
+    writers = {"ome-zarr": _write_ome_zarr, "tiff": _write_tiff}
+    if fmt not in writers:
+        raise ValueError(f"unknown output format {fmt!r}; choose {' or '.join(FORMATS)}")
+    final = Path(path)
+    write = writers[fmt]
+    write_files({final: lambda tmp: write(labels, tmp, axis, attrs or {})})
+    return final
 
 
 def ome_metadata(ndim: int, axis: str = "t", name: str = "labels") -> dict[str, Any]:

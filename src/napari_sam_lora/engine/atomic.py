@@ -10,6 +10,13 @@ fine-tuning checkpoints and metrics, manifests and label outputs are written the
 3. on any failure every temporary file is removed and a :class:`~.errors.WriteError` names
    the file and what to do (disk full, read-only folder, a file where a folder should be).
 
+A target may also be a **folder** (a zarr / OME-Zarr store): its writer fills a temporary
+folder beside the target, every file in it is ``fsync``-ed, and it is renamed into place.
+``rename`` cannot replace a non-empty folder, so an existing one is first moved aside and
+removed once the whole set is in place; a process killed between those two renames leaves
+the old folder under a temporary name (removed by :func:`remove_temps`) — or, with
+``keep_previous=True``, as :func:`previous_path` — and no target.
+
 With ``keep_previous=True`` each existing target is first hard-linked to
 :func:`previous_path` and those links are removed once the whole new set is in place: a
 process killed *between* two renames leaves, for every file, either the new version or the
@@ -34,9 +41,18 @@ from typing import Union
 
 from napari_sam_lora.engine.errors import WriteError
 
-__all__ = ["Content", "FileSet", "atomic_files", "previous_path", "temp_paths", "write_files"]
+__all__ = [
+    "Content",
+    "FileSet",
+    "atomic_files",
+    "previous_path",
+    "remove_temps",
+    "temp_paths",
+    "write_files",
+]
 
-#: What a file of the set holds: bytes, text (UTF-8), or a callable writing the given path.
+#: What a file of the set holds: bytes, text (UTF-8), or a callable writing the given path
+#: (a file, or a folder such as a zarr store).
 Content = Union[bytes, str, Callable[[Path], object]]  # noqa: UP007 (runtime alias)
 
 _TEMP_MARK = ".tmp-"
@@ -49,11 +65,23 @@ def previous_path(path: str | os.PathLike[str]) -> Path:
 
 
 def temp_paths(folder: str | os.PathLike[str]) -> list[Path]:
-    """Temporary files of this module left in ``folder`` (by a killed process)."""
+    """Temporary files and folders of this module left in ``folder`` (by a killed process)."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.name.startswith(".") and _TEMP_MARK in p.name)
+
+
+def remove_temps(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete :func:`temp_paths` of ``folder`` (files and folders); return what was removed.
+
+    Only for folders no other process is writing to at the same time: a temporary entry of
+    a write in progress elsewhere would be removed too.
+    """
+    found = temp_paths(folder)
+    for path in found:
+        _remove(path)
+    return found
 
 
 def write_error(path: Path, exc: OSError) -> WriteError:
@@ -117,10 +145,10 @@ class FileSet:
         return temp
 
     def drop(self, target: str | os.PathLike[str]) -> None:
-        """Leave ``target`` out of the set (its temporary file is removed)."""
+        """Leave ``target`` out of the set (its temporary file or folder is removed)."""
         temp = self._staged.pop(Path(target), None)
         if temp is not None:
-            temp.unlink(missing_ok=True)
+            _remove(temp)
 
     def add(self, target: str | os.PathLike[str], content: Content) -> None:
         """Write ``content`` to ``target``'s temporary file now (fsync-ed)."""
@@ -128,9 +156,9 @@ class FileSet:
         try:
             if callable(content):
                 content(temp)
-                if not temp.is_file():
+                if not (temp.is_file() or temp.is_dir()):
                     raise WriteError(f"the writer for {target} wrote nothing")
-                _fsync_file(temp)
+                _fsync_tree(temp)
             else:
                 data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
                 with open(temp, "wb") as handle:
@@ -147,28 +175,40 @@ class FileSet:
             raise
 
     def commit(self) -> list[Path]:
-        """Rename every staged file over its target; return the targets."""
+        """Rename every staged file (or folder) over its target; return the targets."""
         targets = list(self._staged)
-        kept: dict[Path, Path] = {}
+        kept: dict[Path, Path] = {}  # target -> its old version, until the set is in place
         replaced: list[Path] = []
         try:
             for target, temp in self._staged.items():
-                if not temp.is_file():
+                if not (temp.is_file() or temp.is_dir()):
                     raise WriteError(f"nothing was written for {target}")
-                _fsync_file(temp)
-            if self.keep_previous:
-                for target in targets:
-                    if target.is_file():
-                        kept[target] = _link_previous(target)
+                if target.exists() and _is_folder(target) != temp.is_dir():
+                    what = "a folder" if _is_folder(target) else "a file"
+                    raise WriteError(
+                        f"could not write {target}: it is {what} of another kind than the "
+                        "output; remove it or choose another path (nothing was replaced)"
+                    )
+                _fsync_tree(temp)
+            for target in targets:
+                if _is_folder(target):  # a rename cannot replace a non-empty folder
+                    kept[target] = self._move_aside(target)
+                elif self.keep_previous and target.is_file():
+                    kept[target] = _link_previous(target)
             for target, temp in self._staged.items():
                 os.replace(temp, target)
                 replaced.append(target)
         except OSError as exc:
             for target in replaced:  # put the old set back where we can
                 if target in kept:
+                    if _is_folder(target):
+                        _remove(target)
                     os.replace(kept.pop(target), target)
-            for backup in kept.values():
-                backup.unlink(missing_ok=True)
+            for target, old in kept.items():
+                if _is_folder(old) and not target.exists():
+                    os.replace(old, target)  # a folder moved aside and not yet replaced
+                else:
+                    _remove(old)
             failed = next((t for t, tmp in self._staged.items() if tmp.exists()), targets[0])
             self.discard()
             if isinstance(exc, WriteError):
@@ -176,16 +216,26 @@ class FileSet:
             raise write_error(failed, exc) from exc
         for folder in {t.parent for t in targets}:
             _fsync_dir(folder)
-        for backup in kept.values():
-            backup.unlink(missing_ok=True)
+        for old in kept.values():
+            _remove(old)
         self._staged.clear()
         return targets
+
+    def _move_aside(self, target: Path) -> Path:
+        """Rename the folder ``target`` out of the way (see the module docstring)."""
+        if self.keep_previous:
+            aside = previous_path(target)
+            _remove(aside)
+        else:
+            aside = target.with_name(f".{target.name}{_TEMP_MARK}old-{secrets.token_hex(4)}")
+        os.replace(target, aside)
+        return aside
 
     def discard(self) -> None:
         """Remove every temporary file; the targets stay as they were."""
         for temp in self._staged.values():
             with suppress(OSError):
-                temp.unlink(missing_ok=True)
+                _remove(temp)
         self._staged.clear()
 
 
@@ -240,6 +290,30 @@ def _link_previous(target: Path) -> Path:
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
+
+
+def _fsync_tree(path: Path) -> None:
+    """``fsync`` a file, or every file and folder of a folder (deepest first)."""
+    if not path.is_dir():
+        _fsync_file(path)
+        return
+    for root, _, names in os.walk(path, topdown=False):
+        for name in names:
+            file = Path(root, name)
+            if file.is_file() and not file.is_symlink():
+                _fsync_file(file)
+        _fsync_dir(Path(root))
+
+
+def _is_folder(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
+def _remove(path: Path) -> None:
+    if _is_folder(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _fsync_dir(folder: Path) -> None:
