@@ -20,27 +20,21 @@ from qtpy.QtCore import QEvent, Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QDialog,
-    QFormLayout,
     QFrame,
-    QHBoxLayout,
-    QHeaderView,
     QLabel,
     QProgressBar,
     QPushButton,
     QScrollArea,
     QSpinBox,
-    QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
-from superqt import QCollapsible
 
 from napari_sam_lora._qt import _imports
 from napari_sam_lora._qt import threading as _threading
 from napari_sam_lora._qt._annotation_files import AnnotationFilesPanel
 from napari_sam_lora._qt._layer_combo import LayerCombo
+from napari_sam_lora._qt._layout import ShortcutHelp, form, row, section
 from napari_sam_lora._qt._learning import LearningPanel
 from napari_sam_lora._qt._model_combo import MODELS, ModelCombo
 from napari_sam_lora._qt._objects import ObjectList, ObjectRow
@@ -55,7 +49,7 @@ from napari_sam_lora._qt._propagation import (
     propagation_job,
     repropagation_job,
 )
-from napari_sam_lora._qt._shortcuts import bind_shortcuts, shortcut_rows, with_key
+from napari_sam_lora._qt._shortcuts import bind_shortcuts, with_key
 from napari_sam_lora._qt._slot import Activity, JobSlot
 from napari_sam_lora.engine.corrections import merge_object
 from napari_sam_lora.engine.errors import PromptError
@@ -87,67 +81,6 @@ _LIVE: weakref.WeakSet = weakref.WeakSet()
 def live_widgets() -> list[SamLoraWidget]:
     """The SAM2 LoRA dock widgets that are not shut down (one per open dock)."""
     return [w for w in list(_LIVE) if w.life.alive]
-
-
-def section(title: str, content: QWidget, expanded: bool = True) -> QCollapsible:
-    """A collapsible section holding ``content``."""
-    box = QCollapsible(title)
-    box.setDuration(0)
-    box.addWidget(content)
-    if expanded:
-        box.expand(animate=False)
-    else:
-        box.collapse(animate=False)
-    return box
-
-
-def _form(*rows: Any) -> QWidget:
-    widget = QWidget()
-    form = QFormLayout(widget)
-    form.setContentsMargins(4, 2, 4, 2)
-    form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
-    for row in rows:
-        if isinstance(row, tuple):
-            form.addRow(*row)
-        else:
-            form.addRow(row)
-    return widget
-
-
-def row(*widgets: Any) -> QHBoxLayout:
-    """Widgets side by side."""
-    line = QHBoxLayout()
-    line.setContentsMargins(0, 0, 0, 0)
-    for w in widgets:
-        line.addWidget(w)
-    return line
-
-
-class ShortcutHelp(QDialog):
-    """The dock's shortcuts in a table (the help button opens it)."""
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setWindowTitle("SAM2 LoRA shortcuts")
-        rows = shortcut_rows()
-        self.table = QTableWidget(len(rows), 2, self)
-        self.table.setHorizontalHeaderLabels(("key", "action"))
-        self.table.verticalHeader().setVisible(False)
-        for i, (key, text) in enumerate(rows):
-            self.table.setItem(i, 0, QTableWidgetItem(key))
-            self.table.setItem(i, 1, QTableWidgetItem(text))
-        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeToContents)
-        self.table.horizontalHeader().setSectionResizeMode(1, QHeaderView.Stretch)
-        note = QLabel(
-            "The keys work whatever layer is active (none of them is a napari layer key). "
-            "Shift+click in a prompts layer adds a negative click.",
-            self,
-        )
-        note.setWordWrap(True)
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.table)
-        layout.addWidget(note)
-        self.resize(520, 320)
 
 
 class SamLoraWidget(QWidget):
@@ -296,13 +229,13 @@ class SamLoraWidget(QWidget):
             combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
             combo.setMinimumContentsLength(10)
         self.help_button.setMaximumWidth(90)
-        setup = _form(
+        setup = form(
             ("image", self.image_combo),
             (self.axis_label, self.axis_spin),
             ("model", self.model_combo),
             ("device", self.device_combo),
         )
-        prompts = _form(
+        prompts = form(
             self.add_prompts_button,
             ("points", self.points_combo),
             ("boxes", self.shapes_combo),
@@ -313,7 +246,7 @@ class SamLoraWidget(QWidget):
             row(self.reset_object_button, self.reset_all_button),
             self.frame_info,
         )
-        track = _form(
+        track = form(
             ("direction", self.direction_combo),
             ("frames", row(self.from_spin, QLabel("to", self), self.to_spin)),
             self.assist_check,
