@@ -149,12 +149,6 @@ def test_a_removed_layer_frozen_with_the_heap_is_freed(viewer_widget, qtbot, not
     assert ref() is None  # napari layers are reference cycles: frozen, they would stay
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_qt/_annotation_files.py imports engine.adapter_files and engine.session_state "
-    "(torch, SAM2, peft, triton) at module level; remove this mark once they are imported "
-    "where used",
-)
 def test_importing_the_dock_imports_no_engine():
     """Opening the dock must not import torch, SAM2 or peft on the main thread (5 s there:
     measured 'dock' phase of the benchmark); the worker imports them (see _imports)."""

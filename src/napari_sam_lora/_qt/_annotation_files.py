@@ -28,12 +28,12 @@ from napari.layers import Labels
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from napari_sam_lora._qt import threading as _threading
+from napari_sam_lora._qt._imports import prepare_learning
 from napari_sam_lora._qt._propagation import LoadProgress, PropagateRequest, pending_edits
-from napari_sam_lora.engine.adapter_files import adapter_paths
 from napari_sam_lora.engine.errors import PromptError, StackError
-from napari_sam_lora.engine.native import preload_triton
+from napari_sam_lora.engine.file_paths import adapter_paths, state_paths
 from napari_sam_lora.engine.prompts import BoxPrompt, MaskPrompt, PointPrompt
-from napari_sam_lora.engine.session_state import SessionFileError, check_state, state_paths
+from napari_sam_lora.engine.session_state import SessionFileError, check_state
 from napari_sam_lora.layers import (
     EditGroup,
     find_output_layer,
@@ -172,6 +172,7 @@ def restore_apply_job(session: Any, control: Any, base: Path, adapters: Path | N
     :class:`RestoredFrame` per frame, then one :class:`Restored`."""
     names: list[str] = []
     if adapters is not None:
+        prepare_learning()  # peft and triton, here on the worker
         names = list(control.learner_for(session).load(adapters))
     session.restore_state(base)
     learner = control.learner_of(session)
@@ -314,8 +315,6 @@ class AnnotationFilesPanel(QWidget):
             base = session_base(path)
             check_state(base, source.frames, pixels=False)  # instant; the worker reads pixels
             adapters, self._note = saved_adapters(base)
-            if adapters is not None:
-                preload_triton()
         except Exception as exc:
             self._error(exc)
             return False

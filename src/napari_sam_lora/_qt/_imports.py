@@ -23,14 +23,14 @@ them, and the survivors of that collection are frozen again.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import importlib
 import importlib.util
-import os
 import sys
 import threading
 from collections.abc import Iterator
+
+from napari_sam_lora.engine.native import package_file, preload_library, preload_triton
 
 __all__ = [
     "ENGINE_MODULES",
@@ -40,7 +40,6 @@ __all__ = [
     "import_modules",
     "panel_job",
     "paused_collection",
-    "preload_library",
     "prepare_engine",
     "prepare_learning",
     "prepare_panel",
@@ -58,72 +57,14 @@ LEARNING_MODULES = ("napari_sam_lora.engine.adapters",)
 
 _LOCK = threading.RLock()  # one import window at a time (the main thread never waits on it)
 _state = {"thawed": False, "hooked": False, "freezes": 0, "thaws": 0}
-_handles: list[int] = []  # loaded libraries stay loaded (never dlclose'd)
-
-
-def _package_file(package: str, *parts: str) -> str | None:
-    """A file inside an installed package, found without importing the package."""
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.origin:
-        return None
-    path = os.path.join(os.path.dirname(spec.origin), *parts)
-    return path if os.path.exists(path) else None
-
-
-def preload_library(path: str, flags: int | None = None) -> bool:
-    """``dlopen`` a shared library through libc, with the GIL released meanwhile.
-
-    Parameters
-    ----------
-    path : str
-        The library file.
-    flags : int, optional
-        ``dlopen`` flags (default ``RTLD_NOW``).
-
-    Returns
-    -------
-    bool
-        Whether it is loaded (``False`` where libc's ``dlopen`` is not available).
-    """
-    if not sys.platform.startswith("linux"):
-        return False  # macOS and Windows: import as usual (no measured stall there)
-    try:
-        libc = ctypes.CDLL(None)
-        dlopen = libc.dlopen
-    except (OSError, AttributeError):
-        return False
-    dlopen.restype = ctypes.c_void_p
-    dlopen.argtypes = [ctypes.c_char_p, ctypes.c_int]
-    handle = dlopen(os.fsencode(path), os.RTLD_NOW if flags is None else flags)
-    if handle:
-        _handles.append(handle)
-    return bool(handle)
 
 
 def _preload_torch() -> None:
     if "torch" in sys.modules:
         return
-    path = _package_file("torch", "lib", "libtorch_cpu.so")
+    path = package_file("torch", "lib", "libtorch_cpu.so")
     if path is not None:
         preload_library(path)
-
-
-def _preload_triton() -> None:
-    """Load libtriton with ``RTLD_DEEPBIND`` (its LLVM must not bind to the OpenGL driver's;
-    see :func:`napari_sam_lora.engine.native.preload_triton`), then import triton: the
-    engine's own ``preload_triton`` then finds it imported and does nothing, so nothing
-    changes the process-wide dlopen flags while the main thread runs."""
-    deepbind = getattr(os, "RTLD_DEEPBIND", 0)
-    if "triton" in sys.modules or not deepbind:
-        return
-    path = _package_file("triton", "_C", "libtriton.so")
-    if path is None or not preload_library(path, os.RTLD_NOW | deepbind):
-        return
-    with contextlib.suppress(Exception):  # unusable triton: torch copes without it
-        importlib.import_module("triton")
 
 
 def _freeze() -> None:
@@ -200,7 +141,7 @@ def prepare_learning() -> None:
     if all(m in sys.modules for m in LEARNING_MODULES):
         return
     with paused_collection():
-        _preload_triton()
+        preload_triton()
         for name in LEARNING_MODULES:
             importlib.import_module(name)
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from napari_sam_lora._qt._imports import prepare_learning
 from napari_sam_lora._qt._shortcuts import key_of
 from napari_sam_lora.engine.corrections import diff_corrections, merge_object
 from napari_sam_lora.engine.errors import PromptError, SamLoraError, StackError
 from napari_sam_lora.engine.lora_settings import load_settings
-from napari_sam_lora.engine.native import preload_triton
 from napari_sam_lora.layers import (
     StackSource,
     accept_candidate,
@@ -68,6 +68,7 @@ def learn_job(control: LearningControl, session: Any, frame: int, user: np.ndarr
 
     The learner is made here, so the first one's import of peft does not block the viewer.
     """
+    prepare_learning()
     learner = control.learner_for(session)
     report = yield from learner.learn_steps(frame, user)
     yield report
@@ -87,6 +88,7 @@ def load_job(control: LearningControl, session: Any, path: str) -> Generator:
     Loading a file whose content is already loaded adds nothing (the learner recognises
     it); ``Loaded.new`` is then empty.
     """
+    prepare_learning()
     learner = control.learner_for(session)
     before = set(learner.adapter_names())
     names = list(learner.load(path))
@@ -244,7 +246,6 @@ class LearningControl:
         if quiet and np.array_equal(user, model):
             return None
         diff_corrections(frame, model, user, set(ctx.session.object_ids))  # nothing to learn?
-        preload_triton()
         return self, ctx.session, frame, user
 
     def prepare_propose(self, first: int, last: int) -> Context:
@@ -376,9 +377,7 @@ class LearningControl:
 
     def prepare_load(self) -> Any:
         """The session to load adapters for (with :func:`load_job`)."""
-        session = self.context().session
-        preload_triton()
-        return session
+        return self.context().session
 
     def painted_frame(self, layer: Any) -> int | None:
         """The current frame when ``layer`` is the host image's masks layer, else ``None``."""

@@ -43,6 +43,7 @@ from napari_sam_lora.engine.adapters import (
 )
 from napari_sam_lora.engine.atomic import previous_path, write_files
 from napari_sam_lora.engine.errors import SamLoraError
+from napari_sam_lora.engine.file_paths import adapter_paths
 from napari_sam_lora.engine.jsonable import json_default
 from napari_sam_lora.engine.lora_settings import MAX_RANK, LoraSettings
 from napari_sam_lora.engine.native import preload_triton
@@ -88,14 +89,6 @@ def decoder_checksum(decoder: nn.Module) -> str:
         digest.update(f"{key}|{t.dtype}|{tuple(tensors[key].shape)}|".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-def adapter_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """``(<path>.safetensors, <path>.json)`` (a ``.safetensors``/``.json`` suffix is dropped)."""
-    base = Path(path)
-    if base.suffix in (".safetensors", ".json"):
-        base = base.with_suffix("")
-    return base.parent / f"{base.name}.safetensors", base.parent / f"{base.name}.json"
 
 
 def save_adapters(

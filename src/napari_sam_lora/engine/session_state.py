@@ -20,7 +20,7 @@ import numpy as np
 
 from napari_sam_lora.engine.annotations import AnnotationState
 from napari_sam_lora.engine.errors import SamLoraError
-from napari_sam_lora.engine.frames import frame_at
+from napari_sam_lora.engine.file_paths import state_paths
 from napari_sam_lora.engine.prompts import BoxPrompt, MaskPrompt, PointPrompt, Prompt
 
 if TYPE_CHECKING:
@@ -43,18 +43,11 @@ class SessionFileError(SamLoraError):
     """A session file is missing, damaged, or belongs to another stack."""
 
 
-def state_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """``(<path>.session.json, <path>.session.npz)``."""
-    base = Path(path)
-    for suffix in (".json", ".npz", ".session"):
-        if base.name.endswith(suffix):
-            base = base.with_name(base.name[: -len(suffix)])
-    return base.with_name(base.name + ".session.json"), base.with_name(base.name + ".session.npz")
-
-
 def stack_fingerprint(stack: Any) -> str:
     """SHA-256 over a ``(T, H, W[, C])`` stack's geometry and a sample of its pixels (first,
     middle, last frame); reads nothing else of a lazy stack."""
+    from napari_sam_lora.engine.frames import frame_at  # torch: not at import (GUI thread)
+
     num_frames, frame_shape = int(np.shape(stack)[0]), tuple(int(s) for s in np.shape(stack)[1:3])
     digest = hashlib.sha256(f"{num_frames}|{frame_shape}".encode())
     for t in sorted({0, num_frames // 2, num_frames - 1}):
