@@ -48,9 +48,8 @@ def dock(make_napari_viewer, tiny_model, image):
 
 def files_of(widget):
     """The dock's *Save and restore* section."""
-    from napari_sam_lora._qt._annotation_files import AnnotationFilesPanel
 
-    panel = widget.findChild(AnnotationFilesPanel)
+    panel = widget.annotation_files
     assert panel is not None
     return panel
 

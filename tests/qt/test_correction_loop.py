@@ -43,6 +43,10 @@ def test_a_correction_survives_learn_and_propagate(loop_widget, qtbot, notes):
     idle(qtbot, widget)
     assert widget.job.state == "finished" and notes == []
     out = viewer.layers["img masks"]
+    # the prompted frame shows SAM2's mask of the click (not the fresh layer's zeros)
+    assert widget.sessions.session.annotations.source(0, 1) == "prompt"
+    assert (out.data[0] == 1).any()
+    np.testing.assert_array_equal(out.data[0], widget.sessions.session.labels[0])
 
     viewer.dims.set_current_step(0, 5)
     user = out.data[5].copy()

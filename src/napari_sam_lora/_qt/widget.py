@@ -254,12 +254,13 @@ class SamLoraWidget(QWidget):
             self.progress,
         )
         self.learning = LearningPanel(self)
+        self.annotation_files = AnnotationFilesPanel(self)
         self.sections = {
             "setup": section("Image and model", setup),
             "prompts": section("Prompts and objects", prompts),
             "propagate": section("Propagate", track),
             "learn": section("Learn from corrections (LoRA)", self.learning),
-            "files": section("Save and restore", AnnotationFilesPanel(self), expanded=False),
+            "files": section("Save and restore", self.annotation_files, expanded=False),
         }
         content = QWidget(self)
         inner = QVBoxLayout(content)
@@ -745,19 +746,18 @@ class SamLoraWidget(QWidget):
                 self.viewer.layers.remove(output)
 
     def _keep_confirmed(self, output: Any, source: Any, frame: int, labels: Any) -> Any:
-        """The step's labels with the layer's pixels of confirmed (frame, object)s kept."""
+        """The step's labels with every confirmed (frame, object) mask kept exactly as the
+        engine holds it (hand edits became corrections before the run; a fresh masks layer
+        holds nothing yet, so the layer is no source for them)."""
         session = self.sessions.session
         annotations = getattr(session, "annotations", None)
         if annotations is None:
             return labels
-        current = frame_labels(output, source, frame)
-        ids = {int(v) for v in np.unique(current) if v > 0} | {
-            int(v) for v in np.unique(labels) if v > 0
-        }
-        kept = [o for o in sorted(ids) if annotations.is_confirmed(frame, o)]
         out = np.asarray(labels)
-        for obj in kept:
-            out = merge_object(out, obj, current == obj)
+        for _, obj in annotations.confirmed(frame=frame):
+            mask = annotations.confirmed_mask(frame, obj)
+            if mask is not None and mask.shape == out.shape:
+                out = merge_object(out, obj, mask)
         return out
 
     def _on_done(self, state: str) -> None:
