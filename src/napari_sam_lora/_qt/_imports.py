@@ -56,7 +56,7 @@ PANEL_MODULES = ("pandas",)
 LEARNING_MODULES = ("napari_sam_lora.engine.adapters",)
 
 _LOCK = threading.RLock()  # one import window at a time (the main thread never waits on it)
-_state = {"thawed": False, "hooked": False, "freezes": 0, "thaws": 0}
+_gc_window = {"thawed": False, "hooked": False, "freezes": 0, "thaws": 0}
 
 
 def _preload_torch() -> None:
@@ -69,21 +69,21 @@ def _preload_torch() -> None:
 
 def _freeze() -> None:
     gc.freeze()
-    _state["freezes"] += 1
-    _state["thawed"] = False
+    _gc_window["freezes"] += 1
+    _gc_window["thawed"] = False
 
 
 def _refreeze(phase: str, info: dict) -> None:
     """gc callback: after the first full collection since :func:`thaw`, freeze the
     survivors again (they are all reachable, so nothing collectable gets pinned)."""
-    if phase == "stop" and info.get("generation") == 2 and _state["thawed"]:
+    if phase == "stop" and info.get("generation") == 2 and _gc_window["thawed"]:
         _freeze()
 
 
 def freezes() -> int:
     """How many times the heap was frozen so far: an object that existed when this was
     ``n`` is frozen (until :func:`thaw`) if it is now larger than ``n``."""
-    return int(_state["freezes"])
+    return int(_gc_window["freezes"])
 
 
 @contextlib.contextmanager
@@ -91,15 +91,15 @@ def paused_collection() -> Iterator[None]:
     """No automatic garbage collection inside; everything alive at the end is frozen
     (unless :func:`thaw` was called meanwhile: then the next full collection freezes)."""
     with _LOCK:
-        if not _state["hooked"]:
+        if not _gc_window["hooked"]:
             gc.callbacks.append(_refreeze)
-            _state["hooked"] = True
-        enabled, thaws = gc.isenabled(), _state["thaws"]
+            _gc_window["hooked"] = True
+        enabled, thaws = gc.isenabled(), _gc_window["thaws"]
         gc.disable()
         try:
             yield
         finally:
-            if _state["thaws"] == thaws:
+            if _gc_window["thaws"] == thaws:
                 _freeze()
             if enabled:
                 gc.enable()
@@ -150,14 +150,14 @@ def thaw() -> None:
     """Give every frozen object back to the collector (a layer or a session that existed
     at the last freeze was dropped: its memory must be freeable); the survivors of the
     next full collection are frozen again. Cheap; never waits for an import."""
-    _state["thaws"] += 1
-    _state["thawed"] = True
+    _gc_window["thaws"] += 1
+    _gc_window["thawed"] = True
     if gc.get_freeze_count():
         gc.unfreeze()
 
 
 def reset() -> None:
     """Unfreeze everything and freeze nothing later (until the next import window)."""
-    _state["thaws"] += 1
-    _state["thawed"] = False
+    _gc_window["thaws"] += 1
+    _gc_window["thawed"] = False
     gc.unfreeze()
