@@ -30,6 +30,7 @@ from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QVBoxL
 from napari_sam_lora._qt import threading as _threading
 from napari_sam_lora._qt._imports import prepare_learning
 from napari_sam_lora._qt._propagation import LoadProgress, PropagateRequest, pending_edits
+from napari_sam_lora._qt._slot import PanelJobs
 from napari_sam_lora.engine.errors import PromptError, StackError
 from napari_sam_lora.engine.file_paths import adapter_paths, state_paths
 from napari_sam_lora.engine.prompts import BoxPrompt, MaskPrompt, PointPrompt
@@ -203,7 +204,7 @@ class _Restore:
     session: Any = None
 
 
-class AnnotationFilesPanel(QWidget):
+class AnnotationFilesPanel(PanelJobs, QWidget):
     """Save the annotation state and adapters; restore them on the same stack.
 
     Parameters
@@ -348,18 +349,6 @@ class AnnotationFilesPanel(QWidget):
         host.points_combo.set_layer(points)  # the dock styles and watches them
         host.shapes_combo.set_layer(shapes)
         return [x for x in (points, shapes) if not any(same_layer(x, y) for y in before)]
-
-    def _start(self, kind: str, fn: Any, *args: Any) -> bool:
-        self._kind = kind
-        try:
-            self.job = self.host.slot.start(
-                kind, fn, *args, on_yield=self._on_yield, on_done=self._on_done
-            )
-        except Exception as exc:
-            self._error(exc)
-            return False
-        self.host.life.job = self.job
-        return True
 
     def _on_slot(self, kind: str, running: bool) -> None:
         if self.host.life.alive:

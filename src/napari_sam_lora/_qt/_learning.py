@@ -40,7 +40,7 @@ from napari_sam_lora._qt._learning_control import (
 )
 from napari_sam_lora._qt._loss_plot import LossPlot
 from napari_sam_lora._qt._shortcuts import key_of, with_key
-from napari_sam_lora._qt._slot import Activity
+from napari_sam_lora._qt._slot import Activity, PanelJobs
 from napari_sam_lora.engine.errors import PromptError
 from napari_sam_lora.engine.lora_settings import available_presets, load_settings
 from napari_sam_lora.layers import candidate_layers, find_output_layer, is_candidate_layer
@@ -63,7 +63,7 @@ AUTO_ACCEPT_TIP = (
 )
 
 
-class LearningPanel(QWidget):
+class LearningPanel(PanelJobs, QWidget):
     """Learn, Propose, Accept/Reject, Save/Load adapters; progress, loss/IoU plot, status.
 
     Parameters
@@ -412,17 +412,6 @@ class LearningPanel(QWidget):
             self.control.set_preset(self.preset_combo.currentText())
         except Exception as exc:
             self._error(exc)
-
-    def _start(self, kind: str, fn: Any, *args: Any) -> None:
-        self._kind = kind
-        try:
-            self.job = self.host.slot.start(
-                kind, fn, *args, on_yield=self._on_yield, on_done=self._on_done
-            )
-        except Exception as exc:
-            self._error(exc)
-            return
-        self.host.life.job = self.job
 
     def _on_slot(self, kind: str, running: bool) -> None:
         if not self.host.life.alive:

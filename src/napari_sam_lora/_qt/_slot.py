@@ -118,3 +118,32 @@ class JobSlot:
             return False
         self.job.cancel()
         return True
+
+
+class PanelJobs:
+    """Mixin for the dock's panels: start a job on the dock's one slot.
+
+    The panel has ``host`` (the dock), ``_on_yield``, ``_on_done`` and ``_error``; its
+    :meth:`_start` records the job in ``job`` and the dock's lifecycle, and reports a
+    refused start (another job running) through ``_error``.
+    """
+
+    host: Any
+    job: Any
+    _kind: str
+
+    def _start(self, kind: str, fn: Callable[..., Generator], *args: Any) -> bool:
+        self._kind = kind
+        try:
+            self.job = self.host.slot.start(
+                kind,
+                fn,
+                *args,
+                on_yield=self._on_yield,  # type: ignore[attr-defined]
+                on_done=self._on_done,  # type: ignore[attr-defined]
+            )
+        except Exception as exc:
+            self._error(exc)  # type: ignore[attr-defined]
+            return False
+        self.host.life.job = self.job
+        return True
