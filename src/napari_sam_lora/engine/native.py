@@ -76,15 +76,12 @@ def preload_triton() -> None:
     if not deepbind or "triton" in sys.modules:
         return
     path = package_file("triton", "_C", "libtriton.so")
-    if path is None or not preload_library(path, os.RTLD_NOW | deepbind):
-        # no libc dlopen here: the process-wide flags, briefly (as before)
-        flags = sys.getdlopenflags()
+    preloaded = path is not None and preload_library(path, os.RTLD_NOW | deepbind)
+    flags = sys.getdlopenflags()
+    if not preloaded:  # no libc dlopen here: the process-wide flags, briefly
         sys.setdlopenflags(flags | deepbind)
-        try:
-            with contextlib.suppress(Exception):
-                importlib.import_module("triton")
-        finally:
-            sys.setdlopenflags(flags)
-        return
-    with contextlib.suppress(Exception):  # unusable triton: torch copes without it
-        importlib.import_module("triton")
+    try:
+        with contextlib.suppress(Exception):  # unusable triton: torch copes without it
+            importlib.import_module("triton")
+    finally:
+        sys.setdlopenflags(flags)
