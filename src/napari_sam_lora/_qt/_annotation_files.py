@@ -15,7 +15,6 @@ take one directly).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Generator
@@ -33,6 +32,7 @@ from napari_sam_lora._qt._propagation import LoadProgress, PropagateRequest, pen
 from napari_sam_lora._qt._slot import PanelJobs
 from napari_sam_lora.engine.errors import PromptError, StackError
 from napari_sam_lora.engine.file_paths import adapter_paths, state_paths
+from napari_sam_lora.engine.models import file_sha256
 from napari_sam_lora.engine.prompts import BoxPrompt, MaskPrompt, PointPrompt
 from napari_sam_lora.engine.session_state import SessionFileError, check_state
 from napari_sam_lora.layers import (
@@ -98,13 +98,9 @@ def save_job(
     paths = list(session.save_state(base))
     adapters: list[Path] = []
     if learner is not None and learner.adapter_names():
-        tag = {"session": paths[0].name, "session_sha256": _digest(paths[0])}
+        tag = {"session": paths[0].name, "session_sha256": file_sha256(paths[0])}
         adapters = [Path(p) for p in learner.save(base, tag)]
     yield Saved(paths, adapters, corrected)
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def saved_adapters(base: Path) -> tuple[Path | None, str]:
@@ -121,7 +117,7 @@ def saved_adapters(base: Path) -> tuple[Path | None, str]:
         tag = json.loads(settings.read_text("utf-8")).get("metadata", {}).get("session_sha256")
     except (OSError, ValueError, AttributeError):
         tag = None  # the loader names what is wrong with it
-    if tag is not None and tag != _digest(state_paths(base)[0]):
+    if tag is not None and tag != file_sha256(state_paths(base)[0]):
         return None, f"{weights.name} belongs to an earlier save: adapters not loaded"
     return weights, ""
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_sam_lora.engine.models import file_sha256
+
 __all__ = [
     "FORMATS",
     "MANIFEST_NAME",
@@ -171,7 +173,7 @@ def fingerprint_path(path: str | os.PathLike[str]) -> str:
 
 def fingerprint_bytes(path: str | os.PathLike[str]) -> str:
     """sha256 of a file's content (adapter files: small, and copied around)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return file_sha256(Path(path))
 
 
 # --------------------------------------------------------------------------- manifest

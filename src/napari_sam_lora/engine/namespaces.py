@@ -7,7 +7,6 @@ removed, so learners sharing a model never collide.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import re
@@ -18,6 +17,7 @@ import torch
 
 from napari_sam_lora.engine.adapter_files import adapter_paths
 from napari_sam_lora.engine.adapters import adapter_names
+from napari_sam_lora.engine.models import file_sha256
 
 __all__ = ["claim_namespace", "content_digest", "free_names", "release_namespace"]
 
@@ -53,7 +53,7 @@ def content_digest(path: str | Path) -> str | None:
     """SHA-256 of an adapter file's tensors (``None`` when unreadable: load reports it)."""
     st_path = adapter_paths(path)[0]
     try:
-        return hashlib.sha256(st_path.read_bytes()).hexdigest()
+        return file_sha256(st_path)
     except OSError:
         return None
 
