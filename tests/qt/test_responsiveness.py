@@ -162,26 +162,6 @@ def test_importing_the_dock_imports_no_engine():
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
 
 
-def test_in_turns_runs_one_step_per_event_loop_turn(qtbot, notes):
-    from qtpy.QtCore import QTimer
-
-    from napari_sam_lora._qt.threading import in_turns
-
-    order: list[str] = []
-    done: list[bool] = []
-    in_turns([lambda i=i: order.append(f"step{i}") for i in range(3)], lambda: done.append(True))
-    assert order == []  # nothing in the caller's turn
-    # an event posted after the chain started runs between its steps, not after all
-    QTimer.singleShot(0, lambda: order.append("other"))
-    qtbot.waitUntil(lambda: done == [True], timeout=5000)
-    assert order.index("other") < order.index("step2") and order.count("other") == 1
-    assert [x for x in order if x != "other"] == ["step0", "step1", "step2"]
-    stopped: list[int] = []
-    in_turns([lambda: stopped.append(1), lambda: stopped.append(2)], alive=lambda: not stopped)
-    qtbot.wait(100)
-    assert stopped == [1] and notes == []
-
-
 def test_dock_imports_pandas_on_a_worker(make_napari_viewer, qtbot, monkeypatch, notes):
     threads: list[bool] = []
     monkeypatch.setattr(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator
 from typing import Any
 
 from napari.qt.threading import thread_worker
@@ -19,7 +19,7 @@ from superqt.utils import GeneratorWorker
 
 from napari_sam_lora.engine.errors import SamLoraError
 
-__all__ = ["Job", "describe_error", "in_turns", "notify_error", "start_job"]
+__all__ = ["Job", "describe_error", "notify_error", "start_job"]
 
 logger = logging.getLogger(__name__)
 
@@ -210,46 +210,3 @@ def start_job(
     worker.finished.connect(_finished)
     worker.start()
     return job
-
-
-def in_turns(
-    steps: Iterable[Callable[[], Any]],
-    on_done: Callable[[], None] | None = None,
-    alive: Callable[[], bool] | None = None,
-) -> None:
-    """Run main-thread ``steps`` one per event-loop turn (paints and input in between).
-
-    For work that must run on the main thread but is long as a whole, e.g. adding several
-    napari layers (each takes 0.1-0.3 s: adding four in one turn stalls the viewer ~1 s).
-    The first step runs in the next turn; an error in a step is shown and stops the rest.
-
-    Parameters
-    ----------
-    steps : iterable of callable
-        Called without arguments, in order.
-    on_done : callable, optional
-        Called after the last step (also when there is none).
-    alive : callable, optional
-        Checked before each step; once it returns False the remaining steps (and
-        ``on_done``) are skipped, e.g. ``lambda: widget.life.alive``.
-    """
-    from qtpy.QtCore import QTimer
-
-    pending = iter(list(steps))
-
-    def turn() -> None:
-        if alive is not None and not alive():
-            return
-        step = next(pending, None)
-        if step is None:
-            if on_done is not None:
-                on_done()
-            return
-        try:
-            step()
-        except Exception as exc:  # a step's failure ends the chain, visibly
-            notify_error(exc)
-            return
-        QTimer.singleShot(0, turn)
-
-    QTimer.singleShot(0, turn)
