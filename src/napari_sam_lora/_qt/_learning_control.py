@@ -23,11 +23,11 @@ from napari_sam_lora.layers import (
     add_candidate_layer,
     candidate_layers,
     candidate_of,
+    drop_candidate_frames,
     find_output_layer,
     frame_labels,
     is_candidate_layer,
     output_labels_layer,
-    plane_index,
     reject_candidate,
     same_layer,
     stack_from_image_layer,
@@ -133,10 +133,7 @@ def _has_adapters(learner: Any) -> bool:
 def keeps_frame(annotations: Any, frame: int, obj_id: int) -> bool:
     """Whether an accept leaves ``frame`` alone for ``obj_id`` (the user confirmed it; an
     automatic accept does not count)."""
-    return annotations is not None and (
-        annotations.is_confirmed(frame, obj_id)
-        and annotations.source(frame, obj_id) != "auto_accepted"
-    )
+    return annotations is not None and annotations.kept_by_accepts(frame, obj_id)
 
 
 class LearningControl:
@@ -401,35 +398,3 @@ class LearningControl:
         except Exception:  # unsupported image: the actions will say why
             return 1, 0
         return source.num_frames, source.current_frame
-
-
-def drop_candidate_frames(viewer: Any, layer: Any, source: StackSource, frames: list[int]) -> None:
-    """Take accepted ``frames`` out of a candidate layer (the layer goes when none is left).
-
-    Mirrors what :func:`napari_sam_lora.layers.accept_candidate` does after a manual accept.
-    """
-    info = layer.metadata["napari_sam_lora"]
-    gone = {int(f) for f in frames}
-    remaining = [f for f in info["frames"] if f not in gone]
-    if not remaining:
-        for existing in list(viewer.layers):
-            if same_layer(existing, layer):
-                viewer.layers.remove(existing)
-        return
-    keep = [i for i, f in enumerate(info["frames"]) if f not in gone]
-    data = layer.data
-    for frame in gone & set(info["frames"]):
-        data[plane_index(layer, source, frame)] = 0
-    layer.metadata = {
-        **layer.metadata,
-        "napari_sam_lora": {
-            **info,
-            "frames": remaining,
-            **{
-                key: [info[key][i] for i in keep if i < len(info[key])]
-                for key in ("confidences", "estimated_ious")
-                if key in info
-            },
-        },
-    }
-    layer.refresh()

@@ -106,6 +106,12 @@ class AnnotationState:
         entry = self.entry(frame, obj_id)
         return bool(entry and entry.confirmed)
 
+    def kept_by_accepts(self, frame: int, obj_id: int) -> bool:
+        """Whether an accept leaves the mask of ``obj_id`` on ``frame`` alone: the user
+        confirmed it (an automatic accept does not count; a better candidate may replace it)."""
+        entry = self.entry(frame, obj_id)
+        return bool(entry and entry.confirmed and entry.source != "auto_accepted")
+
     def confirmed_mask(self, frame: int, obj_id: int) -> np.ndarray | None:
         """The confirmed mask (``None`` when not confirmed)."""
         entry = self.entry(frame, obj_id)

@@ -359,21 +359,27 @@ class Learner:
         with self.session.exclusive():
             for obj_id in ids:
                 records = [r for f in wanted if (r := self.session.decoder_inputs(f, obj_id))]
+                references = [self.reference_mask(r.frame, obj_id) for r in records]
                 for name in self.pools[obj_id].names:
                     if records:
-                        candidates.append(self._candidate(obj_id, name, records))
+                        candidates.append(self._candidate(obj_id, name, records, references))
             self._base_mode()
         return sorted(candidates, key=lambda c: c.estimated_iou, reverse=True)
 
-    def _candidate(self, obj_id: int, name: str, records: list[DecoderInputs]) -> Candidate:
+    def _candidate(
+        self,
+        obj_id: int,
+        name: str,
+        records: list[DecoderInputs],
+        references: list[np.ndarray | None],
+    ) -> Candidate:
         proposals = [propose(self.decoder, name, r) for r in records]
         masks = np.stack([self._full_res(p) for p in proposals])
         confidences = np.array([p.confidence for p in proposals], dtype=np.float32)
-        raw = [
-            raw_score(p, self.reference_mask(r.frame, obj_id))
-            for p, r in zip(proposals, records, strict=True)
-        ]
-        raw = np.asarray(raw, dtype=np.float32)
+        raw = np.array(
+            [raw_score(p, ref) for p, ref in zip(proposals, references, strict=True)],
+            dtype=np.float32,
+        )
         estimated = np.asarray(self.pools[obj_id].estimate_ious(raw), dtype=np.float32)
         frames = [r.frame for r in records]
         return Candidate(obj_id, name, frames, masks, confidences, estimated, raw)
@@ -426,9 +432,7 @@ class Learner:
         skipped = [
             f
             for f in chosen
-            if not overwrite_confirmed
-            and annotations.is_confirmed(f, candidate.obj_id)
-            and annotations.source(f, candidate.obj_id) != "auto_accepted"
+            if not overwrite_confirmed and annotations.kept_by_accepts(f, candidate.obj_id)
         ]
         pool = self._pool(candidate.obj_id)
         corrections = []
@@ -505,13 +509,10 @@ class Learner:
                 key = (candidate.obj_id, frame)
                 if estimate >= bar and estimate > best.get(key, (-1.0, -1))[0]:
                     best[key] = (estimate, index)
-        annotations = self.session.annotations
         chosen: dict[int, list[int]] = {}
         for (obj_id, frame), (_, index) in sorted(best.items()):
-            confirmed = annotations.is_confirmed(frame, obj_id)
-            if confirmed and annotations.source(frame, obj_id) != "auto_accepted":
-                continue
-            chosen.setdefault(index, []).append(frame)
+            if not self.session.annotations.kept_by_accepts(frame, obj_id):
+                chosen.setdefault(index, []).append(frame)
         return [
             (pool[index], self.accept(pool[index], frames=picked, source="auto_accepted"))
             for index, picked in sorted(chosen.items())

@@ -34,6 +34,7 @@ __all__ = [
     "add_candidate_layer",
     "candidate_layers",
     "candidate_of",
+    "drop_candidate_frames",
     "frame_labels",
     "is_candidate_layer",
     "reject_candidate",
@@ -275,20 +276,25 @@ def accept_candidate(
     with labels_layer.block_history():  # every frame in one undo step
         for frame, labels in merged.items():
             write_frame(labels_layer, source, frame, labels)
-    _drop_frames(viewer, candidate_layer, source, chosen)
+    drop_candidate_frames(viewer, candidate_layer, source, chosen)
     return chosen
 
 
-def _drop_frames(viewer: Any, layer: Labels, source: StackSource, frames: list[int]) -> None:
+def drop_candidate_frames(
+    viewer: Any, layer: Labels, source: StackSource, frames: list[int]
+) -> None:
+    """Take accepted ``frames`` out of a candidate layer: their planes are cleared and
+    their confidences dropped; the layer goes when no frame is left (with a ``viewer``)."""
     info = layer.metadata[METADATA_KEY]
-    remaining = [f for f in info["frames"] if f not in set(frames)]
+    gone = {int(f) for f in frames} & set(info["frames"])
+    remaining = [f for f in info["frames"] if f not in gone]
     if not remaining and viewer is not None:
         _remove(viewer, layer)
         return
     confidences = dict(zip(info["frames"], info.get("confidences", []), strict=False))
     estimated = dict(zip(info["frames"], info.get("estimated_ious", []), strict=False))
     data = layer.data
-    for frame in frames:
+    for frame in gone:
         data[plane_index(layer, source, frame)] = 0
     layer.metadata = {
         **layer.metadata,
