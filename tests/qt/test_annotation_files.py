@@ -272,7 +272,7 @@ def test_adapters_left_by_an_earlier_save_are_not_the_sessions(tmp_path):
     import hashlib
     import json
 
-    from napari_sam_lora._qt._annotation_files import saved_adapters, session_base
+    from napari_sam_lora._qt._session_files import saved_adapters, session_base
 
     assert session_base(tmp_path / "a.session.json") == tmp_path / "a"
     assert session_base(tmp_path / "a.session.npz") == tmp_path / "a"
