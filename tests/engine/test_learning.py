@@ -258,7 +258,7 @@ def test_adapter_assisted_propagation_uses_confident_adapter(disk):
     learner = Learner(session, "strong", assist_margin=0.1)
     learner.learn(2, corrected(session, 2, truth[2]))
     base = [iou(session.labels[t] == 1, truth[t]) for t in (3, 4, 5)]
-    steps = list(learner.propagate_steps("forward", frame_range=(3, 5)))
+    steps = list(session.propagate_steps("forward", (3, 5), assist=learner.assist_hook()))
     assisted = [iou(session.labels[t] == 1, truth[t]) for t in (3, 4, 5)]
     assert [s.frame for s in steps] == [3, 4, 5]
     assert set(learner.adapter_frames) == {3, 4, 5}

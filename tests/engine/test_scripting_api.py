@@ -108,9 +108,9 @@ def test_assisted_propagation_marks_adapter_frames(tiny_model):
     session, truth = _tracked(tiny_model)
     with Learner(session, "strong", assist_margin=0.0) as learner:
         learner.learn(2, _fixed(session, 2, truth[2]))
-        learner.propagate_all("forward")
+        session.propagate_all("forward", assist=learner.assist_hook())
         made = session.annotations.frames_with("adapter", 1)
         assert sorted(learner.adapter_frames) == made
         assert 2 not in made and 0 not in made  # confirmed frames are never adapter-made
-        learner.propagate_all("forward", assist=False)
+        session.propagate_all("forward")
         assert session.annotations.frames_with("adapter", 1) == []

@@ -187,6 +187,6 @@ def segment_stack(
     with Learner(session) as learner:  # closing takes its adapters off the shared decoder
         for path in adapters:
             learner.load(path)
-        labels = learner.propagate_all(direction, frame_range)
+        labels = session.propagate_all(direction, frame_range, learner.assist_hook())
         made = {int(f): sorted(int(i) for i in ids) for f, ids in learner.adapter_frames.items()}
     return StackResult(np.asarray(labels, dtype=np.int32).copy(), object_ids, made)

@@ -20,7 +20,7 @@ user explicitly resets the object. Model-made masks are rewritten by every propa
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -33,12 +33,14 @@ MODEL_SOURCES = frozenset({"sam2", "adapter"})
 
 @dataclass
 class Entry:
-    """One (frame, object): its source, its mask when confirmed, the adapter that made it."""
+    """One (frame, object): its source, its mask when confirmed, the adapter that made it,
+    and (for a correction) whether an adapter learned from it."""
 
     source: str
     mask: np.ndarray | None = None
     adapter: str | None = None
     order: int = 0
+    learned: bool = False
 
     @property
     def confirmed(self) -> bool:
@@ -57,6 +59,23 @@ class AnnotationState:
         return len(self._entries)
 
     # -- writing ---------------------------------------------------------------------------
+    def make_entry(
+        self, source: str, mask: np.ndarray | None, adapter: str | None = None
+    ) -> Entry:
+        """A new entry, ordered after every entry made so far (not stored)."""
+        self._counter += 1
+        return Entry(source, mask, adapter, self._counter)
+
+    def put(self, key: tuple[int, int], entry: Entry | None) -> None:
+        """Store ``entry`` for ``key`` as it is (``None`` removes it): what the annotation
+        model's history uses to undo and redo."""
+        key = (int(key[0]), int(key[1]))
+        if entry is None:
+            self._entries.pop(key, None)
+        else:
+            self._entries[key] = entry
+            self._counter = max(self._counter, entry.order)
+
     def confirm(
         self, frame: int, obj_id: int, source: str, mask: np.ndarray, adapter: str | None = None
     ) -> None:
@@ -92,6 +111,10 @@ class AnnotationState:
         self._entries.clear()
 
     # -- reading ---------------------------------------------------------------------------
+    def keys_in_order(self) -> list[tuple[int, int]]:
+        """Every ``(frame, obj_id)`` with an entry, in the order the entries were made."""
+        return sorted(self._entries, key=lambda k: self._entries[k].order)
+
     def entry(self, frame: int, obj_id: int) -> Entry | None:
         """The entry of one (frame, object), or ``None``."""
         return self._entries.get((int(frame), int(obj_id)))
@@ -169,6 +192,7 @@ class AnnotationState:
                     "obj_id": obj_id,
                     "source": entry.source,
                     "adapter": entry.adapter,
+                    "learned": entry.learned,
                 }
             )
             if entry.mask is not None:
@@ -188,6 +212,8 @@ class AnnotationState:
                 bits = masks[f"mask_{frame}_{obj_id}"]
                 mask = np.unpackbits(bits, count=size).astype(bool).reshape(frame_shape)
                 state.confirm(frame, obj_id, source, mask, item.get("adapter"))
+                if item.get("learned"):
+                    state.put((frame, obj_id), replace(state.entry(frame, obj_id), learned=True))
             else:
                 state.model_made(frame, obj_id, source, item.get("adapter"))
         return state

@@ -18,7 +18,7 @@ Example
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,39 +174,108 @@ class Learner:
 
     # -- learning -------------------------------------------------------------------------
     def learn_steps(
-        self, frame: int, user_labels: np.ndarray
-    ) -> Generator[LearnStep, None, LearnReport]:
-        """Turn the user's edit of ``frame`` into corrections and train on them right away.
+        self,
+        frame: int,
+        user_labels: np.ndarray | None = None,
+        repropagate: bool = False,
+        frame_range: tuple[int, int] | None = None,
+        assist: bool = True,
+    ) -> Generator[LearnStep | PropagationStep, None, LearnReport]:
+        """Learn from the user's corrections of ``frame`` right away (one undo step).
 
-        The corrections become confirmed SAM2 conditioning masks; each corrected object's
-        adapter (new or fine-tuned, LIT's rule) trains on that frame's own recorded inputs.
-        Closing the generator cancels: the adapter being trained keeps its old weights.
+        With ``user_labels`` (a script's edited label image of the frame) the objects it
+        changes become confirmed corrections first; without, the corrections already in
+        the annotation that no adapter learned from yet are used (what the dock's paint
+        strokes made). Each corrected object's adapter (new or fine-tuned, LIT's rule)
+        trains on that frame's own recorded inputs; with ``repropagate`` the masks are
+        then re-tracked from the frame (within ``frame_range``, adapters assisting when
+        ``assist``) in the same undo step. Yields ``LearnStep`` then ``PropagationStep``
+        objects. Closing the generator cancels: the adapter being trained keeps its old
+        weights and the annotation returns to what it was (the corrections stay
+        unlearned).
 
         Raises
         ------
         PromptError
-            Nothing changed, shape mismatch, frame out of range, or a frame that cannot
+            Nothing to learn, shape mismatch, frame out of range, or a frame that cannot
             be tracked (no memory for the object yet).
         """
         session = self.session
-        corrections = session.diff(frame, user_labels)
-        report = LearnReport(int(frame), corrections)
-        with session.exclusive():
-            inputs = {c.obj_id: self._inputs_for(c, report) for c in corrections}
-            session.condition_on(corrections, "correction")
-        to_train = [c for c in corrections if inputs.get(c.obj_id) is not None]
-        with session.exclusive():
-            for index, correction in enumerate(to_train, start=1):
-                trained = yield from self._train_one(
-                    correction, inputs[correction.obj_id], index, len(to_train)
-                )
-                report.trained.append(trained)
-        self._base_mode()
+        frame = int(frame)
+        if user_labels is not None:
+            corrections = session.diff(frame, user_labels)
+        else:
+            corrections = self.pending_corrections(frame)
+        report = LearnReport(frame, corrections)
+        with session.annotation.action(f"learn from frame {frame}"):
+            with session.exclusive():
+                if user_labels is not None:
+                    session.condition_on(corrections, "correction")
+                inputs = {c.obj_id: self._inputs_for(c, report) for c in corrections}
+            to_train = [c for c in corrections if inputs.get(c.obj_id) is not None]
+            with session.exclusive():
+                for index, correction in enumerate(to_train, start=1):
+                    trained = yield from self._train_one(
+                        correction, inputs[correction.obj_id], index, len(to_train)
+                    )
+                    report.trained.append(trained)
+            self._base_mode()
+            session.annotation.mark_learned([(c.frame, c.obj_id) for c in corrections])
+            if repropagate:
+                yield from self._repropagate(frame, frame_range, assist)
         return report
 
-    def learn(self, frame: int, user_labels: np.ndarray) -> LearnReport:
+    def learn(
+        self, frame: int, user_labels: np.ndarray | None = None, **options: Any
+    ) -> LearnReport:
         """Eager :meth:`learn_steps`: train on the correction and return the report."""
-        return drain(self.learn_steps(frame, user_labels))
+        return drain(self.learn_steps(frame, user_labels, **options))
+
+    def pending_corrections(self, frame: int) -> list[Correction]:
+        """The corrections of ``frame`` no adapter has learned from yet.
+
+        Raises
+        ------
+        PromptError
+            There are none.
+        """
+        session, frame = self.session, int(frame)
+        if not 0 <= frame < session.num_frames:
+            raise PromptError(f"frame {frame} is out of range (0–{session.num_frames - 1})")
+        corrections = []
+        for _, obj_id in session.annotation.unlearned(frame):
+            mask = session.annotations.confirmed_mask(frame, obj_id)
+            others = [f for f in session.annotations.confirmed_frames(obj_id) if f != frame]
+            kind = "new" if not others else "erased" if not mask.any() else "changed"
+            corrections.append(Correction(frame, obj_id, mask, kind, int(mask.sum())))
+        if not corrections:
+            learned = [
+                o for _, o in session.annotations.confirmed(frame=frame)
+                if session.annotations.source(frame, o) == "correction"
+            ]
+            why = (
+                f"its corrections (object(s) {learned}) were learned already"
+                if learned
+                else "you have not corrected it"
+            )
+            raise PromptError(
+                f"nothing to learn on frame {frame}: {why}. Paint, erase or fill the mask "
+                "first."
+            )
+        return corrections
+
+    def _repropagate(
+        self, frame: int, frame_range: tuple[int, int] | None, assist: bool
+    ) -> Generator[PropagationStep, None, RepropagationReport]:
+        hook = self.assist if assist and self.adapter_names() else None
+        try:
+            return (
+                yield from self.session.repropagate_steps(
+                    frame, frame_range=frame_range, assist=hook
+                )
+            )
+        finally:
+            self._base_mode()
 
     def _inputs_for(self, correction: Correction, report: LearnReport) -> DecoderInputs | None:
         if correction.kind == "new":
@@ -252,57 +321,18 @@ class Learner:
             activate(self.decoder, None)
 
     # -- adapter-assisted propagation -----------------------------------------------------
-    def propagate_steps(
-        self,
-        direction: str = "forward",
-        frame_range: tuple[int, int] | None = None,
-        assist: bool = True,
-    ) -> Iterator[PropagationStep]:
-        """:meth:`Session.propagate_steps` with the adapters assisting (when ``assist``).
+    def assist_hook(self) -> Any:
+        """The hook to pass as ``Session.propagate_steps(..., assist=...)``: where an
+        object's most confident adapter beats SAM2's own confidence by ``assist_margin``,
+        its mask is used (and goes to memory); such frames get the source ``"adapter"`` and
+        are listed in :attr:`adapter_frames`. ``None`` while there are no adapters."""
+        return self.assist if self.adapter_names() else None
 
-        On every tracked frame, where an object's most confident adapter beats SAM2's own
-        confidence by ``assist_margin``, the adapter's mask is used (and goes to memory);
-        such frames get the source ``"adapter"`` and are listed in :attr:`adapter_frames`.
-        """
-        if not assist or not self.adapter_names():
-            yield from self.session.propagate_steps(direction, frame_range)
-            return
-        try:
-            with self.session.assisting(self._assist):
-                yield from self.session.propagate_steps(direction, frame_range)
-        finally:
-            self._base_mode()
-
-    def propagate_all(
-        self,
-        direction: str = "both",
-        frame_range: tuple[int, int] | None = None,
-        assist: bool = True,
-    ) -> np.ndarray:
-        """Eager :meth:`propagate_steps`; returns the session's labels ``(T, H, W)``."""
-        for _ in self.propagate_steps(direction, frame_range, assist):
-            pass
-        return self.session.labels
-
-    def repropagate_steps(
-        self, frame: int, assist: bool = True, **options: Any
-    ) -> Generator[PropagationStep, None, RepropagationReport]:
-        """:meth:`Session.repropagate_steps` with the adapters assisting (when ``assist``)."""
-        if not assist or not self.adapter_names():
-            return (yield from self.session.repropagate_steps(frame, **options))
-        try:
-            with self.session.assisting(self._assist):
-                return (yield from self.session.repropagate_steps(frame, **options))
-        finally:
-            self._base_mode()
-
-    def repropagate(self, frame: int, assist: bool = True, **options: Any) -> RepropagationReport:
-        """Eager :meth:`repropagate_steps`."""
-        return drain(self.repropagate_steps(frame, assist, **options))
-
-    def _assist(
+    def assist(
         self, frame: int, obj_id: int, kwargs: dict, output: tuple
     ) -> tuple[Any, str] | None:
+        """The assist hook (see :meth:`assist_hook`): ``(output, adapter name)`` where an
+        adapter's mask replaces SAM2's on ``frame``, else ``None``."""
         pool = self.pools.get(obj_id)
         record = self.session.decoder_inputs(frame, obj_id)
         if pool is None or not pool.names or record is None:
@@ -397,6 +427,25 @@ class Learner:
             F.interpolate(logits, size=size, mode="bilinear", align_corners=False)[0, 0].numpy() > 0
         )
 
+    def accept_steps(
+        self,
+        candidate: Candidate,
+        frames: Iterable[int] | None = None,
+        overwrite_confirmed: bool = False,
+        source: str = "accepted",
+        repropagate: bool = False,
+        frame_range: tuple[int, int] | None = None,
+        assist: bool = True,
+    ) -> Generator[PropagationStep, None, AcceptReport]:
+        """:meth:`accept`, then (with ``repropagate``) re-track from the first accepted
+        frame within ``frame_range`` — ONE undo step, rolled back if the generator is
+        closed. Yields ``PropagationStep`` objects; returns the ``AcceptReport``."""
+        with self.session.annotation.action(f"accept {candidate.adapter_name}"):
+            report = self.accept(candidate, frames, overwrite_confirmed, source)
+            if repropagate and report.frames:
+                yield from self._repropagate(min(report.frames), frame_range, assist)
+        return report
+
     def accept(
         self,
         candidate: Candidate,
@@ -404,7 +453,8 @@ class Learner:
         overwrite_confirmed: bool = False,
         source: str = "accepted",
     ) -> AcceptReport:
-        """Make a candidate's masks confirmed SAM2 conditioning frames and replay examples.
+        """Make a candidate's masks confirmed SAM2 conditioning frames and replay examples
+        (one undo step).
 
         Parameters
         ----------
@@ -462,6 +512,24 @@ class Learner:
         written = [c.frame for c in corrections]
         return AcceptReport(written, skipped, self.session.labels[written])
 
+    def auto_accept_steps(
+        self,
+        candidates: Iterable[Candidate],
+        min_estimated_iou: float,
+        frames: Iterable[int] | None = None,
+        repropagate: bool = False,
+        frame_range: tuple[int, int] | None = None,
+        assist: bool = True,
+    ) -> Generator[PropagationStep, None, list[tuple[Candidate, AcceptReport]]]:
+        """:meth:`auto_accept`, then (with ``repropagate``) re-track from the first
+        accepted frame within ``frame_range`` — ONE undo step."""
+        with self.session.annotation.action("auto-accept"):
+            accepted = self.auto_accept(candidates, min_estimated_iou, frames)
+            written = [f for _, report in accepted for f in report.frames]
+            if repropagate and written:
+                yield from self._repropagate(min(written), frame_range, assist)
+        return accepted
+
     def auto_accept(
         self,
         candidates: Iterable[Candidate],
@@ -513,10 +581,11 @@ class Learner:
         for (obj_id, frame), (_, index) in sorted(best.items()):
             if not self.session.annotations.kept_by_accepts(frame, obj_id):
                 chosen.setdefault(index, []).append(frame)
-        return [
-            (pool[index], self.accept(pool[index], frames=picked, source="auto_accepted"))
-            for index, picked in sorted(chosen.items())
-        ]
+        with self.session.annotation.action("auto-accept"):
+            return [
+                (pool[index], self.accept(pool[index], frames=picked, source="auto_accepted"))
+                for index, picked in sorted(chosen.items())
+            ]
 
     # -- files ----------------------------------------------------------------------------
     def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> tuple[Path, Path]:

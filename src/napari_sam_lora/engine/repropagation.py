@@ -55,6 +55,7 @@ def repropagate_steps(
     agree_iou: float = 0.98,
     agree_frames: int | None = None,
     full: bool = False,
+    frame_range: tuple[int, int] | None = None,
 ) -> Generator[PropagationStep, None, RepropagationReport]:
     """:meth:`Session.repropagate_steps` (see there)."""
     frame = int(frame)
@@ -66,22 +67,30 @@ def repropagate_steps(
     if needed < 1:
         raise PromptError(f"agree_frames must be at least 1, not {agree_frames}")
     report = RepropagationReport(frame, full=bool(full))
+    first, last = frame_range if frame_range is not None else (0, session.num_frames - 1)
+    if not 0 <= first <= last < session.num_frames:
+        raise PromptError(
+            f"frame range {first}–{last} is not inside the stack (0–{session.num_frames - 1})"
+        )
     if full:
-        for step in session.propagate_steps(direction):
+        for step in session.propagate_steps(direction, frame_range):
             report.tracked.append(step.frame)
             yield step
         return report
     if not session.annotations.confirmed_frames():
         raise PromptError("no prompts: add a point, box or mask before propagating")
     plan_passes(direction, None, [frame], session.num_frames)  # validates the direction
+    if not first <= frame <= last:
+        return report  # the change lies outside the range: nothing in it to re-track
     passes = []
-    if direction in ("forward", "both") and frame < session.num_frames - 1:
-        passes.append(("forward", Pass(frame, session.num_frames - 1 - frame, reverse=False)))
-    if direction in ("backward", "both") and frame > 0:
-        passes.append(("backward", Pass(frame, frame, reverse=True)))
+    if direction in ("forward", "both") and frame < last:
+        passes.append(("forward", Pass(frame, last - frame, reverse=False)))
+    if direction in ("backward", "both") and frame > first:
+        passes.append(("backward", Pass(frame, frame - first, reverse=True)))
     total = sum(len(p.frames) for _, p in passes)
     done = 0
     with session.exclusive():
+        session._follow_annotation()
         for name, sam_pass in passes:
             agreeing = 0
             steps = session._run_pass(sam_pass, compare=True)

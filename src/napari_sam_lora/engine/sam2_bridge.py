@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -345,3 +345,17 @@ def remove_object(predictor: StackPredictor, state: dict, obj_id: int) -> None:
 def memory_frames(predictor: StackPredictor) -> int:
     """How many frames SAM2's memory bank holds (``num_maskmem``: 7 for SAM2.1)."""
     return int(getattr(predictor, "num_maskmem", 7))
+
+
+def forget_tracking(state: dict, frames: Iterable[int]) -> None:
+    """Drop SAM2's non-conditioning outputs (its memory of tracked frames) on ``frames``,
+    for every object, so that re-tracking them depends only on the conditioning frames
+    and the frames outside ``frames`` — the same run gives the same masks every time."""
+    wanted = {int(f) for f in frames}
+    for obj_idx, outputs in state["output_dict_per_obj"].items():
+        tracked = state["frames_tracked_per_obj"].get(obj_idx, {})
+        for frame in wanted:
+            if frame in outputs["cond_frame_outputs"]:
+                continue
+            outputs["non_cond_frame_outputs"].pop(frame, None)
+            tracked.pop(frame, None)

@@ -18,16 +18,19 @@ Example
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections.abc import Generator, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from napari_sam_lora.engine import sam2_bridge as bridge
+from napari_sam_lora.engine.annotation_model import AnnotationModel
 from napari_sam_lora.engine.annotations import AnnotationState, overlay_confirmed
 from napari_sam_lora.engine.corrections import Correction, diff_corrections
 from napari_sam_lora.engine.errors import PromptError, SamLoraError
@@ -120,11 +123,43 @@ class Session:
 
             folder = default_feature_folder() if disk_cache is True else Path(disk_cache)
             self.state["feature_disk"] = FeatureDisk(folder, model_key(self.model))
-        self.labels = np.zeros((self.num_frames, *self.frame_shape), dtype=np.int32)
-        self.prompts: list[Prompt] = []
-        self.annotations = AnnotationState()
+        self.annotation = AnnotationModel(self.num_frames, self.frame_shape)
+        self._held = _Held()  # what SAM2 is conditioned on (it follows the annotation)
         self._assisted: dict[tuple[int, int], str] = {}
         self._busy = threading.Lock()
+
+    # -- the annotation --------------------------------------------------------------------
+    @property
+    def labels(self) -> np.ndarray:
+        """``(T, H, W)`` int32 label images: the annotation model's (see :attr:`annotation`)."""
+        return self.annotation.labels
+
+    @property
+    def annotations(self) -> AnnotationState:
+        """Who made each (frame, object) mask (the annotation model's entries)."""
+        return self.annotation.entries
+
+    @property
+    def prompts(self) -> list[Prompt]:
+        """The prompts given so far, in order (a copy)."""
+        return self.annotation.prompts
+
+    def undo(self) -> Any:
+        """Undo the last action (prompt, correction, paint, accept, propagation…): labels,
+        sources and prompts; SAM2 follows at the next job. Returns the model's ``Change``
+        or ``None`` when there is nothing to undo."""
+        return self.annotation.undo()
+
+    def redo(self) -> Any:
+        """Redo the last undone action; ``None`` when there is nothing to redo."""
+        return self.annotation.redo()
+
+    def paint(self, frame: int, index: Any, values: Any) -> list[int]:
+        """The user's stroke on ``frame`` (one undo step): pixels ``index`` — flat indices
+        or ``(rows, cols)`` — take ``values``; every object it changed becomes a confirmed,
+        not yet learned correction. Returns those objects' ids."""
+        with self.annotation.action(f"paint on frame {int(frame)}"):
+            return self.annotation.paint(frame, index, values)
 
     # -- facts -----------------------------------------------------------------------------
     @property
@@ -144,8 +179,8 @@ class Session:
 
     @property
     def object_ids(self) -> list[int]:
-        """Ids of the objects SAM2 currently tracks."""
-        return bridge.object_ids(self.state)
+        """Ids of the objects the user made (a prompt or a confirmed mask), ascending."""
+        return self.annotation.object_ids
 
     @property
     def prompted_frames(self) -> list[int]:
@@ -158,7 +193,10 @@ class Session:
         return self.annotations.confirmed_frames()
 
     def conditioning_frames(self, obj_id: int) -> list[int]:
-        """Frames SAM2 holds as conditioning frames for ``obj_id``."""
+        """Frames SAM2 holds as conditioning frames for ``obj_id`` (once it follows the
+        annotation: what the next job tracks from)."""
+        with self.exclusive():
+            self._follow_annotation()
         return bridge.conditioning_frames(self.state, obj_id)
 
     @property
@@ -244,26 +282,23 @@ class Session:
         validate_prompts(prompts, self.num_frames, self.frame_shape, self.object_ids)
 
     def reset(self) -> None:
-        """Forget prompts, corrections and tracking results; keep cached image features."""
-        with self.exclusive():
-            self.model.predictor.reset_state(self.state)
-            self.prompts = []
-            self.annotations.clear()
+        """Forget prompts, corrections and tracking results (one undo step); keep cached
+        image features."""
+        with self.exclusive(), self.annotation.action("reset all"):
+            self.annotation.erase_all()
             self._assisted.clear()
-            self.labels[:] = 0
 
     def reset_object(self, obj_id: int) -> None:
-        """Forget one object — its prompts, confirmed frames and masks; the others stay."""
+        """Forget one object — its prompts, confirmed frames and masks (one undo step); the
+        others stay."""
         obj_id = int(obj_id)
-        with self.exclusive():
-            bridge.remove_object(self.model.predictor, self.state, obj_id)
-            self.prompts = [p for p in self.prompts if int(p.obj_id) != obj_id]
-            self.annotations.forget_object(obj_id)
+        with self.exclusive(), self.annotation.action(f"reset object {obj_id}"):
+            self.annotation.erase_object(obj_id)
             self.clear_records(obj_id)
-            self.labels[self.labels == obj_id] = 0
 
     def add_prompts(self, prompts: Iterable[Prompt]) -> np.ndarray:
-        """Add prompts (validated first); return the label images of the prompted frames.
+        """Add prompts (validated first; one undo step); return the label images of the
+        prompted frames.
 
         The prompted (frame, object)s become confirmed: their masks are SAM2's answer to
         the prompt (for a mask prompt, the mask itself).
@@ -275,25 +310,29 @@ class Session:
         """
         prompts = list(prompts)
         self.validate_prompts(prompts)
-        with self.exclusive():
+        with self.exclusive(), self.annotation.action(_describe(prompts)):
+            self._follow_annotation()
             self._send(prompts)
         return self.labels[self.prompted_frames]
 
     def _send(self, prompts: Sequence[Prompt]) -> None:
-        """Give validated prompts to SAM2 and confirm what they produce (job held)."""
+        """Give validated prompts to SAM2 and confirm what they produce (job and action
+        held; SAM2 already follows the annotation)."""
         with self.model.precision():
             send_prompts(self.model.predictor, self.state, prompts)
-        self.prompts.extend(prompts)
+        self._held.prompts.extend(_prompt_key(p) for p in prompts)
+        self.annotation.set_prompts([*self.annotation.prompts, *prompts])
         for frame, obj_id in sorted({(int(p.frame), int(p.obj_id)) for p in prompts}):
             group = [p for p in prompts if (int(p.frame), int(p.obj_id)) == (frame, obj_id)]
             if all(isinstance(p, MaskPrompt) for p in group):
-                mask = group[-1].mask  # SAM2 takes a mask prompt as it is
+                mask = np.asarray(group[-1].mask, bool)  # SAM2 takes a mask prompt as it is
             else:
                 mask = self._model_mask(frame, obj_id)
-            self.annotations.confirm(frame, obj_id, "prompt", mask)
+            self.annotation.confirm(frame, obj_id, "prompt", mask, paint=False)
+            self._held.conds[(frame, obj_id)] = _digest(mask)
             self._assisted.pop((frame, obj_id), None)
         for frame in prompted_frames(prompts):
-            self.labels[frame] = self._frame_labels(frame)
+            self.annotation.write_frame(frame, self._frame_labels(frame))
 
     def add_points(self, frame: int, obj_id: int, points: Any, labels: Any = None) -> np.ndarray:
         """Clicks ``(N, 2)`` in ``(row, col)``; labels 1 positive / 0 negative (default 1).
@@ -314,41 +353,75 @@ class Session:
         return self.labels[frame]
 
     def set_prompts(self, prompts: Sequence[Prompt]) -> bool:
-        """Make SAM2's prompts equal to ``prompts``, keeping corrections and accepts.
+        """Make the prompts equal to ``prompts``, keeping corrections and accepts (one undo
+        step).
 
-        What the widget calls with the prompt layers' content before propagating. New
-        prompts are added; when a prompt was changed or removed, SAM2 is reset and given
-        the prompts and then every confirmed correction and accept again (cached image
-        features are kept). Returns whether anything changed.
+        What the dock calls with the prompt layers' content before propagating. New
+        prompts are added; when a prompt was changed or removed, SAM2 is given the prompts
+        and then every other confirmed mask again (cached image features are kept); a
+        frame that lost its prompt becomes model-made. Returns whether anything changed.
         """
         prompts = list(prompts)
         if prompts:
             self.validate_prompts(prompts)
-        old = [_prompt_key(p) for p in self.prompts]
+        old = [_prompt_key(p) for p in self.annotation.prompts]
         new = [_prompt_key(p) for p in prompts]
         if new == old:
             return False
-        with self.exclusive():
-            if new[: len(old)] == old:
-                self._send(prompts[len(old) :])
-                return True
-            kept = [
-                (frame, obj_id, self.annotations.entry(frame, obj_id))
-                for frame, obj_id in self.annotations.confirmed()
-                if self.annotations.source(frame, obj_id) != "prompt"
-            ]
-            self.model.predictor.reset_state(self.state)
-            self.annotations.clear()
-            self._assisted.clear()
-            self.prompts = []
+        if new[: len(old)] == old:
+            self.add_prompts(prompts[len(old) :])
+            return True
+        with self.exclusive(), self.annotation.action("change prompts"):
+            for frame, obj_id in self.annotations.confirmed():
+                if self.annotations.source(frame, obj_id) == "prompt":
+                    self.annotation.demote(frame, obj_id)
+            self.annotation.set_prompts([])
+            self._restart_sam2()
             if prompts:
                 self._send(prompts)
-            with self.model.precision():
-                for frame, obj_id, entry in kept:
-                    self._condition(frame, obj_id, entry.mask, entry.source, entry.adapter)
-            for frame in {f for f, _, _ in kept}:
-                self.labels[frame] = self._frame_labels(frame)
+            self._follow_annotation()
         return True
+
+    # -- SAM2 follows the annotation -------------------------------------------------------
+    def _restart_sam2(self) -> None:
+        """Empty SAM2's tracking state (job held); :meth:`_follow_annotation` refills it."""
+        self.model.predictor.reset_state(self.state)
+        self._held = _Held()
+
+    def _follow_annotation(self) -> None:
+        """Make SAM2's conditioning equal to the annotation model (job held).
+
+        SAM2 holds the model's prompts (in order) and every confirmed mask as a
+        conditioning frame. Additions are sent as they are; anything SAM2 holds that the
+        model no longer has (an undo, a reset, another prompt) restarts SAM2's state and
+        sends everything again — cached image features are kept.
+        """
+        wanted = [_prompt_key(p) for p in self.annotation.prompts]
+        confirmed = {
+            key: self.annotations.entry(*key) for key in self.annotations.confirmed()
+        }
+        held = self._held
+        stale = wanted[: len(held.prompts)] != held.prompts or any(
+            key not in confirmed for key in held.conds
+        )
+        if stale:
+            self._restart_sam2()
+            held = self._held
+        missing = self.annotation.prompts[len(held.prompts) :]
+        with self.model.precision():
+            if missing:
+                send_prompts(self.model.predictor, self.state, missing)
+                held.prompts.extend(_prompt_key(p) for p in missing)
+                for frame, obj_id in sorted({(int(p.frame), int(p.obj_id)) for p in missing}):
+                    held.conds[(frame, obj_id)] = _digest(self._model_mask(frame, obj_id))
+            for key, entry in confirmed.items():
+                digest = _digest(entry.mask)
+                if held.conds.get(key) != digest:
+                    frame, obj_id = key
+                    self.model.predictor.add_new_mask(
+                        self.state, frame_idx=frame, obj_id=obj_id, mask=entry.mask
+                    )
+                    held.conds[key] = digest
 
     # -- corrections -----------------------------------------------------------------------
     def diff(self, frame: int, user_labels: np.ndarray) -> list[Correction]:
@@ -366,12 +439,13 @@ class Session:
         )
 
     def add_correction(self, frame: int, user_labels: np.ndarray) -> list[Correction]:
-        """Make the user's edit of ``frame`` confirmed SAM2 conditioning masks (no training).
+        """Commit the user's edited label image of ``frame``: every object it changes
+        becomes a confirmed correction (one undo step; no training).
 
         Returns the corrections (one per changed object).
         """
         corrections = self.diff(frame, user_labels)
-        with self.exclusive():
+        with self.exclusive(), self.annotation.action(f"correction on frame {int(frame)}"):
             self.condition_on(corrections, "correction")
         return corrections
 
@@ -381,7 +455,8 @@ class Session:
         source: str = "correction",
         adapter: str | None = None,
     ) -> None:
-        """Make masks confirmed SAM2 conditioning frames; callers hold :meth:`exclusive`.
+        """Make masks confirmed (SAM2 conditioning frames from the next job on); callers
+        hold :meth:`exclusive` (and may hold an annotation action to join).
 
         Parameters
         ----------
@@ -392,21 +467,15 @@ class Session:
         adapter : str, optional
             The adapter whose candidate was accepted.
         """
-        frames = set()
-        with self.model.precision():
+        masks = list(masks)
+        if not masks:
+            return
+        with self.annotation.action(f"{source} on frame(s) {sorted({m.frame for m in masks})}"):
             for item in masks:
-                self._condition(int(item.frame), int(item.obj_id), item.mask, source, adapter)
-                frames.add(int(item.frame))
-        for frame in frames:
-            self.labels[frame] = self._frame_labels(frame)
-
-    def _condition(
-        self, frame: int, obj_id: int, mask: np.ndarray, source: str, adapter: str | None
-    ) -> None:
-        mask = np.asarray(mask, bool)
-        self.model.predictor.add_new_mask(self.state, frame_idx=frame, obj_id=obj_id, mask=mask)
-        self.annotations.confirm(frame, obj_id, source, mask, adapter)
-        self._assisted.pop((frame, obj_id), None)
+                self.annotation.confirm(
+                    int(item.frame), int(item.obj_id), source, np.asarray(item.mask, bool), adapter
+                )
+                self._assisted.pop((int(item.frame), int(item.obj_id)), None)
 
     # -- files -----------------------------------------------------------------------------
     def save_state(self, path: str | os.PathLike[str]) -> list[Path]:
@@ -432,23 +501,15 @@ class Session:
 
     def restore(self, prompts: Sequence[Prompt], state: AnnotationState, labels: Any) -> None:
         """Start over from saved prompts, annotation state and labels (see
-        :meth:`restore_state`): SAM2 gets the prompts, then every other confirmed mask."""
+        :meth:`restore_state`; one undo step). SAM2 is given the prompts, then every other
+        confirmed mask, at the next job."""
         prompts = list(prompts)
         if prompts:
             self.validate_prompts(prompts)
-        with self.exclusive():
-            self.model.predictor.reset_state(self.state)
-            self.prompts, self.annotations = [], AnnotationState()
+        with self.exclusive(), self.annotation.action("restore session"):
+            self.annotation.replace_all(prompts, state, labels)
+            self._restart_sam2()
             self._assisted.clear()
-            if prompts:
-                self._send(prompts)
-            with self.model.precision():
-                for frame, obj_id in state.confirmed():
-                    entry = state.entry(frame, obj_id)
-                    if entry.source != "prompt":
-                        self._condition(frame, obj_id, entry.mask, entry.source, entry.adapter)
-            self.annotations = state
-            self.labels[:] = np.asarray(labels, dtype=np.int32)
 
     # -- tracking single frames (learning, evaluation, fine-tuning) ------------------------
     def track_frame(self, frame: int, obj_id: int) -> DecoderInputs:
@@ -460,6 +521,7 @@ class Session:
         PromptError
             The object has no other conditioning frame, so the frame cannot be tracked.
         """
+        self._follow_annotation()
         with self.model.precision():
             tracked = bridge.track_hidden(self.model.predictor, self.state, frame, obj_id)
         if not tracked:
@@ -501,19 +563,28 @@ class Session:
 
     # -- propagation -----------------------------------------------------------------------
     def propagate_steps(
-        self, direction: str = "forward", frame_range: tuple[int, int] | None = None
+        self,
+        direction: str = "forward",
+        frame_range: tuple[int, int] | None = None,
+        assist: bridge.AssistHook | None = None,
     ) -> Iterator[PropagationStep]:
         """Track every object through the stack, one :class:`PropagationStep` per frame.
 
-        Continues from every confirmed frame (nothing is reset) and rewrites only
-        model-made masks. Stop iterating (or ``close()`` the generator) to cancel: frames
-        already yielded stay in :attr:`labels`.
+        Continues from every confirmed frame and rewrites only model-made masks; the
+        frames it visits are tracked afresh (SAM2's earlier memory of them is dropped), so
+        the same annotation gives the same masks every time: propagating with nothing
+        changed changes nothing. The whole propagation is one undo step. Stop iterating
+        (``close()`` the generator) to cancel: the annotation returns to what it was.
 
         Parameters
         ----------
         direction : {"forward", "backward", "both"}
         frame_range : tuple of int, optional
             Inclusive ``(first, last)``; default the whole stack.
+        assist : callable, optional
+            ``assist(frame, obj_id, decoder_kwargs, output)`` may replace SAM2's decoder
+            output on tracked frames (a learner's adapters: :meth:`Learner.assist`);
+            frames it replaced get the source ``"adapter"``.
         """
         anchors = self.annotations.confirmed_frames()
         if not anchors:
@@ -521,7 +592,12 @@ class Session:
         passes = plan_passes(direction, frame_range, anchors, self.num_frames)
         total = sum(len(p.frames) for p in passes)
         done = 0
-        with self.exclusive():
+        name = f"propagate {direction}" + (
+            f" over frames {frame_range[0]}–{frame_range[1]}" if frame_range else ""
+        )
+        with self.exclusive(), self.annotation.action(name), self._assisting(assist):
+            self._follow_annotation()
+            bridge.forget_tracking(self.state, {f for p in passes for f in p.frames})
             for sam_pass in passes:
                 for frame in self._run_pass(sam_pass):
                     done += 1
@@ -530,10 +606,13 @@ class Session:
     propagate = propagate_steps  # the name scripts of version 0.1 used
 
     def propagate_all(
-        self, direction: str = "both", frame_range: tuple[int, int] | None = None
+        self,
+        direction: str = "both",
+        frame_range: tuple[int, int] | None = None,
+        assist: bridge.AssistHook | None = None,
     ) -> np.ndarray:
         """Run :meth:`propagate_steps` to the end; return :attr:`labels` ``(T, H, W)`` int32."""
-        for _ in self.propagate_steps(direction, frame_range):
+        for _ in self.propagate_steps(direction, frame_range, assist):
             pass
         return self.labels
 
@@ -544,18 +623,31 @@ class Session:
         agree_iou: float = 0.98,
         agree_frames: int | None = None,
         full: bool = False,
+        frame_range: tuple[int, int] | None = None,
+        assist: bridge.AssistHook | None = None,
     ) -> Generator[PropagationStep, None, RepropagationReport]:
         """Re-track after a change on ``frame`` (a correction or an accept), only as far as
-        it changes anything.
+        it changes anything, within ``frame_range`` (inclusive; default the whole stack).
+        One undo step (joined to the caller's action when one is open, as an accept with
+        its re-propagation); closing the generator rolls it back.
 
         From ``frame``, each direction re-tracks until the new masks agree with the previous
         ones (IoU ≥ ``agree_iou`` for every object) on ``agree_frames`` consecutive frames
         (default: SAM2's memory bank, 7 for SAM2.1). ``full=True`` re-tracks the whole stack
         in ``direction`` (``both``: forward from the first confirmed frame, then backward).
         Yields a :class:`PropagationStep` per frame (``total`` is the most it could track);
-        returns a :class:`RepropagationReport`.
+        returns a :class:`RepropagationReport`. ``assist`` as in :meth:`propagate_steps`.
         """
-        return (yield from repropagate_steps(self, frame, direction, agree_iou, agree_frames, full))
+        name = f"re-propagate from frame {int(frame)}"
+        with self.annotation.action(name), self._assisting(assist):
+            return (
+                yield from repropagate_steps(
+                    self, frame, direction, agree_iou, agree_frames, full, frame_range
+                )
+            )
+
+    def _assisting(self, assist: bridge.AssistHook | None) -> Any:
+        return nullcontext() if assist is None else self.assisting(assist)
 
     def repropagate(self, frame: int, **options: Any) -> RepropagationReport:
         """Eager :meth:`repropagate_steps`."""
@@ -578,7 +670,7 @@ class Session:
                     except StopIteration:
                         return
                 before = self.labels[frame].copy() if compare else None
-                self.labels[frame] = self._compose(frame, obj_ids, logits)
+                self.annotation.write_frame(frame, self._compose(frame, obj_ids, logits))
                 if compare:
                     yield frame, mask_ious(before, self.labels[frame], obj_ids)
                 else:
@@ -594,7 +686,7 @@ class Session:
         for k, obj_id in enumerate(obj_ids):
             adapter = self._assisted.pop((frame, obj_id), None)  # set by the assist hook
             source = "adapter" if adapter else "sam2"
-            if self.annotations.model_made(frame, obj_id, source, adapter):
+            if self.annotation.model_made(frame, obj_id, source, adapter):
                 model_made.append(k)
         labels = np.zeros(self.frame_shape, dtype=np.int32)
         if model_made:
@@ -635,14 +727,35 @@ class Session:
 
         Everything confirmed before is forgotten (use :meth:`set_prompts` and
         :meth:`propagate_steps` to keep corrections). Nothing is reset unless every prompt
-        and the frame range are valid.
+        and the frame range are valid. One undo step.
         """
         prompts = list(prompts)
         self.validate_prompts(prompts)
         plan_passes(direction, frame_range, prompted_frames(prompts), self.num_frames)
-        self.reset()
-        self.add_prompts(prompts)
-        yield from self.propagate_steps(direction, frame_range)
+        with self.annotation.action("segment"):
+            self.reset()
+            self.add_prompts(prompts)
+            yield from self.propagate_steps(direction, frame_range)
+
+
+@dataclass
+class _Held:
+    """What SAM2's tracking state is conditioned on: the prompts sent (their keys, in
+    order) and, per (frame, object), a digest of the conditioning mask."""
+
+    prompts: list[tuple] = field(default_factory=list)
+    conds: dict[tuple[int, int], bytes] = field(default_factory=dict)
+
+
+def _digest(mask: Any) -> bytes:
+    bits = np.packbits(np.asarray(mask, bool))
+    return hashlib.blake2b(bits.tobytes(), digest_size=16).digest()
+
+
+def _describe(prompts: Sequence[Prompt]) -> str:
+    objects = sorted({int(p.obj_id) for p in prompts})
+    frames = sorted({int(p.frame) for p in prompts})
+    return f"prompt object(s) {objects} on frame(s) {frames}"
 
 
 def _prompt_key(prompt: Prompt) -> tuple:

@@ -1,0 +1,525 @@
+"""The annotation model: the one source of truth for what a stack's annotation is.
+
+An :class:`AnnotationModel` owns, for one stack,
+
+- the label images ``(T, H, W)`` that every view (the masks layer, a script) shows,
+- the prompts the user gave,
+- the source of every (frame, object) mask (:class:`~.annotations.AnnotationState`:
+  prompt, correction, accepted, auto-accepted, model-made), with the confirmed masks,
+- which corrections no adapter has learned from yet (``Entry.learned``),
+
+and its own undo/redo history. Every change happens inside an :meth:`AnnotationModel.action`
+and every action is one history entry, whatever it touched (an accept *with* its
+re-propagation is one entry); an action that ends in an exception — a cancelled job is a
+``GeneratorExit`` at its ``yield`` — is rolled back and leaves no trace.
+
+The model knows nothing of SAM2, napari or Qt. :class:`~.session.Session` drives it (and keeps
+SAM2's conditioning equal to its confirmed masks); views listen to :attr:`AnnotationModel.events`
+(in the spirit of napari's evented models): each finished action, undo and redo emits a
+:class:`Change` naming the frames whose labels changed.
+
+Example
+-------
+>>> model = AnnotationModel(num_frames=5, frame_shape=(64, 64))
+>>> with model.action("paint"):
+...     model.paint(2, rows, cols, values)        # the user's stroke: a correction
+>>> model.undo()                                   # the stroke is gone, labels and sources
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from napari_sam_lora.engine.annotations import (
+    CONFIRMED_SOURCES,
+    MODEL_SOURCES,
+    AnnotationState,
+    Entry,
+)
+from napari_sam_lora.engine.errors import PromptError
+from napari_sam_lora.engine.prompts import Prompt
+
+__all__ = ["Action", "AnnotationModel", "Change", "Signal"]
+
+Key = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Change:
+    """What one action, undo or redo changed.
+
+    Attributes
+    ----------
+    kind : {"do", "undo", "redo", "rollback"}
+        How it happened.
+    name : str
+        The action's name (shown in an undo menu or a status line).
+    frames : tuple of int
+        Frames whose label image changed, ascending.
+    objects : tuple of int
+        Objects whose entries or prompts changed, ascending.
+    revision : int
+        The model's revision after the change.
+    """
+
+    kind: str
+    name: str
+    frames: tuple[int, ...]
+    objects: tuple[int, ...]
+    revision: int
+
+
+class Signal:
+    """A minimal evented emitter: ``connect(callback)``, ``disconnect``, ``emit(value)``.
+
+    Callbacks run on the thread that emits; a view that lives on a GUI thread must hand
+    them over itself (the dock does).
+    """
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[[Any], Any]] = []
+
+    def connect(self, callback: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """Call ``callback(value)`` on every :meth:`emit`; returns ``callback``."""
+        if callback not in self._callbacks:
+            self._callbacks.append(callback)
+        return callback
+
+    def disconnect(self, callback: Callable[[Any], Any]) -> None:
+        """Stop calling ``callback`` (no error if it was not connected)."""
+        if callback in self._callbacks:
+            self._callbacks.remove(callback)
+
+    def emit(self, value: Any) -> None:
+        """Call every connected callback with ``value``."""
+        for callback in list(self._callbacks):
+            callback(value)
+
+
+@dataclass
+class Action:
+    """One history entry: everything an action changed, in order, to undo and redo it.
+
+    ``pixels`` holds ``(frame, flat indices, old values, new values)``; ``entries``
+    ``((frame, obj_id), old entry, new entry)`` (``None``: no entry); ``prompts``
+    ``(old list, new list)``.
+    """
+
+    name: str
+    pixels: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    entries: list[tuple[Key, Entry | None, Entry | None]] = field(default_factory=list)
+    prompts: list[tuple[list[Prompt], list[Prompt]]] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        """Whether the action changed nothing."""
+        return not (self.pixels or self.entries or self.prompts)
+
+    @property
+    def frames(self) -> tuple[int, ...]:
+        """Frames whose labels it changed."""
+        return tuple(sorted({p[0] for p in self.pixels}))
+
+    @property
+    def objects(self) -> tuple[int, ...]:
+        """Objects whose entries or prompts it changed."""
+        ids = {key[1] for key, _, _ in self.entries}
+        for old, new in self.prompts:
+            ids |= {int(p.obj_id) for p in old} ^ {int(p.obj_id) for p in new}
+        return tuple(sorted(ids))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes its undo data holds."""
+        return sum(i.nbytes + o.nbytes + n.nbytes for _, i, o, n in self.pixels) + sum(
+            e.mask.nbytes for _, a, b in self.entries for e in (a, b) if e and e.mask is not None
+        )
+
+
+class AnnotationModel:
+    """Labels, prompts and mask sources of one stack, with an undo/redo history.
+
+    Parameters
+    ----------
+    num_frames : int
+    frame_shape : tuple of int
+        ``(height, width)``.
+    history_limit : int
+        Most actions kept for undo (the oldest are dropped).
+    history_mb : float
+        Most megabytes of undo data kept (the oldest actions are dropped; the newest is
+        always kept).
+
+    Attributes
+    ----------
+    events : Signal
+        Emits a :class:`Change` after each finished action, undo, redo and rollback.
+    revision : int
+        Increases with every change (views compare it to know they are current).
+    """
+
+    def __init__(
+        self,
+        num_frames: int,
+        frame_shape: tuple[int, int],
+        history_limit: int = 200,
+        history_mb: float = 512.0,
+    ) -> None:
+        self.labels = np.zeros((int(num_frames), *map(int, frame_shape)), dtype=np.int32)
+        self.entries = AnnotationState()
+        self._prompts: list[Prompt] = []
+        self.events = Signal()
+        self.revision = 0
+        self.history_limit = int(history_limit)
+        self.history_bytes = int(history_mb * 2**20)
+        self._undo: list[Action] = []
+        self._redo: list[Action] = []
+        self._open: Action | None = None
+        self._depth = 0
+        self._owner: int | None = None
+        self._lock = threading.RLock()
+
+    # -- facts -----------------------------------------------------------------------------
+    @property
+    def num_frames(self) -> int:
+        """Number of frames."""
+        return int(self.labels.shape[0])
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        """``(height, width)``."""
+        return int(self.labels.shape[1]), int(self.labels.shape[2])
+
+    @property
+    def prompts(self) -> list[Prompt]:
+        """The user's prompts, in the order given (a copy)."""
+        return list(self._prompts)
+
+    @property
+    def object_ids(self) -> list[int]:
+        """Objects the user made: with a prompt or a confirmed mask, ascending."""
+        ids = {int(p.obj_id) for p in self._prompts}
+        ids |= {o for _, o in self.entries.confirmed()}
+        return sorted(ids)
+
+    @property
+    def busy(self) -> bool:
+        """Whether an action is open (a job is changing the model)."""
+        return self._open is not None
+
+    @property
+    def can_undo(self) -> bool:
+        """Whether there is an action to undo."""
+        return bool(self._undo)
+
+    @property
+    def can_redo(self) -> bool:
+        """Whether there is an undone action to redo."""
+        return bool(self._redo)
+
+    @property
+    def undo_names(self) -> list[str]:
+        """Names of the actions :meth:`undo` would undo, newest first."""
+        return [a.name for a in reversed(self._undo)]
+
+    @property
+    def redo_names(self) -> list[str]:
+        """Names of the actions :meth:`redo` would redo, next first."""
+        return [a.name for a in reversed(self._redo)]
+
+    def unlearned(self, frame: int | None = None) -> list[Key]:
+        """Corrections no adapter has learned from yet (on ``frame``, if given)."""
+        return [
+            (f, o)
+            for f, o in self.entries.confirmed(frame=frame)
+            if self.entries.source(f, o) == "correction" and not self.entries.entry(f, o).learned
+        ]
+
+    # -- actions ---------------------------------------------------------------------------
+    @contextmanager
+    def action(self, name: str) -> Iterator[Action]:
+        """Group every change made in the block into ONE history entry.
+
+        Nested blocks join the outer action. An exception leaving the outermost block
+        (``GeneratorExit`` when a job's generator is closed: a cancel) undoes what the
+        block changed and re-raises: a failed or cancelled action leaves no trace.
+
+        Raises
+        ------
+        PromptError
+            Another thread has an action open (one job changes the model at a time).
+        """
+        me = threading.get_ident()
+        with self._lock:
+            if self._open is not None and self._owner != me:
+                raise PromptError(
+                    f"the annotation is being changed by another job ({self._open.name!r}); "
+                    "wait for it or cancel it first"
+                )
+            outer = self._open is None
+            if outer:
+                self._open, self._owner = Action(name), me
+            self._depth += 1
+        action = self._open
+        try:
+            yield action
+        except BaseException:
+            if outer:
+                self._finish(action, rollback=True)
+            raise
+        else:
+            if outer:
+                self._finish(action, rollback=False)
+        finally:
+            with self._lock:
+                self._depth -= 1
+
+    def _finish(self, action: Action, rollback: bool) -> None:
+        with self._lock:
+            self._open, self._owner = None, None
+        if rollback:
+            self._apply(action, undoing=True)
+            kind = "rollback"
+        else:
+            if action.empty:
+                return
+            self._undo.append(action)
+            self._redo.clear()
+            self._trim()
+            kind = "do"
+        if not action.empty:
+            self.revision += 1
+            self.events.emit(
+                Change(kind, action.name, action.frames, action.objects, self.revision)
+            )
+
+    def _trim(self) -> None:
+        while len(self._undo) > max(self.history_limit, 1):
+            self._undo.pop(0)
+        while len(self._undo) > 1 and sum(a.nbytes for a in self._undo) > self.history_bytes:
+            self._undo.pop(0)
+
+    def _current(self) -> Action:
+        action = self._open
+        if action is None or self._owner != threading.get_ident():
+            raise RuntimeError("change the annotation model inside `with model.action(...)`")
+        return action
+
+    def undo(self) -> Change | None:
+        """Undo the last action (labels, sources and prompts); ``None`` if there is none.
+
+        Raises
+        ------
+        PromptError
+            An action is open (a job is running).
+        """
+        return self._step(self._undo, self._redo, "undo")
+
+    def redo(self) -> Change | None:
+        """Redo the last undone action; ``None`` if there is none.
+
+        Raises
+        ------
+        PromptError
+            An action is open (a job is running).
+        """
+        return self._step(self._redo, self._undo, "redo")
+
+    def _step(self, source: list[Action], target: list[Action], kind: str) -> Change | None:
+        with self._lock:
+            if self._open is not None:
+                raise PromptError(
+                    f"cannot {kind} while {self._open.name!r} is running: wait for it or "
+                    "cancel it first"
+                )
+            if not source:
+                return None
+            action = source.pop()
+            self._apply(action, undoing=kind == "undo")
+            target.append(action)
+            self.revision += 1
+        change = Change(kind, action.name, action.frames, action.objects, self.revision)
+        self.events.emit(change)
+        return change
+
+    def clear_history(self) -> None:
+        """Forget every undo and redo step (the annotation itself is kept)."""
+        self._undo.clear()
+        self._redo.clear()
+
+    def _apply(self, action: Action, undoing: bool) -> None:
+        flat = self.labels.reshape(self.num_frames, -1)
+        pixels = reversed(action.pixels) if undoing else action.pixels
+        for frame, index, old, new in pixels:
+            flat[frame, index] = old if undoing else new
+        entries = reversed(action.entries) if undoing else action.entries
+        for key, old_entry, new_entry in entries:
+            self.entries.put(key, old_entry if undoing else new_entry)
+        prompts = reversed(action.prompts) if undoing else action.prompts
+        for old_list, new_list in prompts:
+            self._prompts = list(old_list if undoing else new_list)
+
+    # -- changes (inside an action) --------------------------------------------------------
+    def write_frame(self, frame: int, labels: np.ndarray) -> bool:
+        """Make ``labels`` the label image of ``frame``; says whether a pixel changed."""
+        frame = int(frame)
+        new = np.asarray(labels, dtype=np.int32).reshape(-1)
+        old = self.labels[frame].reshape(-1)
+        index = np.flatnonzero(old != new)
+        if index.size == 0:
+            return False
+        action = self._current()
+        index = index.astype(np.int32 if old.size < 2**31 else np.int64)
+        action.pixels.append((frame, index, old[index].copy(), new[index].copy()))
+        old[index] = new[index]
+        return True
+
+    def _put(self, key: Key, entry: Entry | None) -> None:
+        action = self._current()
+        action.entries.append((key, self.entries.entry(*key), entry))
+        self.entries.put(key, entry)
+
+    def confirm(
+        self,
+        frame: int,
+        obj_id: int,
+        source: str,
+        mask: np.ndarray,
+        adapter: str | None = None,
+        paint: bool = True,
+    ) -> None:
+        """Record a confirmed mask (the user's) and, with ``paint``, put it into the labels
+        (other objects keep their pixels outside it)."""
+        if source not in CONFIRMED_SOURCES:
+            raise ValueError(f"{source!r} is not a confirmed source: {sorted(CONFIRMED_SOURCES)}")
+        mask = np.asarray(mask, bool)
+        key = (int(frame), int(obj_id))
+        self._put(key, self.entries.make_entry(source, mask.copy(), adapter))
+        if paint:
+            labels = self.labels[key[0]].copy()
+            labels[labels == key[1]] = 0
+            labels[mask] = key[1]
+            self.write_frame(key[0], labels)
+
+    def model_made(self, frame: int, obj_id: int, source: str, adapter: str | None = None) -> bool:
+        """Record a model-made mask unless the (frame, object) is confirmed; says if it was."""
+        if source not in MODEL_SOURCES:
+            raise ValueError(f"{source!r} is not a model source: {sorted(MODEL_SOURCES)}")
+        key = (int(frame), int(obj_id))
+        current = self.entries.entry(*key)
+        if current is not None and current.confirmed:
+            return False
+        if current is None or (current.source, current.adapter) != (source, adapter):
+            self._put(key, Entry(source, None, adapter))
+        return True
+
+    def forget(self, frame: int, obj_id: int) -> None:
+        """Drop the entry of one (frame, object) (its pixels stay until rewritten)."""
+        key = (int(frame), int(obj_id))
+        if self.entries.entry(*key) is not None:
+            self._put(key, None)
+
+    def demote(self, frame: int, obj_id: int) -> None:
+        """Make a confirmed (frame, object) model-made again (``sam2``): the next
+        propagation may rewrite it."""
+        key = (int(frame), int(obj_id))
+        entry = self.entries.entry(*key)
+        if entry is not None and entry.confirmed:
+            self._put(key, Entry("sam2", None, None))
+
+    def mark_learned(self, keys: Sequence[Key]) -> None:
+        """Record that an adapter learned from these corrections."""
+        for frame, obj_id in keys:
+            entry = self.entries.entry(frame, obj_id)
+            if entry is not None and not entry.learned:
+                self._put((int(frame), int(obj_id)), replace(entry, learned=True))
+
+    def set_prompts(self, prompts: Sequence[Prompt]) -> None:
+        """Make the prompt list ``prompts``."""
+        new = list(prompts)
+        if new == self._prompts:
+            return
+        self._current().prompts.append((list(self._prompts), new))
+        self._prompts = new
+
+    def erase_object(self, obj_id: int) -> None:
+        """Remove one object: its prompts, its entries and its pixels on every frame."""
+        obj_id = int(obj_id)
+        self.set_prompts([p for p in self._prompts if int(p.obj_id) != obj_id])
+        for key in [k for k in self.entries.keys_in_order() if k[1] == obj_id]:
+            self._put(key, None)
+        for frame in np.flatnonzero((self.labels == obj_id).any(axis=(1, 2))):
+            labels = self.labels[frame].copy()
+            labels[labels == obj_id] = 0
+            self.write_frame(int(frame), labels)
+
+    def erase_all(self) -> None:
+        """Remove every prompt, entry and pixel."""
+        self.set_prompts([])
+        for key in list(self.entries.keys_in_order()):
+            self._put(key, None)
+        for frame in np.flatnonzero(self.labels.any(axis=(1, 2))):
+            self.write_frame(int(frame), np.zeros(self.frame_shape, np.int32))
+
+    def paint(self, frame: int, index: np.ndarray, values: np.ndarray) -> list[int]:
+        """The user's stroke on ``frame``: pixels ``index`` (flat, or ``(rows, cols)``)
+        get ``values``. Every object whose mask the stroke changed becomes a correction
+        (confirmed, not yet learned). Returns those objects' ids.
+
+        Raises
+        ------
+        PromptError
+            A value that is no object id, or pixels outside the frame.
+        """
+        frame = int(frame)
+        if not 0 <= frame < self.num_frames:
+            raise PromptError(f"frame {frame} is out of range (0–{self.num_frames - 1})")
+        height, width = self.frame_shape
+        if isinstance(index, tuple):
+            rows, cols = (np.asarray(i, dtype=np.int64).reshape(-1) for i in index)
+            if rows.size and (rows.min() < 0 or cols.min() < 0 or rows.max() >= height
+                              or cols.max() >= width):
+                raise PromptError(f"the stroke on frame {frame} leaves the {height}×{width} frame")
+            flat = rows * width + cols
+        else:
+            flat = np.asarray(index, dtype=np.int64).reshape(-1)
+        values = np.broadcast_to(np.asarray(values), flat.shape)
+        if values.size and (values.min() < 0 or values.max() > np.iinfo(np.int32).max):
+            raise PromptError(f"the stroke on frame {frame} holds a value that is no object id")
+        before = self.labels[frame].reshape(-1)
+        after = before.copy()
+        after[flat] = values.astype(np.int32)
+        touched = np.flatnonzero(before != after)
+        if touched.size == 0:
+            return []
+        changed = sorted(
+            (set(np.unique(before[touched])) | set(np.unique(after[touched]))) - {0}
+        )
+        plane = after.reshape(self.frame_shape)
+        for obj_id in changed:
+            key = (frame, int(obj_id))
+            self._put(key, self.entries.make_entry("correction", plane == obj_id, None))
+        self.write_frame(frame, plane)
+        return [int(o) for o in changed]
+
+    def replace_all(
+        self, prompts: Sequence[Prompt], entries: AnnotationState, labels: np.ndarray
+    ) -> None:
+        """Make prompts, entries and labels those given (a restored session)."""
+        labels = np.asarray(labels, dtype=np.int32)
+        if labels.shape != self.labels.shape:
+            raise PromptError(f"labels of shape {labels.shape}, not {self.labels.shape}")
+        self.set_prompts(prompts)
+        for key in list(self.entries.keys_in_order()):
+            if entries.entry(*key) is None:
+                self._put(key, None)
+        for key in entries.keys_in_order():
+            self._put(key, entries.entry(*key))
+        for frame in range(self.num_frames):
+            self.write_frame(frame, labels[frame])

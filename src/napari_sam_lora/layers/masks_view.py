@@ -1,0 +1,207 @@
+"""The masks layer as a view of a session's annotation model (Qt-free).
+
+The annotation model (:class:`~napari_sam_lora.engine.annotation_model.AnnotationModel`) owns
+the labels; the "<image> masks" Labels layer only shows them. :class:`MasksView` keeps both
+equal in the two directions, without ever comparing the layer with the model to guess what
+the user did:
+
+- **model → layer**: every change of the model (an action, an undo, a redo, a rollback) names
+  the frames it changed; :meth:`MasksView.flush` writes those frames into the layer (on the
+  main thread; the model may change on a worker).
+- **layer → model**: napari's ``paint`` event carries each brush stroke, fill or erase as
+  (indices, old values, new values); the view hands the stroke on as an edit of one frame
+  (``on_stroke(frame, rows, cols, values)``), which the dock makes one model action.
+- **undo / redo**: Ctrl+Z and Ctrl+Shift+Z on the layer call ``on_undo`` / ``on_redo``
+  (the model's history) instead of napari's own layer history.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+from napari.layers import Labels
+
+from napari_sam_lora.layers.output import plane_index
+from napari_sam_lora.layers.stack import StackSource
+
+__all__ = ["REDO_KEY", "UNDO_KEY", "MasksView", "Stroke"]
+
+UNDO_KEY = "Control-Z"
+REDO_KEY = "Control-Shift-Z"
+
+#: ``(frame, rows, cols, values)`` of one stroke on one frame.
+Stroke = tuple[int, np.ndarray, np.ndarray, np.ndarray]
+
+
+class MasksView:
+    """Keep a Labels layer equal to an annotation model and hand its edits to the model.
+
+    Parameters
+    ----------
+    model : AnnotationModel
+        The session's annotation model (``session.annotation``).
+    layer : napari.layers.Labels
+        The masks layer (the image's non-channel shape, or ``(T, H, W)``).
+    source : StackSource
+        The stack the model annotates.
+    on_stroke : callable
+        ``on_stroke(strokes)`` with a list of :data:`Stroke` (one per frame the user's
+        stroke touched), main thread.
+    on_undo, on_redo : callable
+        Called for Ctrl+Z / Ctrl+Shift+Z on the layer.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        layer: Labels,
+        source: StackSource,
+        on_stroke: Callable[[list[Stroke]], Any],
+        on_undo: Callable[[], Any],
+        on_redo: Callable[[], Any],
+    ) -> None:
+        self.model, self.layer, self.source = model, layer, source
+        self._on_stroke = on_stroke
+        self._dirty: set[int] = set()
+        self._lock = threading.Lock()
+        self._writing = False
+        self._closed = False
+        model.events.connect(self._on_change)
+        layer.events.paint.connect(self._on_paint)
+        self._keys = {  # what the layer had bound (given back on close)
+            UNDO_KEY: layer.bind_key(UNDO_KEY, lambda _layer: on_undo(), overwrite=True),
+            REDO_KEY: layer.bind_key(REDO_KEY, lambda _layer: on_redo(), overwrite=True),
+        }
+        self.mark(range(model.num_frames))
+
+    def close(self) -> None:
+        """Stop viewing: disconnect from the model and the layer, give the keys back."""
+        if self._closed:
+            return
+        self._closed = True
+        self.model.events.disconnect(self._on_change)
+        with contextlib.suppress(Exception):  # the layer may be gone with the viewer
+            self.layer.events.paint.disconnect(self._on_paint)
+            for key, previous in self._keys.items():
+                self.layer.bind_key(key, previous, overwrite=True)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` ran."""
+        return self._closed
+
+    def shows(self, model: Any, layer: Any) -> bool:
+        """Whether this view binds ``model`` to ``layer``."""
+        return not self._closed and self.model is model and self.layer is layer
+
+    # -- model -> layer ------------------------------------------------------------------
+    def _on_change(self, change: Any) -> None:  # any thread
+        self.mark(change.frames)
+
+    def mark(self, frames: Iterable[int]) -> None:
+        """Frames to write at the next :meth:`flush` (thread-safe)."""
+        with self._lock:
+            self._dirty.update(int(f) for f in frames)
+
+    def flush(self) -> list[int]:
+        """Write the frames the model changed into the layer (main thread); returns them."""
+        with self._lock:
+            frames, self._dirty = sorted(self._dirty), set()
+        written = [f for f in frames if self.show(f, refresh=False)]
+        if written:
+            self.layer.refresh()
+        return written
+
+    def show(self, frame: int, labels: np.ndarray | None = None, refresh: bool = True) -> bool:
+        """Write ``labels`` (default: the model's) as ``frame`` of the layer; says whether
+        a pixel changed. Not an edit: no paint event reaches the model, and napari's own
+        layer history is not touched."""
+        if self._closed:
+            return False
+        new = self.model.labels[int(frame)] if labels is None else np.asarray(labels)
+        data = self.layer.data
+        index = plane_index(self.layer, self.source, int(frame))
+        plane = np.asarray(data[index])
+        if np.array_equal(plane, new):
+            return False
+        self._writing = True
+        try:
+            data[index] = new.astype(data.dtype, copy=False)
+        finally:
+            self._writing = False
+        if refresh:
+            self.layer.refresh()
+        return True
+
+    def equal(self) -> bool:
+        """Whether the layer shows exactly the model's labels (every frame)."""
+        return all(
+            np.array_equal(
+                np.asarray(self.layer.data[plane_index(self.layer, self.source, f)]),
+                self.model.labels[f],
+            )
+            for f in range(self.model.num_frames)
+        )
+
+    # -- layer -> model ------------------------------------------------------------------
+    def _on_paint(self, event: Any) -> None:
+        if self._writing or self._closed:
+            return
+        strokes = self.strokes(getattr(event, "value", None) or [])
+        forget_layer_history(self.layer)  # the model's history is the only one
+        if strokes:
+            self._on_stroke(strokes)
+
+    def strokes(self, atoms: Iterable[Any]) -> list[Stroke]:
+        """napari history atoms ``(indices, old values, new values)`` as one
+        :data:`Stroke` per frame of this stack (pixels on other planes of a 4D+ layer are
+        left out), in the order they were painted."""
+        source = self.source
+        ndim = len(np.shape(self.layer.data))
+        stack_shape = tuple(int(s) for s in np.shape(self.layer.data)) == source.frames_shape
+        if stack_shape:
+            stack_axis, row_axis, col_axis, fixed = 0, 1, 2, {}
+        else:
+            stack_axis = source.stack_axis
+            row_axis, col_axis = source.spatial_axes
+            fixed = source.fixed_indices
+        per_frame: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+        for atom in atoms:
+            indices, _old, new = atom
+            indices = tuple(np.asarray(i).reshape(-1) for i in indices)
+            if len(indices) != ndim or indices[0].size == 0:
+                continue
+            values = np.broadcast_to(np.asarray(new).reshape(-1), indices[0].shape)
+            keep = np.ones(indices[0].shape, bool)
+            for axis, value in fixed.items():
+                keep &= indices[axis] == value
+            frames = (
+                indices[stack_axis] if stack_axis is not None else np.zeros_like(indices[0])
+            )
+            for frame in np.unique(frames[keep]):
+                here = keep & (frames == frame)
+                per_frame.setdefault(int(frame), []).append(
+                    (indices[row_axis][here], indices[col_axis][here], values[here])
+                )
+        return [
+            (
+                frame,
+                np.concatenate([p[0] for p in parts]),
+                np.concatenate([p[1] for p in parts]),
+                np.concatenate([p[2] for p in parts]),
+            )
+            for frame, parts in sorted(per_frame.items())
+        ]
+
+
+def forget_layer_history(layer: Labels) -> None:
+    """Empty napari's own undo/redo history of ``layer`` (the annotation model's history
+    replaces it; napari offers no public call for this)."""
+    for name in ("_undo_history", "_redo_history"):
+        history = getattr(layer, name, None)
+        if history is not None and hasattr(history, "clear"):
+            history.clear()
