@@ -55,7 +55,7 @@ def run_direct(data: Path, out: Path, device: str) -> dict:
     import resource
 
     from napari_sam_lora.batch.worker import StackTask, process_stack
-    from napari_sam_lora.engine.predictor import load_model
+    from napari_sam_lora.engine.tracking.predictor import load_model
 
     start = time.perf_counter()
     model = load_model(MODEL, device, IMAGE_SIZE)

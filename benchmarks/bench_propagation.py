@@ -45,8 +45,8 @@ def peak_mb() -> float:
 
 
 def run_ours(stack: np.ndarray, image_size: int, cache_mb: float, device: str) -> dict:
-    from napari_sam_lora.engine.predictor import load_model
-    from napari_sam_lora.engine.session import Session
+    from napari_sam_lora.engine.tracking.predictor import load_model
+    from napari_sam_lora.engine.tracking.session import Session
 
     model = load_model(MODEL, device=device, image_size=image_size)
     centre = [stack.shape[1] // 2, stack.shape[2] // 4]
@@ -73,7 +73,7 @@ def run_stock(stack: np.ndarray, image_size: int, device: str) -> dict:
     from PIL import Image
     from sam2.build_sam import build_sam2_video_predictor
 
-    from napari_sam_lora.engine.models import VARIANTS
+    from napari_sam_lora.engine.tracking.models import VARIANTS
 
     folder = Path(tempfile.mkdtemp())
     low, high = np.percentile(stack, [0.5, 99.5])
@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--child", dest="mode", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.device is None:
-        from napari_sam_lora.engine.models import pick_device
+        from napari_sam_lora.engine.tracking.models import pick_device
 
         args.device = pick_device(None).type
     if args.mode:

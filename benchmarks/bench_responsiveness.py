@@ -263,12 +263,12 @@ def training_ratio(args: argparse.Namespace) -> None:
     from qtpy.QtCore import QEventLoop
 
     from napari_sam_lora._qt.threading import start_job
-    from napari_sam_lora.engine.adapters import inject_adapter
-    from napari_sam_lora.engine.jobs import drain
-    from napari_sam_lora.engine.lora_settings import load_settings
-    from napari_sam_lora.engine.predictor import load_model
-    from napari_sam_lora.engine.session import Session
-    from napari_sam_lora.engine.training import train_adapter
+    from napari_sam_lora.engine.core.jobs import drain
+    from napari_sam_lora.engine.learning.adapters import inject_adapter
+    from napari_sam_lora.engine.learning.lora_settings import load_settings
+    from napari_sam_lora.engine.learning.training import train_adapter
+    from napari_sam_lora.engine.tracking.predictor import load_model
+    from napari_sam_lora.engine.tracking.session import Session
     from napari_sam_lora.synthetic import make_stack
 
     image, truth = make_stack("moving_disk", n_frames=4, shape=(128, 128))

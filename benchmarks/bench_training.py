@@ -32,12 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_sam_lora.engine.adapters import inject_adapter, propose
-from napari_sam_lora.engine.features import DecoderInputs
-from napari_sam_lora.engine.jobs import drain
-from napari_sam_lora.engine.lora_settings import LoraSettings, load_settings
-from napari_sam_lora.engine.losses import logits_iou
-from napari_sam_lora.engine.training import train_adapter
+from napari_sam_lora.engine.core.jobs import drain
+from napari_sam_lora.engine.learning.adapters import inject_adapter, propose
+from napari_sam_lora.engine.learning.lora_settings import LoraSettings, load_settings
+from napari_sam_lora.engine.learning.losses import logits_iou
+from napari_sam_lora.engine.learning.training import train_adapter
+from napari_sam_lora.engine.tracking.features import DecoderInputs
 
 logger = logging.getLogger("bench_training")
 FRAME_SIZE = 512

@@ -55,7 +55,7 @@ def stack() -> np.ndarray:
 @pytest.fixture(scope="session")
 def tiny_model():
     """One untrained hiera-tiny at 256 px, shared by the engine tests."""
-    from napari_sam_lora.engine.predictor import load_model
+    from napari_sam_lora.engine.tracking.predictor import load_model
 
     return load_model(TEST_MODEL, device="cpu", image_size=TEST_IMAGE_SIZE)
 
@@ -63,6 +63,6 @@ def tiny_model():
 @pytest.fixture
 def session(tiny_model, stack):
     """A fresh session on the disk stack."""
-    from napari_sam_lora.engine.session import Session
+    from napari_sam_lora.engine.tracking.session import Session
 
     return Session(stack, model=tiny_model)

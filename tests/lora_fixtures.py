@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from napari_sam_lora.engine.features import DecoderInputs
+from napari_sam_lora.engine.tracking.features import DecoderInputs
 
 IMAGE_SIZE = 256
 

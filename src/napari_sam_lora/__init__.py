@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from napari_sam_lora.engine.learning import Learner
-    from napari_sam_lora.engine.predictor import load_model
-    from napari_sam_lora.engine.session import Session
+    from napari_sam_lora.engine.learning.learner import Learner
+    from napari_sam_lora.engine.tracking.predictor import load_model
+    from napari_sam_lora.engine.tracking.session import Session
 
 _LAZY = {
-    "Session": "napari_sam_lora.engine.session",
-    "Learner": "napari_sam_lora.engine.learning",
-    "load_model": "napari_sam_lora.engine.predictor",
+    "Session": "napari_sam_lora.engine.tracking.session",
+    "Learner": "napari_sam_lora.engine.learning.learner",
+    "load_model": "napari_sam_lora.engine.tracking.predictor",
 }
 
 __all__ = ["Learner", "Session", "__version__", "load_model"]

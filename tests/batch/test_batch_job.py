@@ -22,7 +22,7 @@ zarr = pytest.importorskip("zarr")
 from napari_sam_lora.batch import outputs, segment, segment_steps  # noqa: E402
 from napari_sam_lora.cli import main as cli_main  # noqa: E402
 from napari_sam_lora.data.readers import open_stack  # noqa: E402
-from napari_sam_lora.engine.session import Session  # noqa: E402
+from napari_sam_lora.engine.tracking.session import Session  # noqa: E402
 
 N_FRAMES = 4
 SHAPE = (64, 64)
@@ -219,9 +219,9 @@ def test_resume_after_an_interrupted_run(client, tmp_path):
 
 def _adapter_file(model, path):
     """An (untrained, identity) adapter for object 1 saved from ``model``."""
-    from napari_sam_lora.engine.adapter_files import save_adapters
-    from napari_sam_lora.engine.adapters import delete_adapter, inject_adapter
-    from napari_sam_lora.engine.lora_settings import load_settings
+    from napari_sam_lora.engine.learning.adapter_files import save_adapters
+    from napari_sam_lora.engine.learning.adapters import delete_adapter, inject_adapter
+    from napari_sam_lora.engine.learning.lora_settings import load_settings
 
     decoder = model.predictor.sam_mask_decoder
     inject_adapter(decoder, "obj1_a0", load_settings("default"))
@@ -241,7 +241,7 @@ def _tamper(json_path, **base):
 
 
 def test_adapter_of_another_variant_refused_on_the_driver(tiny_model, tmp_path):
-    from napari_sam_lora.engine.adapters import AdapterFileError
+    from napari_sam_lora.engine.learning.adapters import AdapterFileError
 
     _experiment(tmp_path / "data", kinds=("moving_disk",))
     _tamper(_adapter_file(tiny_model, tmp_path / "small"), variant="sam2.1_hiera_small")
@@ -260,7 +260,7 @@ def test_adapter_of_another_variant_refused_on_the_driver(tiny_model, tmp_path):
 
 @pytest.mark.slow
 def test_adapter_of_another_base_model_refused_before_any_stack(client, tiny_model, tmp_path):
-    from napari_sam_lora.engine.adapters import AdapterFileError
+    from napari_sam_lora.engine.learning.adapters import AdapterFileError
 
     _experiment(tmp_path / "data", kinds=("moving_disk",))
     _tamper(_adapter_file(tiny_model, tmp_path / "other"), decoder_sha256="0" * 64)
@@ -279,7 +279,7 @@ def test_adapter_of_another_base_model_refused_before_any_stack(client, tiny_mod
 @pytest.mark.slow
 def test_adapter_assisted_batch_matches_a_direct_learner(client, tiny_model, tmp_path, one_thread):
     from napari_sam_lora import Learner
-    from napari_sam_lora.engine.adapters import adapter_names
+    from napari_sam_lora.engine.learning.adapters import adapter_names
     from napari_sam_lora.synthetic import make_stack
 
     # train an adapter on one stack, as a user correcting frame 2 in the viewer would
@@ -376,7 +376,7 @@ def test_local_cluster_sized_to_the_machine(monkeypatch):
 
 
 def test_bad_options_and_missing_inputs_fail_before_anything(tmp_path):
-    from napari_sam_lora.engine.errors import ConfigError, PromptError
+    from napari_sam_lora.engine.core.errors import ConfigError, PromptError
 
     with pytest.raises(ConfigError, match="matched nothing"):
         segment(str(tmp_path / "*.tif"), tmp_path / "out", seeds=tmp_path, **JOB)

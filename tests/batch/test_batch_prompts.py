@@ -11,8 +11,8 @@ from napari_sam_lora.batch import outputs
 from napari_sam_lora.batch.prompts import match_seeds, read_points_table
 from napari_sam_lora.batch.stack import PointRow, point_prompts, resolve_start, seed_prompts
 from napari_sam_lora.data.readers import open_stack
-from napari_sam_lora.engine.atomic import write_files
-from napari_sam_lora.engine.errors import PromptError
+from napari_sam_lora.engine.core.atomic import write_files
+from napari_sam_lora.engine.core.errors import PromptError
 
 GEOMETRY = {"a": (4, (64, 80)), "b": (2, (32, 32))}
 

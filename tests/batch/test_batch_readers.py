@@ -12,7 +12,7 @@ from napari_sam_lora.data.readers import (
     read_labels,
     stack_name,
 )
-from napari_sam_lora.engine.errors import StackError
+from napari_sam_lora.engine.core.errors import StackError
 
 tifffile = pytest.importorskip("tifffile")
 zarr = pytest.importorskip("zarr")

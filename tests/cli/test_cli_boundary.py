@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from napari_sam_lora.cli import describe, main
-from napari_sam_lora.engine import atomic
+from napari_sam_lora.engine.core import atomic
 from napari_sam_lora.synthetic import write_suite
 
 
@@ -32,7 +32,7 @@ def suite(tmp_path_factory):
 @pytest.fixture
 def model_here(tiny_model, monkeypatch):
     """``load_model`` returns the shared tiny model; the long runs must not start."""
-    import napari_sam_lora.engine.predictor as predictor
+    import napari_sam_lora.engine.tracking.predictor as predictor
     import napari_sam_lora.evaluation.runner as runner
 
     monkeypatch.setattr(predictor, "load_model", lambda *a, **k: tiny_model)
@@ -65,7 +65,7 @@ def test_bad_device_index_is_one_line(suite, tmp_path, capsys):  # FAIL 11: --de
 
 
 def test_empty_sidecar_in_the_cache_is_one_line(suite, tmp_path, capsys):  # FAIL 11
-    from napari_sam_lora.engine.models import cache_dir
+    from napari_sam_lora.engine.tracking.models import cache_dir
 
     cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
@@ -111,7 +111,7 @@ class Evil:
 def test_bad_checkpoint_suggests_restart_before_the_model_loads(
     tmp_path, suite, capsys, monkeypatch, content, message
 ):  # FAIL 11: RuntimeError / UnpicklingError / AttributeError tracebacks
-    import napari_sam_lora.engine.predictor as predictor
+    import napari_sam_lora.engine.tracking.predictor as predictor
 
     monkeypatch.setattr(predictor, "iter_load_model", lambda *a, **k: pytest.fail("loaded"))
     path = train_config(tmp_path, suite)
@@ -166,9 +166,9 @@ def test_target_modules_matching_nothing_fail_before_the_baseline(
 
 def _adapter(tmp_path, decoder_change=None):
     import lora_fixtures
-    from napari_sam_lora.engine.adapter_files import save_adapters
-    from napari_sam_lora.engine.adapters import inject_adapter
-    from napari_sam_lora.engine.lora_settings import load_settings
+    from napari_sam_lora.engine.learning.adapter_files import save_adapters
+    from napari_sam_lora.engine.learning.adapters import inject_adapter
+    from napari_sam_lora.engine.learning.lora_settings import load_settings
 
     decoder = lora_fixtures.fresh_decoder()
     if decoder_change:
@@ -206,7 +206,7 @@ def test_unwritable_output_fails_before_the_model_loads(tmp_path, suite, capsys,
         return real(self, data)
 
     monkeypatch.setattr(pathlib.Path, "write_bytes", read_only)
-    import napari_sam_lora.engine.predictor as predictor
+    import napari_sam_lora.engine.tracking.predictor as predictor
 
     monkeypatch.setattr(predictor, "load_model", lambda *a, **k: pytest.fail("loaded"))
     argv = ["evaluate", str(suite), "--output", str(tmp_path / "ro" / "out"), "--no-progress"]

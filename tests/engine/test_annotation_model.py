@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sam_lora.engine.annotation_model import AnnotationModel
-from napari_sam_lora.engine.errors import PromptError
-from napari_sam_lora.engine.prompts import MaskPrompt
-from napari_sam_lora.engine.session import Session
+from napari_sam_lora.engine.annotation.model import AnnotationModel
+from napari_sam_lora.engine.annotation.prompts import MaskPrompt
+from napari_sam_lora.engine.core.errors import PromptError
+from napari_sam_lora.engine.tracking.session import Session
 
 
 def square(shape=(8, 8), at=(2, 2), size=3) -> np.ndarray:
@@ -199,8 +199,8 @@ def test_repropagation_keeps_to_the_frame_range(disk):
 
 
 def test_learn_cancel_leaves_the_edit_pending_and_accept_with_repropagation_is_one_step(disk):
-    from napari_sam_lora.engine.adapters import adapter_names, delete_adapter
-    from napari_sam_lora.engine.learning import Learner
+    from napari_sam_lora.engine.learning.adapters import adapter_names, delete_adapter
+    from napari_sam_lora.engine.learning.learner import Learner
 
     session, truth = disk
     session.propagate_all("forward")

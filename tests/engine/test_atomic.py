@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from napari_sam_lora.engine import atomic
-from napari_sam_lora.engine.atomic import FileSet, previous_path, temp_paths, write_files
-from napari_sam_lora.engine.errors import WriteError
+from napari_sam_lora.engine.core import atomic
+from napari_sam_lora.engine.core.atomic import FileSet, previous_path, temp_paths, write_files
+from napari_sam_lora.engine.core.errors import WriteError
 
 
 def disk_full(*args, **kwargs):

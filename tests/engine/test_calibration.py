@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sam_lora.engine.calibration import OnlineCalibrator, isotonic_fit
+from napari_sam_lora.engine.learning.calibration import OnlineCalibrator, isotonic_fit
 from napari_sam_lora.evaluation.calibration import (
     calibration_summary,
     candidate_scores,
@@ -157,8 +157,8 @@ from lora_fixtures import decoder, example  # noqa: E402, F401  (fixture)
 
 
 def test_each_correction_feeds_the_objects_calibrator_before_training(decoder):  # noqa: F811
-    from napari_sam_lora.engine.adapter_pool import AdapterPool, CorrectionPlan
-    from napari_sam_lora.engine.lora_settings import load_settings
+    from napari_sam_lora.engine.learning.adapter_pool import AdapterPool, CorrectionPlan
+    from napari_sam_lora.engine.learning.lora_settings import load_settings
 
     pool = AdapterPool(1, load_settings("default"))
     inputs, target = example(seed=0)
@@ -177,8 +177,8 @@ def test_each_correction_feeds_the_objects_calibrator_before_training(decoder): 
 
 
 def test_an_accepted_mask_is_observed_for_every_adapter(decoder):  # noqa: F811
-    from napari_sam_lora.engine.adapter_pool import AdapterPool
-    from napari_sam_lora.engine.lora_settings import load_settings
+    from napari_sam_lora.engine.learning.adapter_pool import AdapterPool
+    from napari_sam_lora.engine.learning.lora_settings import load_settings
 
     pool = AdapterPool(1, load_settings("default"))
     inputs, target = example(seed=0)
@@ -189,8 +189,8 @@ def test_an_accepted_mask_is_observed_for_every_adapter(decoder):  # noqa: F811
 
 
 def test_an_accepted_adapter_does_not_confirm_itself(decoder):  # noqa: F811
-    from napari_sam_lora.engine.adapter_pool import AdapterPool
-    from napari_sam_lora.engine.lora_settings import load_settings
+    from napari_sam_lora.engine.learning.adapter_pool import AdapterPool
+    from napari_sam_lora.engine.learning.lora_settings import load_settings
 
     pool = AdapterPool(1, load_settings("default"))
     inputs, target = example(seed=0)
@@ -200,8 +200,8 @@ def test_an_accepted_adapter_does_not_confirm_itself(decoder):  # noqa: F811
 
 
 def test_raw_score_is_agreement_with_the_reference_or_the_confidence():
-    from napari_sam_lora.engine.adapter_pool import raw_score
-    from napari_sam_lora.engine.adapters import Proposal
+    from napari_sam_lora.engine.learning.adapter_pool import raw_score
+    from napari_sam_lora.engine.learning.adapters import Proposal
 
     logits = np.full((8, 8), -5.0, np.float32)
     logits[:4, :4] = 5.0  # 16 pixels

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sam_lora.engine.errors import StackError
-from napari_sam_lora.engine.frames import NormalisedFrames, intensity_range, stack_geometry
+from napari_sam_lora.engine.core.errors import StackError
+from napari_sam_lora.engine.tracking.frames import NormalisedFrames, intensity_range, stack_geometry
 
 
 @pytest.mark.parametrize(

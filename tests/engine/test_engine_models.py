@@ -9,9 +9,9 @@ from typing import ClassVar
 
 import pytest
 
-from napari_sam_lora.engine import models
-from napari_sam_lora.engine.errors import CheckpointError, DownloadError, ModelError
-from napari_sam_lora.engine.models import VARIANTS, parse_model
+from napari_sam_lora.engine.core.errors import CheckpointError, DownloadError, ModelError
+from napari_sam_lora.engine.tracking import models
+from napari_sam_lora.engine.tracking.models import VARIANTS, parse_model
 
 
 def test_variants_cover_meta_names():
@@ -131,7 +131,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     """The untrained tiny model's weights saved as Meta's checkpoints are ({'model': ...})."""
     import torch
 
-    from napari_sam_lora.engine.predictor import load_model
+    from napari_sam_lora.engine.tracking.predictor import load_model
 
     model = load_model("untrained:sam2.1_hiera_tiny", device="cpu", image_size=256)
     path = tmp_path_factory.mktemp("ckpt") / "my_tiny.pt"
@@ -140,7 +140,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 
 def test_local_checkpoint_loads_and_is_recognised(tiny_checkpoint):
-    from napari_sam_lora.engine.predictor import load_model
+    from napari_sam_lora.engine.tracking.predictor import load_model
 
     spec = parse_model(tiny_checkpoint)
     assert spec.variant.name == "sam2.1_hiera_tiny" and not spec.untrained
@@ -149,7 +149,7 @@ def test_local_checkpoint_loads_and_is_recognised(tiny_checkpoint):
 
 
 def test_wrong_variant_checkpoint_in_cache(tiny_checkpoint):
-    from napari_sam_lora.engine.predictor import load_model
+    from napari_sam_lora.engine.tracking.predictor import load_model
 
     cached = models.cache_dir() / "sam2.1_hiera_small.pt"
     cached.parent.mkdir(parents=True, exist_ok=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sam_lora.engine.errors import PromptError, SamLoraError
-from napari_sam_lora.engine.prompts import BoxPrompt, MaskPrompt, PointPrompt
-from napari_sam_lora.engine.session import Session
+from napari_sam_lora.engine.annotation.prompts import BoxPrompt, MaskPrompt, PointPrompt
+from napari_sam_lora.engine.core.errors import PromptError, SamLoraError
+from napari_sam_lora.engine.tracking.session import Session
 
 
 def test_labels_shape_dtype_and_ids(session):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sam_lora.engine.errors import PromptError
-from napari_sam_lora.engine.prompts import BoxPrompt, MaskPrompt, PointPrompt
-from napari_sam_lora.engine.tracking import compose_labels, plan_passes, validate_prompts
+from napari_sam_lora.engine.annotation.prompts import BoxPrompt, MaskPrompt, PointPrompt
+from napari_sam_lora.engine.core.errors import PromptError
+from napari_sam_lora.engine.tracking.plans import compose_labels, plan_passes, validate_prompts
 
 SHAPE = (64, 80)
 

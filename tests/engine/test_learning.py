@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sam_lora.engine.errors import PromptError
-from napari_sam_lora.engine.session import Session
+from napari_sam_lora.engine.core.errors import PromptError
+from napari_sam_lora.engine.tracking.session import Session
 
 N_FRAMES = 6
 
@@ -19,7 +19,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 def _clean_decoder(tiny_model):
     """The shared test model leaves each test without adapters."""
     yield
-    from napari_sam_lora.engine.adapters import activate, adapter_names, delete_adapter
+    from napari_sam_lora.engine.learning.adapters import activate, adapter_names, delete_adapter
 
     decoder = tiny_model.predictor.sam_mask_decoder
     for name in adapter_names(decoder):
@@ -48,7 +48,7 @@ def corrected(session: Session, frame: int, mask: np.ndarray, obj_id: int = 1) -
 
 
 def test_correction_raises_iou_on_frame_and_following(disk):
-    from napari_sam_lora.engine.learning import Learner
+    from napari_sam_lora.engine.learning.learner import Learner
 
     session, truth = disk
     base = [iou(session.labels[t] == 1, truth[t]) for t in range(2, N_FRAMES)]
@@ -65,7 +65,7 @@ def test_correction_raises_iou_on_frame_and_following(disk):
 
 def test_training_uses_the_corrected_frames_own_inputs(disk, monkeypatch):
     """Correct frame A, then frame B: B's training runs on B's recorded inputs."""
-    from napari_sam_lora.engine import learning
+    from napari_sam_lora.engine.learning import learner as learning
 
     session, truth = disk
     seen = []
@@ -85,7 +85,7 @@ def test_training_uses_the_corrected_frames_own_inputs(disk, monkeypatch):
 
 
 def test_untracked_frame_is_tracked_first(tiny_model):
-    from napari_sam_lora.engine.learning import Learner
+    from napari_sam_lora.engine.learning.learner import Learner
     from napari_sam_lora.synthetic import make_stack
 
     image, truth = make_stack("moving_disk", n_frames=4, shape=(64, 64))
@@ -98,7 +98,7 @@ def test_untracked_frame_is_tracked_first(tiny_model):
 
 
 def test_frame_that_cannot_be_tracked(tiny_model):
-    from napari_sam_lora.engine.learning import Learner
+    from napari_sam_lora.engine.learning.learner import Learner
     from napari_sam_lora.synthetic import make_stack
 
     image, truth = make_stack("moving_disk", n_frames=3, shape=(64, 64))
@@ -110,7 +110,7 @@ def test_frame_that_cannot_be_tracked(tiny_model):
 
 
 def test_bad_corrections(disk):
-    from napari_sam_lora.engine.learning import Learner
+    from napari_sam_lora.engine.learning.learner import Learner
 
     session, _ = disk
     learner = Learner(session, "default")
@@ -124,7 +124,7 @@ def test_bad_corrections(disk):
 
 
 def test_erased_object_is_a_correction(disk):
-    from napari_sam_lora.engine.learning import Learner
+    from napari_sam_lora.engine.learning.learner import Learner
 
     session, _ = disk
     assert (session.labels[3] == 1).any(), "precondition: the model output object 1 here"
@@ -136,7 +136,7 @@ def test_erased_object_is_a_correction(disk):
 
 
 def test_new_object_is_conditioned_not_trained(disk):
-    from napari_sam_lora.engine.learning import Learner
+    from napari_sam_lora.engine.learning.learner import Learner
 
     session, _ = disk
     user = session.labels[2].copy()
@@ -147,8 +147,8 @@ def test_new_object_is_conditioned_not_trained(disk):
 
 
 def test_cancel_keeps_previous_adapter(disk):
-    from napari_sam_lora.engine.adapters import adapter_state
-    from napari_sam_lora.engine.learning import Learner
+    from napari_sam_lora.engine.learning.adapters import adapter_state
+    from napari_sam_lora.engine.learning.learner import Learner
 
     session, truth = disk
     learner = Learner(session, "default")
@@ -165,7 +165,7 @@ def test_cancel_keeps_previous_adapter(disk):
 
 
 def test_accept_conditions_sam2_and_feeds_replay(disk):
-    from napari_sam_lora.engine.learning import Learner
+    from napari_sam_lora.engine.learning.learner import Learner
 
     session, truth = disk
     learner = Learner(session, "default")
@@ -179,7 +179,7 @@ def test_accept_conditions_sam2_and_feeds_replay(disk):
 
 
 def test_save_load_reproduces_candidates(disk, tiny_model, tmp_path):
-    from napari_sam_lora.engine.learning import Learner
+    from napari_sam_lora.engine.learning.learner import Learner
 
     session, truth = disk
     learner = Learner(session, "default")
@@ -197,8 +197,8 @@ def test_save_load_reproduces_candidates(disk, tiny_model, tmp_path):
 
 
 def test_damaged_adapter_file_keeps_current_adapters(disk, tmp_path):
-    from napari_sam_lora.engine.adapters import AdapterFileError, adapter_names
-    from napari_sam_lora.engine.learning import Learner
+    from napari_sam_lora.engine.learning.adapters import AdapterFileError, adapter_names
+    from napari_sam_lora.engine.learning.learner import Learner
 
     session, truth = disk
     learner = Learner(session, "default")
@@ -212,7 +212,7 @@ def test_damaged_adapter_file_keeps_current_adapters(disk, tmp_path):
 
 
 def test_two_objects_have_their_own_adapters(tiny_model):
-    from napari_sam_lora.engine.learning import Learner
+    from napari_sam_lora.engine.learning.learner import Learner
     from napari_sam_lora.synthetic import make_stack
 
     image, truth = make_stack("two_objects", n_frames=4, shape=(64, 64))
@@ -230,7 +230,7 @@ def test_two_objects_have_their_own_adapters(tiny_model):
 
 def _decoy_score(tiny_model, preset: str) -> float:
     """Mean IoU of the adapter's proposals on frames 1–3 after one correction on frame 2."""
-    from napari_sam_lora.engine.learning import Learner
+    from napari_sam_lora.engine.learning.learner import Learner
     from napari_sam_lora.synthetic import make_stack
 
     image, truth = make_stack("decoy", n_frames=4, shape=(64, 64), seed=0)
@@ -252,7 +252,7 @@ def test_strong_preset_separates_object_from_decoy_better_than_lit(tiny_model):
 
 
 def test_adapter_assisted_propagation_uses_confident_adapter(disk):
-    from napari_sam_lora.engine.learning import Learner
+    from napari_sam_lora.engine.learning.learner import Learner
 
     session, truth = disk
     learner = Learner(session, "strong", assist_margin=0.1)
@@ -270,7 +270,7 @@ def test_adapter_assisted_propagation_uses_confident_adapter(disk):
 def test_auto_accept_takes_frames_above_the_bar_and_never_confirmed_ones(disk):
     from dataclasses import replace
 
-    from napari_sam_lora.engine.learning import Learner
+    from napari_sam_lora.engine.learning.learner import Learner
 
     session, truth = disk
     learner = Learner(session, "default")

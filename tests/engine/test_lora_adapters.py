@@ -10,11 +10,15 @@ import torch
 
 import lora_fixtures
 from lora_fixtures import example, fresh_decoder
-from napari_sam_lora.engine import adapter_pool
-from napari_sam_lora.engine import adapters as A
-from napari_sam_lora.engine.adapter_files import decoder_checksum, load_adapters, save_adapters
-from napari_sam_lora.engine.adapter_pool import AdapterPool
-from napari_sam_lora.engine.adapters import (
+from napari_sam_lora.engine.learning import adapter_pool
+from napari_sam_lora.engine.learning import adapters as A
+from napari_sam_lora.engine.learning.adapter_files import (
+    decoder_checksum,
+    load_adapters,
+    save_adapters,
+)
+from napari_sam_lora.engine.learning.adapter_pool import AdapterPool
+from napari_sam_lora.engine.learning.adapters import (
     AdapterError,
     AdapterFileError,
     Proposal,
@@ -24,7 +28,7 @@ from napari_sam_lora.engine.adapters import (
     propose,
     use_adapter,
 )
-from napari_sam_lora.engine.lora_settings import load_settings
+from napari_sam_lora.engine.learning.lora_settings import load_settings
 
 decoder = lora_fixtures.decoder  # fixtures shared with the other LoRA test modules
 disk_example = lora_fixtures.disk_example

@@ -7,8 +7,8 @@ import re
 import pytest
 
 from lora_fixtures import fresh_decoder
-from napari_sam_lora.engine.errors import SamLoraError
-from napari_sam_lora.engine.lora_settings import (
+from napari_sam_lora.engine.core.errors import SamLoraError
+from napari_sam_lora.engine.learning.lora_settings import (
     LoraSettings,
     SettingsError,
     available_presets,

@@ -11,11 +11,11 @@ import torch
 
 import lora_fixtures
 from lora_fixtures import example
-from napari_sam_lora.engine import adapters as A
-from napari_sam_lora.engine.adapters import adapter_state, inject_adapter, propose
-from napari_sam_lora.engine.jobs import drain
-from napari_sam_lora.engine.lora_settings import load_settings
-from napari_sam_lora.engine.losses import (
+from napari_sam_lora.engine.core.jobs import drain
+from napari_sam_lora.engine.learning import adapters as A
+from napari_sam_lora.engine.learning.adapters import adapter_state, inject_adapter, propose
+from napari_sam_lora.engine.learning.lora_settings import load_settings
+from napari_sam_lora.engine.learning.losses import (
     binary_iou,
     dice_loss,
     logits_iou,
@@ -23,7 +23,7 @@ from napari_sam_lora.engine.losses import (
     resize_mask,
     sigmoid_focal_loss,
 )
-from napari_sam_lora.engine.training import (
+from napari_sam_lora.engine.learning.training import (
     TrainStep,
     _Stopper,
     escalated_settings,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_sam_lora.engine.annotations import AnnotationState
-from napari_sam_lora.engine.reference import reference_mask, shifted
+from napari_sam_lora.engine.annotation.state import AnnotationState
+from napari_sam_lora.engine.learning.reference import reference_mask, shifted
 
 
 def square(row: int, col: int, size: int = 4, shape: tuple[int, int] = (32, 32)) -> np.ndarray:

@@ -6,7 +6,7 @@ import pytest
 
 
 def test_installed_sam2_has_the_private_api_we_use(session):
-    from napari_sam_lora.engine import sam2_bridge
+    from napari_sam_lora.engine.tracking import sam2_bridge
 
     sam2_bridge.check_private_api(session.state)
 
@@ -14,7 +14,7 @@ def test_installed_sam2_has_the_private_api_we_use(session):
 def test_a_changed_private_api_is_reported_clearly(monkeypatch):
     from sam2 import sam2_video_predictor as svp
 
-    from napari_sam_lora.engine import sam2_bridge
+    from napari_sam_lora.engine.tracking import sam2_bridge
 
     def changed(self, inference_state, frame_index):  # a renamed parameter
         return None
@@ -58,5 +58,5 @@ def test_every_sam2_private_call_of_the_engine_is_in_the_bridge():
         r"\._(run_single_frame_inference|get_orig_video_res_output|get_image_feature|"
         r"run_memory_encoder|consolidate_temp_output_across_obj)\("
     )
-    found = {path.name for path in root.glob("*.py") if private.search(path.read_text("utf-8"))}
+    found = {path.name for path in root.rglob("*.py") if private.search(path.read_text("utf-8"))}
     assert found <= {"sam2_bridge.py"}

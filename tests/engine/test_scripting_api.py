@@ -40,7 +40,7 @@ def _fixed(session, frame: int, mask: np.ndarray) -> np.ndarray:
 
 def test_two_learners_sharing_one_model_both_learn_and_propose(tiny_model):
     from napari_sam_lora import Learner
-    from napari_sam_lora.engine.adapters import adapter_names
+    from napari_sam_lora.engine.learning.adapters import adapter_names
 
     decoder = tiny_model.predictor.sam_mask_decoder
     first_session, first_truth = _tracked(tiny_model, seed=0)
@@ -91,7 +91,7 @@ def test_loading_the_same_adapter_file_twice_does_not_duplicate(tiny_model, tmp_
 
 def test_propose_refuses_unknown_objects_and_frames(tiny_model):
     from napari_sam_lora import Learner
-    from napari_sam_lora.engine.errors import PromptError
+    from napari_sam_lora.engine.core.errors import PromptError
 
     session, truth = _tracked(tiny_model)
     with Learner(session) as learner:

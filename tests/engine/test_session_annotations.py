@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sam_lora.engine.annotations import AnnotationState
-from napari_sam_lora.engine.errors import PromptError
-from napari_sam_lora.engine.prompts import MaskPrompt, PointPrompt
-from napari_sam_lora.engine.session import Session
+from napari_sam_lora.engine.annotation.prompts import MaskPrompt, PointPrompt
+from napari_sam_lora.engine.annotation.state import AnnotationState
+from napari_sam_lora.engine.core.errors import PromptError
+from napari_sam_lora.engine.tracking.session import Session
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -155,7 +155,7 @@ def test_save_restore_reproduces_the_next_propagation(tracked, tmp_path):
 
 
 def test_a_session_file_of_another_stack_is_refused_untouched(tracked, tiny_model, tmp_path):
-    from napari_sam_lora.engine.session_state import SessionFileError
+    from napari_sam_lora.engine.tracking.session_files import SessionFileError
 
     make, _ = tracked
     make().save_state(tmp_path / "a")
@@ -180,7 +180,7 @@ def test_features_on_disk_make_a_reopened_stack_cost_no_encoder_call(tiny_model,
     reopened.propagate_all("forward")
     assert tiny_model.predictor.encoder_calls == calls  # every frame came from disk
     assert np.array_equal(reopened.labels, first.labels)
-    from napari_sam_lora.engine.feature_disk import clear_feature_cache
+    from napari_sam_lora.engine.tracking.feature_disk import clear_feature_cache
 
     assert clear_feature_cache(tmp_path / "features") > 0
     assert not list((tmp_path / "features").glob("*.safetensors"))

@@ -9,12 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sam_lora.engine.corrections import diff_corrections
-from napari_sam_lora.engine.errors import ConfigError, PromptError, StackError
-from napari_sam_lora.engine.frames import NormalisedFrames, check_stack
-from napari_sam_lora.engine.prompts import BoxPrompt, MaskPrompt, PointPrompt
-from napari_sam_lora.engine.tracking import validate_prompts
-from napari_sam_lora.engine.validation import (
+from napari_sam_lora.engine.annotation.corrections import diff_corrections
+from napari_sam_lora.engine.annotation.prompts import BoxPrompt, MaskPrompt, PointPrompt
+from napari_sam_lora.engine.core.errors import ConfigError, PromptError, StackError
+from napari_sam_lora.engine.core.validation import (
     MAX_OBJECT_ID,
     check_ids_fit,
     check_image_size,
@@ -22,6 +20,8 @@ from napari_sam_lora.engine.validation import (
     check_object_id,
     short_repr,
 )
+from napari_sam_lora.engine.tracking.frames import NormalisedFrames, check_stack
+from napari_sam_lora.engine.tracking.plans import validate_prompts
 
 SHAPE = (64, 80)
 
@@ -190,7 +190,7 @@ def test_bad_stacks_are_refused(stack, message):
 
 
 def test_complex_stack_is_refused_by_the_session_like_by_evaluate(tiny_model):  # FAIL 9
-    from napari_sam_lora.engine.session import Session
+    from napari_sam_lora.engine.tracking.session import Session
 
     with pytest.raises(StackError, match="complex-valued"):
         Session(np.ones((2, 16, 16), np.complex128) * (1 + 1j), model=tiny_model)
@@ -248,7 +248,7 @@ def test_segment_with_non_prompts_is_refused_before_any_reset(session):  # WEAK:
 
 
 def test_session_refuses_an_image_size_sam2_cannot_use(stack):  # WEAK: cryptic RuntimeError
-    from napari_sam_lora.engine.session import Session
+    from napari_sam_lora.engine.tracking.session import Session
 
     with pytest.raises(ConfigError, match="image size 100 is not allowed"):
         Session(stack, model="untrained:sam2.1_hiera_tiny", device="cpu", image_size=100)

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from napari_sam_lora.engine.errors import ConfigError
-from napari_sam_lora.engine.lora_settings import LoraSettings, SettingsError, load_settings
-from napari_sam_lora.engine.validation import read_yaml
+from napari_sam_lora.engine.core.errors import ConfigError
+from napari_sam_lora.engine.core.validation import read_yaml
+from napari_sam_lora.engine.learning.lora_settings import LoraSettings, SettingsError, load_settings
 from napari_sam_lora.finetune.config import load_config
 
 LAUGHS = (

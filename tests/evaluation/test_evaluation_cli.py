@@ -36,7 +36,7 @@ def fast_preset(tmp_path):
 @pytest.fixture
 def shared_model(tiny_model, monkeypatch):
     """The command gets the session's shared test model instead of building one."""
-    import napari_sam_lora.engine.predictor as predictor
+    import napari_sam_lora.engine.tracking.predictor as predictor
 
     monkeypatch.setattr(predictor, "load_model", lambda *args, **kwargs: tiny_model)
     return tiny_model
@@ -95,9 +95,9 @@ def test_end_to_end_on_a_synthetic_suite(tmp_path, fast_preset, shared_model, ca
 
 
 def test_adapter_file_starts_the_learning_run(tmp_path, fast_preset, shared_model):
-    from napari_sam_lora.engine.adapters import adapter_names, delete_adapter
-    from napari_sam_lora.engine.learning import Learner
-    from napari_sam_lora.engine.session import Session
+    from napari_sam_lora.engine.learning.adapters import adapter_names, delete_adapter
+    from napari_sam_lora.engine.learning.learner import Learner
+    from napari_sam_lora.engine.tracking.session import Session
     from napari_sam_lora.synthetic import make_stack, write_suite
 
     image, truth = make_stack("moving_disk", n_frames=3, shape=(64, 64))
@@ -254,7 +254,7 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES)
 def test_bad_input_one_message_nothing_written(tmp_path, capsys, case, monkeypatch):
-    import napari_sam_lora.engine.predictor as predictor
+    import napari_sam_lora.engine.tracking.predictor as predictor
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model must not load for a bad input")

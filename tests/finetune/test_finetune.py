@@ -19,14 +19,14 @@ import yaml
 
 from napari_sam_lora.cli.check_data import add_parser as add_check_data
 from napari_sam_lora.cli.train import add_parser as add_train
-from napari_sam_lora.engine.adapters import (
+from napari_sam_lora.engine.learning.adapters import (
     AdapterError,
     activate,
     adapter_names,
     delete_adapter,
     propose,
 )
-from napari_sam_lora.engine.lora_settings import load_settings
+from napari_sam_lora.engine.learning.lora_settings import load_settings
 from napari_sam_lora.finetune.config import ConfigError, load_config
 from napari_sam_lora.finetune.data_check import check_data
 from napari_sam_lora.finetune.pairs import DataError
@@ -130,8 +130,8 @@ def test_training_lowers_validation_loss_and_beats_the_base(trained):
 
 
 def test_adapter_loads_in_a_learner_and_changes_predictions(trained, tiny_model):
-    from napari_sam_lora.engine.learning import Learner
-    from napari_sam_lora.engine.session import Session
+    from napari_sam_lora.engine.learning.learner import Learner
+    from napari_sam_lora.engine.tracking.session import Session
     from napari_sam_lora.finetune.adapter_file import activate_finetuned
 
     _, _, result = trained

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from napari.components import ViewerModel
 
-from napari_sam_lora.engine.errors import PromptError
-from napari_sam_lora.engine.learning import Candidate
+from napari_sam_lora.engine.core.errors import PromptError
+from napari_sam_lora.engine.learning.learner import Candidate
 from napari_sam_lora.layers import (
     accept_candidate,
     add_candidate_layer,

@@ -9,8 +9,8 @@ import pytest
 from napari.components import ViewerModel
 from napari.layers import Image, Labels, Points, Shapes
 
-from napari_sam_lora.engine.errors import PromptError, StackError
-from napari_sam_lora.engine.prompts import BoxPrompt, MaskPrompt, PointPrompt
+from napari_sam_lora.engine.annotation.prompts import BoxPrompt, MaskPrompt, PointPrompt
+from napari_sam_lora.engine.core.errors import PromptError, StackError
 from napari_sam_lora.layers import (
     EditGroup,
     StackView,

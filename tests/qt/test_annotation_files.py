@@ -200,7 +200,7 @@ def test_save_then_restore_in_a_fresh_dock_continues_the_same_work(
 def test_files_of_another_stack_are_refused_and_nothing_changes(
     tiny_widget, tiny_model, qtbot, notes, tmp_path
 ):
-    from napari_sam_lora.engine.session import Session
+    from napari_sam_lora.engine.tracking.session import Session
     from napari_sam_lora.synthetic import make_stack
 
     viewer, widget = tiny_widget

@@ -25,14 +25,14 @@ def widget(qtbot, monkeypatch, tiny_model):
         yield ("build", 1, 1)
         return tiny_model
 
-    monkeypatch.setattr("napari_sam_lora.engine.predictor.iter_load_model", load)
+    monkeypatch.setattr("napari_sam_lora.engine.tracking.predictor.iter_load_model", load)
     w = FineTuneWidget(None)
     qtbot.addWidget(w)
     yield w
     if w.job is not None and w.job.is_running:
         w.cancel()
         qtbot.waitUntil(lambda: not w.job.is_running, timeout=WAIT_MS)
-    from napari_sam_lora.engine.adapters import activate, adapter_names, delete_adapter
+    from napari_sam_lora.engine.learning.adapters import activate, adapter_names, delete_adapter
 
     decoder = tiny_model.predictor.sam_mask_decoder
     activate(decoder, None)

@@ -83,7 +83,7 @@ def test_engine_and_learning_imports_run_on_the_worker(viewer_widget, qtbot, mon
         return lambda: threads.append((what, threading.current_thread() is threading.main_thread()))
 
     monkeypatch.setattr(_propagation, "prepare_engine", record("engine"))
-    import napari_sam_lora.engine.predictor as predictor
+    import napari_sam_lora.engine.tracking.predictor as predictor
 
     monkeypatch.setattr(predictor, "iter_load_model", fake_load)  # what _default_load runs
     sessions = use_fake(widget)

@@ -15,7 +15,7 @@ from napari.utils.key_bindings import KeyBinding
 from napari_sam_lora._qt import threading as qt_threading
 from napari_sam_lora._qt._propagation import SessionCache
 from napari_sam_lora._qt._shortcuts import SHORTCUTS
-from napari_sam_lora.engine.tracking import PropagationStep, validate_prompts
+from napari_sam_lora.engine.tracking.plans import PropagationStep, validate_prompts
 
 pytestmark = pytest.mark.viewer
 
@@ -444,7 +444,7 @@ def test_mask_prompt_from_a_labels_layer(viewer_widget, qtbot, notes):
 
 # -- the threading module -----------------------------------------------------------------------
 def test_job_errors_are_notifications(qtbot, notes, caplog):
-    from napari_sam_lora.engine.errors import PromptError
+    from napari_sam_lora.engine.core.errors import PromptError
 
     def failing(exc):
         yield 1

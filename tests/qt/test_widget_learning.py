@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from napari_sam_lora.engine.corrections import merge_object
+from napari_sam_lora.engine.annotation.corrections import merge_object
 from napari_sam_lora.layers import candidate_layers
 
 pytestmark = pytest.mark.viewer
@@ -142,7 +142,7 @@ def test_training_keeps_the_viewer_responsive_and_cancel_keeps_the_adapter(
 ):
     from qtpy.QtCore import QTimer
 
-    from napari_sam_lora.engine.adapters import adapter_state
+    from napari_sam_lora.engine.learning.adapters import adapter_state
 
     viewer, widget = viewer_widget
     panel, out, truth = learned(viewer, widget, qtbot)
@@ -195,7 +195,7 @@ def test_shift_l_and_automatic_learning(viewer_widget, qtbot, notes):
 
 
 def test_save_and_load_adapters_and_a_damaged_file(viewer_widget, qtbot, notes, tmp_path):
-    from napari_sam_lora.engine.adapters import adapter_names, delete_adapter
+    from napari_sam_lora.engine.learning.adapters import adapter_names, delete_adapter
 
     viewer, widget = viewer_widget
     panel, _, _ = learned(viewer, widget, qtbot)

@@ -12,13 +12,17 @@ import torch
 
 import lora_fixtures
 from lora_fixtures import fresh_decoder
-from napari_sam_lora.engine import adapters as A
-from napari_sam_lora.engine import atomic
-from napari_sam_lora.engine.adapter_files import check_adapters, load_adapters, save_adapters
-from napari_sam_lora.engine.adapters import AdapterFileError, adapter_names, inject_adapter
-from napari_sam_lora.engine.atomic import temp_paths
-from napari_sam_lora.engine.errors import WriteError
-from napari_sam_lora.engine.lora_settings import load_settings
+from napari_sam_lora.engine.core import atomic
+from napari_sam_lora.engine.core.atomic import temp_paths
+from napari_sam_lora.engine.core.errors import WriteError
+from napari_sam_lora.engine.learning import adapters as A
+from napari_sam_lora.engine.learning.adapter_files import (
+    check_adapters,
+    load_adapters,
+    save_adapters,
+)
+from napari_sam_lora.engine.learning.adapters import AdapterFileError, adapter_names, inject_adapter
+from napari_sam_lora.engine.learning.lora_settings import load_settings
 
 decoder = lora_fixtures.decoder
 LIT = load_settings("lit")

@@ -11,10 +11,10 @@ from typing import ClassVar
 
 import pytest
 
-from napari_sam_lora.engine import models
-from napari_sam_lora.engine.atomic import temp_paths
-from napari_sam_lora.engine.errors import CheckpointError, DownloadError, ModelError
-from napari_sam_lora.engine.models import META_SHA256, VARIANTS, parse_model
+from napari_sam_lora.engine.core.atomic import temp_paths
+from napari_sam_lora.engine.core.errors import CheckpointError, DownloadError, ModelError
+from napari_sam_lora.engine.tracking import models
+from napari_sam_lora.engine.tracking.models import META_SHA256, VARIANTS, parse_model
 
 
 class _Response(io.BytesIO):

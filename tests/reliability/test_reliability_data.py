@@ -11,7 +11,7 @@ import pytest
 
 from napari_sam_lora.data.stacks import read_images, read_labels
 from napari_sam_lora.data.suite import read_suite
-from napari_sam_lora.engine.errors import DataError, SamLoraError
+from napari_sam_lora.engine.core.errors import DataError, SamLoraError
 from napari_sam_lora.evaluation.data import DataError as EvalDataError
 from napari_sam_lora.evaluation.data import load_suite
 from napari_sam_lora.finetune.pairs import DataError as FinetuneDataError

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from napari.layers import Image, Labels
 
-from napari_sam_lora.engine.errors import PromptError
+from napari_sam_lora.engine.core.errors import PromptError
 from napari_sam_lora.layers import stack_from_image_layer, write_frame
 
 

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from napari_sam_lora.engine import atomic
-from napari_sam_lora.engine.atomic import temp_paths
-from napari_sam_lora.engine.errors import WriteError
+from napari_sam_lora.engine.core import atomic
+from napari_sam_lora.engine.core.atomic import temp_paths
+from napari_sam_lora.engine.core.errors import WriteError
 from napari_sam_lora.evaluation import report as R
 
 

@@ -38,9 +38,9 @@ from napari_sam_lora._qt._session_files import (
     session_base,
 )
 from napari_sam_lora._qt._slot import PanelJobs
-from napari_sam_lora.engine.errors import PromptError, StackError
-from napari_sam_lora.engine.prompts import BoxPrompt, MaskPrompt, PointPrompt
-from napari_sam_lora.engine.session_state import check_state
+from napari_sam_lora.engine.annotation.prompts import BoxPrompt, MaskPrompt, PointPrompt
+from napari_sam_lora.engine.core.errors import PromptError, StackError
+from napari_sam_lora.engine.tracking.session_files import check_state
 from napari_sam_lora.layers import (
     EditGroup,
     find_output_layer,

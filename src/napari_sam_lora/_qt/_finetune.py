@@ -58,7 +58,7 @@ def example_job(folder: str | None = None) -> Generator[Any, None, None]:
     """
     import re
 
-    from napari_sam_lora.engine.models import cache_dir
+    from napari_sam_lora.engine.tracking.models import cache_dir
     from napari_sam_lora.synthetic import write_suite
 
     out = Path(folder) if folder else cache_dir() / "finetune-example"

@@ -30,7 +30,7 @@ import sys
 import threading
 from collections.abc import Iterator
 
-from napari_sam_lora.engine.native import package_file, preload_library, preload_triton
+from napari_sam_lora.engine.core.native import package_file, preload_library, preload_triton
 
 __all__ = [
     "ENGINE_MODULES",
@@ -48,12 +48,15 @@ __all__ = [
 ]
 
 #: What the first propagation needs (torch, SAM2, hydra).
-ENGINE_MODULES = ("napari_sam_lora.engine.predictor", "napari_sam_lora.engine.session")
+ENGINE_MODULES = (
+    "napari_sam_lora.engine.tracking.predictor",
+    "napari_sam_lora.engine.tracking.session",
+)
 #: What napari needs for the prompt layers' features (imported at their first creation,
 #: 0.2-0.5 s, on the main thread otherwise).
 PANEL_MODULES = ("pandas",)
 #: What the first Learn needs (peft, transformers, triton through torch._dynamo).
-LEARNING_MODULES = ("napari_sam_lora.engine.adapters",)
+LEARNING_MODULES = ("napari_sam_lora.engine.learning.adapters",)
 
 _LOCK = threading.RLock()  # one import window at a time (the main thread never waits on it)
 _gc_window = {"thawed": False, "hooked": False, "freezes": 0, "thaws": 0}

@@ -41,8 +41,8 @@ from napari_sam_lora._qt._learning_control import (
 from napari_sam_lora._qt._loss_plot import LossPlot
 from napari_sam_lora._qt._shortcuts import key_of, with_key
 from napari_sam_lora._qt._slot import Activity, PanelJobs
-from napari_sam_lora.engine.errors import PromptError
-from napari_sam_lora.engine.lora_settings import available_presets, load_settings
+from napari_sam_lora.engine.core.errors import PromptError
+from napari_sam_lora.engine.learning.lora_settings import available_presets, load_settings
 from napari_sam_lora.layers import candidate_layers, find_output_layer, is_candidate_layer
 
 if TYPE_CHECKING:

@@ -14,9 +14,9 @@ import numpy as np
 
 from napari_sam_lora._qt._imports import prepare_learning
 from napari_sam_lora._qt._shortcuts import key_of
-from napari_sam_lora.engine.corrections import diff_corrections, merge_object
-from napari_sam_lora.engine.errors import PromptError, SamLoraError, StackError
-from napari_sam_lora.engine.lora_settings import load_settings
+from napari_sam_lora.engine.annotation.corrections import diff_corrections, merge_object
+from napari_sam_lora.engine.core.errors import PromptError, SamLoraError, StackError
+from napari_sam_lora.engine.learning.lora_settings import load_settings
 from napari_sam_lora.layers import (
     StackSource,
     accept_candidate,
@@ -185,7 +185,7 @@ class LearningControl:
 
     def learner_for(self, session: Any) -> Any:
         """The learner of ``session`` (made on first use: the first import takes seconds)."""
-        from napari_sam_lora.engine.learning import Learner
+        from napari_sam_lora.engine.learning.learner import Learner
 
         old = self.learner
         if old is not None and old.session is session:

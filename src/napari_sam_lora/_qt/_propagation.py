@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 
 from napari_sam_lora._qt._imports import prepare_engine, prepare_learning, thaw
-from napari_sam_lora.engine.errors import PromptError, StackError
-from napari_sam_lora.engine.jobs import relay
-from napari_sam_lora.engine.prompts import Prompt
+from napari_sam_lora.engine.annotation.prompts import Prompt
+from napari_sam_lora.engine.core.errors import PromptError, StackError
+from napari_sam_lora.engine.core.jobs import relay
 from napari_sam_lora.layers import (
     EditGroup,
     StackSource,
@@ -159,13 +159,13 @@ def build_request(
 
 def _default_load(model: str, device: str | None, image_size: int | None) -> Generator:
     prepare_engine()  # torch and SAM2, without stalling the event loop (see _imports)
-    from napari_sam_lora.engine.predictor import iter_load_model
+    from napari_sam_lora.engine.tracking.predictor import iter_load_model
 
     return iter_load_model(model, device, image_size)
 
 
 def _default_session(stack: Any, loaded: Any) -> Any:
-    from napari_sam_lora.engine.session import Session
+    from napari_sam_lora.engine.tracking.session import Session
 
     # Features also go to the user cache on disk: reopening the stack costs no encoding.
     return Session(stack, loaded, disk_cache=True)

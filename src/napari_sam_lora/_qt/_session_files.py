@@ -21,9 +21,9 @@ import numpy as np
 
 from napari_sam_lora._qt._imports import prepare_learning
 from napari_sam_lora._qt._propagation import PropagateRequest, pending_edits
-from napari_sam_lora.engine.file_paths import adapter_paths, state_paths
-from napari_sam_lora.engine.models import file_sha256
-from napari_sam_lora.engine.session_state import SessionFileError, check_state
+from napari_sam_lora.engine.core.file_paths import adapter_paths, state_paths
+from napari_sam_lora.engine.tracking.models import file_sha256
+from napari_sam_lora.engine.tracking.session_files import SessionFileError, check_state
 
 __all__ = [
     "Prepared",

@@ -11,7 +11,7 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 from napari_sam_lora._qt import threading as _threading
-from napari_sam_lora.engine.errors import PromptError
+from napari_sam_lora.engine.core.errors import PromptError
 
 __all__ = ["Activity", "JobSlot"]
 

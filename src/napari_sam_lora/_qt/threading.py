@@ -17,7 +17,7 @@ from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error
 from superqt.utils import GeneratorWorker
 
-from napari_sam_lora.engine.errors import SamLoraError
+from napari_sam_lora.engine.core.errors import SamLoraError
 
 __all__ = ["Job", "describe_error", "notify_error", "start_job"]
 

@@ -51,8 +51,8 @@ from napari_sam_lora._qt._propagation import (
 )
 from napari_sam_lora._qt._shortcuts import bind_shortcuts, with_key
 from napari_sam_lora._qt._slot import Activity, JobSlot
-from napari_sam_lora.engine.corrections import merge_object
-from napari_sam_lora.engine.errors import PromptError
+from napari_sam_lora.engine.annotation.corrections import merge_object
+from napari_sam_lora.engine.core.errors import PromptError
 from napari_sam_lora.layers import (
     EditGroup,
     find_output_layer,

@@ -39,7 +39,7 @@ from typing import Any
 from napari_sam_lora import __version__
 from napari_sam_lora.batch import outputs
 from napari_sam_lora.batch.stack import START_CHOICES, PointRow
-from napari_sam_lora.engine.errors import ConfigError, PromptError, SamLoraError
+from napari_sam_lora.engine.core.errors import ConfigError, PromptError, SamLoraError
 
 __all__ = [
     "DIRECTIONS",
@@ -185,7 +185,7 @@ def _check_options(
     if image_size is None:
         return None
     try:
-        from napari_sam_lora.engine.validation import check_image_size
+        from napari_sam_lora.engine.core.validation import check_image_size
     except ImportError:
         size = int(image_size)
         if size % 32 or not 64 <= size <= 4096:
@@ -201,9 +201,9 @@ def _check_adapters(adapters: Sequence[str | os.PathLike[str]], model: str) -> l
     checked on the workers, against the loaded model, before any stack runs)."""
     if not adapters:
         return []
-    from napari_sam_lora.engine.adapter_files import adapter_paths
-    from napari_sam_lora.engine.adapters import AdapterFileError
-    from napari_sam_lora.engine.models import parse_model
+    from napari_sam_lora.engine.learning.adapter_files import adapter_paths
+    from napari_sam_lora.engine.learning.adapters import AdapterFileError
+    from napari_sam_lora.engine.tracking.models import parse_model
 
     variant = parse_model(model).variant.name
     problems, paths = [], []
@@ -234,7 +234,7 @@ def _check_adapters(adapters: Sequence[str | os.PathLike[str]], model: str) -> l
 
 def _geometry(paths: Sequence[Path], names: Sequence[str]) -> dict[str, Any]:
     from napari_sam_lora.data.readers import open_stack
-    from napari_sam_lora.engine.frames import stack_geometry
+    from napari_sam_lora.engine.tracking.frames import stack_geometry
 
     found: dict[str, Any] = {}
     for name, path in zip(names, paths, strict=True):
@@ -267,7 +267,7 @@ def _plan(
 ) -> tuple[_Plan, tuple[str, ...], int | None]:
     from napari_sam_lora.batch.prompts import match_seeds, read_points_table
     from napari_sam_lora.batch.worker import StackTask
-    from napari_sam_lora.engine.models import parse_model
+    from napari_sam_lora.engine.tracking.models import parse_model
 
     size = _check_options(direction, start, output_format, axis, image_size)
     paths = expand_inputs(inputs)

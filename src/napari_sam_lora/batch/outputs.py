@@ -2,7 +2,7 @@
 
 Every output — TIFF labels, OME-Zarr labels (a folder), ``manifest.json``, ``summary.csv``
 — goes through the project's one atomic writer,
-:func:`napari_sam_lora.engine.atomic.write_files`: written under a temporary name in the
+:func:`napari_sam_lora.engine.core.atomic.write_files`: written under a temporary name in the
 same folder, ``fsync``-ed, renamed into place. A reader (or a resumed run) sees the old
 complete output or the new complete one, never half of one. Leftover temporary names of an
 interrupted run start with ``.`` and contain ``.tmp-``; :func:`remove_partials` deletes them.
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_sam_lora.engine.models import file_sha256
+from napari_sam_lora.engine.tracking.models import file_sha256
 
 __all__ = [
     "FORMATS",
@@ -64,7 +64,7 @@ def output_path(output_dir: str | os.PathLike[str], name: str, fmt: str) -> Path
 
 def remove_partials(output_dir: str | os.PathLike[str]) -> list[Path]:
     """Delete temporary outputs an interrupted run left in ``output_dir``; return them."""
-    from napari_sam_lora.engine.atomic import remove_temps
+    from napari_sam_lora.engine.core.atomic import remove_temps
 
     return remove_temps(output_dir)
 
@@ -94,7 +94,7 @@ def write_labels(
     attrs : mapping, optional
         Extra JSON attributes (model, adapters...) stored under ``"napari-sam-lora"``.
     """
-    from napari_sam_lora.engine.atomic import write_files
+    from napari_sam_lora.engine.core.atomic import write_files
 
     writers = {"ome-zarr": _write_ome_zarr, "tiff": _write_tiff}
     if fmt not in writers:
@@ -180,7 +180,7 @@ def fingerprint_bytes(path: str | os.PathLike[str]) -> str:
 
 
 def _write_text(path: Path, text: str) -> None:
-    from napari_sam_lora.engine.atomic import write_files
+    from napari_sam_lora.engine.core.atomic import write_files
 
     write_files({path: text})
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from napari_sam_lora.batch.stack import PointRow
 from napari_sam_lora.data.readers import is_stack_path, is_zarr, stack_name
-from napari_sam_lora.engine.errors import PromptError
+from napari_sam_lora.engine.core.errors import PromptError
 
 __all__ = ["COLUMNS", "Geometry", "match_seeds", "read_points_table"]
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from napari_sam_lora.engine.errors import PromptError
-from napari_sam_lora.engine.prompts import MaskPrompt, PointPrompt, Prompt
+from napari_sam_lora.engine.annotation.prompts import MaskPrompt, PointPrompt, Prompt
+from napari_sam_lora.engine.core.errors import PromptError
 
 __all__ = [
     "START_CHOICES",

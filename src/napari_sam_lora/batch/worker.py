@@ -194,7 +194,7 @@ class ModelPlugin(WorkerPlugin):
     def _load(self, worker_name: Any) -> None:
         import torch
 
-        from napari_sam_lora.engine.predictor import load_model
+        from napari_sam_lora.engine.tracking.predictor import load_model
 
         relax_malloc_trim()  # before the model's tensors are allocated
         if self.torch_threads:
@@ -225,7 +225,7 @@ def check_adapter(path: str, model: Any) -> None:
     AdapterFileError
         Damaged file, another base model (decoder checksum), tensors that do not fit.
     """
-    from napari_sam_lora.engine.adapter_files import check_adapters
+    from napari_sam_lora.engine.learning.adapter_files import check_adapters
 
     check_adapters(path, model.predictor.sam_mask_decoder)
 
@@ -243,7 +243,7 @@ def stack_prompts(task: StackTask, stack: Any) -> list[Any]:
     """The task's prompts for ``stack``: its seed labels file or its clicks."""
     from napari_sam_lora.batch.stack import point_prompts, seed_prompts
     from napari_sam_lora.data.readers import read_labels
-    from napari_sam_lora.engine.frames import stack_geometry
+    from napari_sam_lora.engine.tracking.frames import stack_geometry
 
     num_frames, frame_shape, _ = stack_geometry(stack)
     if task.seeds is not None:

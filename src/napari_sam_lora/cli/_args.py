@@ -18,8 +18,8 @@ def positive_int(text: str) -> int:
 
 def image_size(text: str) -> int:
     """``argparse`` type: a SAM2 input size (a multiple of 32 in the range SAM2 accepts)."""
-    from napari_sam_lora.engine.errors import ConfigError
-    from napari_sam_lora.engine.validation import check_image_size
+    from napari_sam_lora.engine.core.errors import ConfigError
+    from napari_sam_lora.engine.core.validation import check_image_size
 
     value = positive_int(text)
     try:

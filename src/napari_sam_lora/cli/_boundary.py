@@ -1,7 +1,7 @@
 """The one CLI error boundary: every expected failure is one line and exit code 1.
 
 :func:`run_command` runs a command's handler. Expected failures — the package's own errors
-(:class:`~napari_sam_lora.engine.errors.SamLoraError` and its family, and a ``ValueError``
+(:class:`~napari_sam_lora.engine.core.errors.SamLoraError` and its family, and a ``ValueError``
 this package raises on purpose), operating-system
 errors on a file, torch's out-of-memory and tensor-shape ``RuntimeError``\\ s, a
 ``MemoryError`` — print ``napari-sam-lora <command>: error: <what and what to do>`` on one
@@ -75,7 +75,7 @@ def _raised_by_us(exc: BaseException) -> bool:
 
 def describe(exc: BaseException) -> str | None:
     """The one-line message for an expected failure, or ``None`` for a bug."""
-    errors = sys.modules.get("napari_sam_lora.engine.errors")
+    errors = sys.modules.get("napari_sam_lora.engine.core.errors")
     if isinstance(exc, CliError) or (errors is not None and isinstance(exc, errors.SamLoraError)):
         return _one_line(str(exc))
     if isinstance(exc, OSError):

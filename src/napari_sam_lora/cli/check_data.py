@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     report = check_data(load_cli_config(args))
     print(report.format())
     if args.json:
-        from napari_sam_lora.engine.atomic import write_files
+        from napari_sam_lora.engine.core.atomic import write_files
 
         write_files({Path(args.json): json.dumps(report.to_dict(), indent=2) + "\n"})
     return 0 if report.ok else 1

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from napari_sam_lora.cli._args import image_size
-from napari_sam_lora.engine.errors import DataError
-from napari_sam_lora.engine.preflight import check_output
+from napari_sam_lora.engine.core.errors import DataError
+from napari_sam_lora.engine.learning.preflight import check_output
 from napari_sam_lora.evaluation.data import EvalData, is_suite, load_eval_data, load_suite
 from napari_sam_lora.evaluation.runner import EvalConfig
 from napari_sam_lora.simulation.protocol import UserSettings
@@ -178,8 +178,8 @@ def prepare(args: argparse.Namespace) -> tuple[list[EvalData], EvalConfig, Path]
         raise DataError(f"--output {output} exists and is not a folder")
     check_output(output)
     datasets = load_datasets(args)
-    from napari_sam_lora.engine.lora_settings import load_settings
-    from napari_sam_lora.engine.models import parse_model, pick_device
+    from napari_sam_lora.engine.learning.lora_settings import load_settings
+    from napari_sam_lora.engine.tracking.models import parse_model, pick_device
 
     load_settings(args.config)
     parse_model(args.model)
@@ -196,7 +196,7 @@ def _adapter_file(path: str | None) -> str | None:
     """``--adapter``: the JSON and safetensors files must both exist."""
     if path is None:
         return None
-    from napari_sam_lora.engine.adapter_files import adapter_paths
+    from napari_sam_lora.engine.learning.adapter_files import adapter_paths
 
     missing = [str(p) for p in adapter_paths(path) if not Path(p).is_file()]
     if missing:
@@ -231,8 +231,8 @@ def run(args: argparse.Namespace) -> int:
     # Inputs are checked before the model loads; output, adapter and LoRA targets right
     # after (before the long baseline run); nothing is written until the end.
     datasets, config, output = prepare(args)
-    from napari_sam_lora.engine import predictor
-    from napari_sam_lora.engine.preflight import preflight
+    from napari_sam_lora.engine.learning.preflight import preflight
+    from napari_sam_lora.engine.tracking import predictor
 
     model = predictor.load_model(config.model, config.device, config.image_size)
     preflight(outputs=[output], model=model, adapters=[config.adapter], settings=args.config)

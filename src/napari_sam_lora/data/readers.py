@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_sam_lora.engine.errors import StackError
+from napari_sam_lora.engine.core.errors import StackError
 
 __all__ = [
     "FRAME_SUFFIXES",

@@ -4,19 +4,20 @@ Images
     A multi-page TIFF, a ``.npy`` array (``(T, H, W)`` or ``(T, H, W, 3|4)``), or a folder
     of frames (PNG, JPEG or TIFF files, one frame each, in natural sort order:
     ``frame2.png`` before ``frame10.png``). The stack must pass the engine's stack check
-    (:func:`napari_sam_lora.engine.frames.check_stack`): numbers, no empty axis.
+    (:func:`napari_sam_lora.engine.tracking.frames.check_stack`): numbers, no empty axis.
 Labels
     A label TIFF or ``.npy`` of integers with the same frame count and frame shape
     (0 = background, every other value = one object), or a folder of PNG (or TIFF) masks,
     DAVIS style: the palette index, or the grey value, of a pixel is its object id. Values
-    follow the engine's label rules (:func:`napari_sam_lora.engine.validation.check_label_image`).
+    follow the engine's label rules
+    (:func:`napari_sam_lora.engine.core.validation.check_label_image`).
 Sparse annotation
     In a label *folder*, a frame with no mask file is unannotated (mask files are matched
     to frames by file name: the same stem as the image file, or the frame number, e.g.
     ``00012.png``). A label array annotates every frame.
 
 Lazy readers for batch runs (TIFF memory maps, zarr, OME-Zarr) are in :mod:`.readers`.
-Errors are :class:`~napari_sam_lora.engine.errors.DataError` naming the file.
+Errors are :class:`~napari_sam_lora.engine.core.errors.DataError` naming the file.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_sam_lora.engine.errors import DataError, PromptError, StackError
-from napari_sam_lora.engine.frames import check_stack
-from napari_sam_lora.engine.validation import check_label_image
+from napari_sam_lora.engine.core.errors import DataError, PromptError, StackError
+from napari_sam_lora.engine.core.validation import check_label_image
+from napari_sam_lora.engine.tracking.frames import check_stack
 
 __all__ = [
     "IMAGE_SUFFIXES",

@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from napari_sam_lora.engine.errors import DataError
-from napari_sam_lora.engine.validation import short_repr
+from napari_sam_lora.engine.core.errors import DataError
+from napari_sam_lora.engine.core.validation import short_repr
 
 __all__ = ["SUITE_FILE", "SuiteStack", "is_suite", "read_suite"]
 

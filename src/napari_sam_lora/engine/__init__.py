@@ -12,7 +12,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from napari_sam_lora.engine.errors import (
+from napari_sam_lora.engine.annotation.prompts import BoxPrompt, MaskPrompt, PointPrompt, Prompt
+from napari_sam_lora.engine.core.errors import (
     CheckpointError,
     ConfigError,
     DataError,
@@ -24,23 +25,22 @@ from napari_sam_lora.engine.errors import (
     StackError,
     WriteError,
 )
-from napari_sam_lora.engine.prompts import BoxPrompt, MaskPrompt, PointPrompt, Prompt
 
 _LAZY = {
-    "Session": "napari_sam_lora.engine.session",
-    "RepropagationReport": "napari_sam_lora.engine.repropagation",
-    "Learner": "napari_sam_lora.engine.learning",
-    "Candidate": "napari_sam_lora.engine.candidates",
-    "LearnReport": "napari_sam_lora.engine.learning",
-    "AcceptReport": "napari_sam_lora.engine.candidates",
-    "AnnotationState": "napari_sam_lora.engine.annotations",
-    "LoraSettings": "napari_sam_lora.engine.lora_settings",
-    "load_settings": "napari_sam_lora.engine.lora_settings",
-    "drain": "napari_sam_lora.engine.jobs",
-    "PropagationStep": "napari_sam_lora.engine.tracking",
-    "LoadedModel": "napari_sam_lora.engine.predictor",
-    "load_model": "napari_sam_lora.engine.predictor",
-    "iter_load_model": "napari_sam_lora.engine.predictor",
+    "Session": "napari_sam_lora.engine.tracking.session",
+    "RepropagationReport": "napari_sam_lora.engine.tracking.repropagation",
+    "Learner": "napari_sam_lora.engine.learning.learner",
+    "Candidate": "napari_sam_lora.engine.learning.candidates",
+    "LearnReport": "napari_sam_lora.engine.learning.learner",
+    "AcceptReport": "napari_sam_lora.engine.learning.candidates",
+    "AnnotationState": "napari_sam_lora.engine.annotation.state",
+    "LoraSettings": "napari_sam_lora.engine.learning.lora_settings",
+    "load_settings": "napari_sam_lora.engine.learning.lora_settings",
+    "drain": "napari_sam_lora.engine.core.jobs",
+    "PropagationStep": "napari_sam_lora.engine.tracking.plans",
+    "LoadedModel": "napari_sam_lora.engine.tracking.predictor",
+    "load_model": "napari_sam_lora.engine.tracking.predictor",
+    "iter_load_model": "napari_sam_lora.engine.tracking.predictor",
 }
 
 __all__ = [

@@ -12,7 +12,7 @@ From those pairs this module computes
   reach the threshold; recall: of those that reach it, the share one would accept),
 - the **reliability diagram** data (per bin: count, mean confidence, mean IoU).
 
-The metrics live in :mod:`napari_sam_lora.engine.calibration` (shared with the fine-tuning
+The metrics live in :mod:`napari_sam_lora.engine.learning.calibration` (shared with the fine-tuning
 diagnosis) and are re-exported here; so is the simulated user's hook (:func:`candidate_scores`,
 for ``simulation.protocol``); this module adds the collection of pairs from protocol
 records (:func:`pairs_from_frames`).
@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from napari_sam_lora.engine.calibration import (
+from napari_sam_lora.engine.learning.calibration import (
     TAUS,
     calibration_summary,
     candidate_scores,

@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from napari_sam_lora.engine.atomic import atomic_files
-from napari_sam_lora.engine.jsonable import json_default
+from napari_sam_lora.engine.core.atomic import atomic_files
+from napari_sam_lora.engine.core.jsonable import json_default
 from napari_sam_lora.evaluation.calibration import calibration_summary, pairs_from_frames
 from napari_sam_lora.evaluation.data import EvalData
 from napari_sam_lora.evaluation.runner import PHASES, RUNS, EvalResult, RunResult
@@ -415,7 +415,7 @@ def write_report(
 ) -> dict[str, Any]:
     """Write ``report.json``, ``report.md`` and ``report.png`` into ``output`` (created).
 
-    The three files are written all-or-nothing (:mod:`napari_sam_lora.engine.atomic`): on a
+    The three files are written all-or-nothing (:mod:`napari_sam_lora.engine.core.atomic`): on a
     full disk the previous report stays complete and no temporary file is left.
 
     Returns

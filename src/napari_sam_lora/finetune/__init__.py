@@ -3,7 +3,7 @@
 ``napari-sam-lora check-data CONFIG.yaml`` and ``napari-sam-lora train CONFIG.yaml`` run it
 from the command line; from Python:
 
->>> from napari_sam_lora.engine.jobs import drain
+>>> from napari_sam_lora.engine.core.jobs import drain
 >>> from napari_sam_lora.finetune import check_data, load_config, train
 >>> config = load_config("configs/finetune/example.yaml")
 >>> print(check_data(config).format())

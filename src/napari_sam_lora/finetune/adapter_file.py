@@ -1,6 +1,7 @@
 """The fine-tuned adapter as a file in the live-adapter format, and ways to use it.
 
-The file is written with :func:`napari_sam_lora.engine.adapter_files.save_adapters`: the same
+The file is written with :func:`napari_sam_lora.engine.learning.adapter_files.save_adapters`: the
+same
 safetensors + JSON pair live learning writes. It holds one copy of the adapter per object
 id (named ``obj<id>_ft``, with that object id), because ``Learner.load`` adopts an adapter
 for the object its record names; live learning then fine-tunes each object's copy on its
@@ -24,15 +25,15 @@ from typing import Any
 
 from torch import nn
 
-from napari_sam_lora.engine.adapter_files import load_adapters, save_adapters
-from napari_sam_lora.engine.adapters import (
+from napari_sam_lora.engine.learning.adapter_files import load_adapters, save_adapters
+from napari_sam_lora.engine.learning.adapters import (
     activate,
     adapter_state,
     delete_adapter,
     inject_adapter,
     restore_adapter_state,
 )
-from napari_sam_lora.engine.lora_settings import LoraSettings
+from napari_sam_lora.engine.learning.lora_settings import LoraSettings
 
 __all__ = ["activate_finetuned", "copy_name", "save_finetuned"]
 

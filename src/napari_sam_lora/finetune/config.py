@@ -16,14 +16,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from napari_sam_lora.engine.errors import ConfigError
-from napari_sam_lora.engine.lora_settings import (
-    MAX_STEPS,
-    LoraSettings,
-    SettingsError,
-    load_settings,
-)
-from napari_sam_lora.engine.validation import (
+from napari_sam_lora.engine.core.errors import ConfigError
+from napari_sam_lora.engine.core.validation import (
     MAX_IMAGE_SIZE,
     MAX_OBJECT_ID,
     MIN_IMAGE_SIZE,
@@ -35,7 +29,13 @@ from napari_sam_lora.engine.validation import (
     short_repr,
     to_int,
 )
-from napari_sam_lora.engine.validation import coerce_value as value_of
+from napari_sam_lora.engine.core.validation import coerce_value as value_of
+from napari_sam_lora.engine.learning.lora_settings import (
+    MAX_STEPS,
+    LoraSettings,
+    SettingsError,
+    load_settings,
+)
 
 __all__ = [
     "ConfigError",

@@ -7,7 +7,7 @@ distribution, predicted-IoU and object-score statistics, the share of empty pred
 and a mean IoU per threshold. When most predictions are empty although the object is there,
 a warning suggests the threshold with the best mean IoU, or says that the object score (not
 the threshold) is what empties them. ``calibration`` holds the same confidence metrics as
-``evaluate``'s report (:mod:`napari_sam_lora.engine.calibration`): the confidence shown
+``evaluate``'s report (:mod:`napari_sam_lora.engine.learning.calibration`): the confidence shown
 with proposals (predicted IoU × object-score probability) against the true IoU — Spearman,
 expected calibration error (10 bins), precision/recall of "confidence >= tau => IoU >= 0.5"
 and reliability bins. Written to ``diagnosis.json`` and ``diagnosis.md``.
@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_sam_lora.engine.adapters import decoder_device, use_adapter
-from napari_sam_lora.engine.calibration import calibration_summary
+from napari_sam_lora.engine.learning.adapters import decoder_device, use_adapter
+from napari_sam_lora.engine.learning.calibration import calibration_summary
 from napari_sam_lora.finetune.events import Progress
 from napari_sam_lora.finetune.store import ExampleSet
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from napari_sam_lora.engine.features import DecoderInputs
+from napari_sam_lora.engine.tracking.features import DecoderInputs
 from napari_sam_lora.finetune.config import ExamplesConfig, FineTuneConfig
 from napari_sam_lora.finetune.events import Progress
 from napari_sam_lora.finetune.pairs import StackData
@@ -106,7 +106,7 @@ def record_examples(
         As ``StopIteration.value``. Closing the generator leaves an incomplete cache,
         which is never reused.
     """
-    from napari_sam_lora.engine.session import Session
+    from napari_sam_lora.engine.tracking.session import Session
 
     writer = ExampleWriter(folder, key, config.dtype)
     rng = np.random.default_rng(seed)

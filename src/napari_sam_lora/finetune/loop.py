@@ -4,7 +4,8 @@ One epoch visits every training example once in shuffled batches (examples are g
 prompt shape so they can be stacked; the order depends only on the seed and the epoch, so
 a resumed run sees the same batches). Train mode (LoRA dropout on) for the steps, eval mode
 for validation. Batches, the forward pass and the loss are the live learner's own
-(:mod:`napari_sam_lora.engine.training`: one training core): the best of SAM2's masks against
+(:mod:`napari_sam_lora.engine.learning.training`: one training core): the best of SAM2's masks
+against
 the target (focal + dice) plus predicted-IoU and object-score terms, weighted by the
 ``lora`` settings.
 """
@@ -21,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from napari_sam_lora.engine import training
-from napari_sam_lora.engine.adapters import adapter_state, decoder_device
-from napari_sam_lora.engine.lora_settings import LoraSettings
+from napari_sam_lora.engine.learning import training
+from napari_sam_lora.engine.learning.adapters import adapter_state, decoder_device
+from napari_sam_lora.engine.learning.lora_settings import LoraSettings
 from napari_sam_lora.finetune.events import Progress
 from napari_sam_lora.finetune.store import ExampleSet
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from napari_sam_lora.data.stacks import natural_key, read_images, read_labels
 from napari_sam_lora.data.suite import is_suite, read_suite
-from napari_sam_lora.engine.errors import DataError
+from napari_sam_lora.engine.core.errors import DataError
 from napari_sam_lora.finetune.config import FineTuneConfig
 
 __all__ = ["DataError", "StackData", "StackPair", "find_pairs", "read_pair", "split_frames"]

@@ -20,8 +20,8 @@ import safetensors.torch
 import torch
 from safetensors import safe_open
 
-from napari_sam_lora.engine.atomic import write_files
-from napari_sam_lora.engine.features import DecoderInputs
+from napari_sam_lora.engine.core.atomic import write_files
+from napari_sam_lora.engine.tracking.features import DecoderInputs
 
 __all__ = ["SHARD_SIZE", "ExampleInfo", "ExampleSet", "ExampleWriter"]
 

@@ -1,6 +1,6 @@
 """Train one LoRA adapter on annotated stacks, as a cancellable, resumable generator.
 
->>> from napari_sam_lora.engine.jobs import drain
+>>> from napari_sam_lora.engine.core.jobs import drain
 >>> from napari_sam_lora.finetune import load_config, train
 >>> result = drain(train(load_config("configs/finetune/example.yaml")))
 
@@ -28,7 +28,9 @@ from typing import Any
 
 import torch
 
-from napari_sam_lora.engine.adapters import (
+from napari_sam_lora.engine.core.atomic import write_files
+from napari_sam_lora.engine.core.errors import CheckpointError
+from napari_sam_lora.engine.learning.adapters import (
     InjectionReport,
     activate,
     active_adapter,
@@ -38,9 +40,7 @@ from napari_sam_lora.engine.adapters import (
     inject_adapter,
     restore_adapter_state,
 )
-from napari_sam_lora.engine.atomic import write_files
-from napari_sam_lora.engine.errors import CheckpointError
-from napari_sam_lora.engine.models import load_failure
+from napari_sam_lora.engine.tracking.models import load_failure
 from napari_sam_lora.finetune import loop
 from napari_sam_lora.finetune.adapter_file import save_finetuned
 from napari_sam_lora.finetune.config import ConfigError, FineTuneConfig
@@ -146,8 +146,8 @@ def train(config: FineTuneConfig, model: Any = None) -> Generator[Progress, None
 
 
 def _load_model(config: FineTuneConfig) -> Generator[Progress, None, Any]:
-    from napari_sam_lora.engine.jobs import relay
-    from napari_sam_lora.engine.predictor import iter_load_model
+    from napari_sam_lora.engine.core.jobs import relay
+    from napari_sam_lora.engine.tracking.predictor import iter_load_model
 
     steps = iter_load_model(config.model.name, config.model.device, config.model.image_size)
     return (yield from relay(steps, lambda p: Progress("load", p[1], p[2], f"model: {p[0]}")))
@@ -409,7 +409,7 @@ RESTART = "run again with --restart (resume: false) to start over"
 
 
 def save_checkpoint(path: Path, **state: Any) -> None:
-    """Write the checkpoint atomically (:mod:`~napari_sam_lora.engine.atomic`).
+    """Write the checkpoint atomically (:mod:`~napari_sam_lora.engine.core.atomic`).
 
     Raises
     ------

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.layers import Image, Labels
 
-from napari_sam_lora.engine.corrections import merge_object
-from napari_sam_lora.engine.errors import PromptError
+from napari_sam_lora.engine.annotation.corrections import merge_object
+from napari_sam_lora.engine.core.errors import PromptError
 from napari_sam_lora.layers._common import same_layer, transform_kwargs
 from napari_sam_lora.layers.output import plane_index, write_frame
 from napari_sam_lora.layers.stack import StackSource
@@ -25,7 +25,7 @@ from napari_sam_lora.layers.stack import StackSource
 if TYPE_CHECKING:
     import napari
 
-    from napari_sam_lora.engine.learning import Candidate
+    from napari_sam_lora.engine.learning.learner import Candidate
 
 __all__ = [
     "CANDIDATE_OPACITY",
@@ -198,7 +198,7 @@ def candidate_of(candidate_layer: Labels, source: StackSource) -> Candidate:
     ValueError
         If its shape does not match the stack.
     """
-    from napari_sam_lora.engine.learning import Candidate
+    from napari_sam_lora.engine.learning.learner import Candidate
 
     info = _info(candidate_layer)
     frames = [int(f) for f in info["frames"]]

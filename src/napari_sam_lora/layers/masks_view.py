@@ -1,6 +1,6 @@
 """The masks layer as a view of a session's annotation model (Qt-free).
 
-The annotation model (:class:`~napari_sam_lora.engine.annotation_model.AnnotationModel`) owns
+The annotation model (:class:`~napari_sam_lora.engine.annotation.model.AnnotationModel`) owns
 the labels; the "<image> masks" Labels layer only shows them. :class:`MasksView` keeps both
 equal in the two directions, without ever comparing the layer with the model to guess what
 the user did:
@@ -179,9 +179,7 @@ class MasksView:
             keep = np.ones(indices[0].shape, bool)
             for axis, value in fixed.items():
                 keep &= indices[axis] == value
-            frames = (
-                indices[stack_axis] if stack_axis is not None else np.zeros_like(indices[0])
-            )
+            frames = indices[stack_axis] if stack_axis is not None else np.zeros_like(indices[0])
             for frame in np.unique(frames[keep]):
                 here = keep & (frames == frame)
                 per_frame.setdefault(int(frame), []).append(

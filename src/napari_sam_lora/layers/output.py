@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.layers import Image, Labels
 
-from napari_sam_lora.engine.validation import check_ids_fit
+from napari_sam_lora.engine.core.validation import check_ids_fit
 from napari_sam_lora.layers._common import same_layer, transform_kwargs
 from napari_sam_lora.layers.stack import StackSource
 

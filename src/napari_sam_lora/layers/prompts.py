@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.layers import Image, Labels, Points, Shapes
 
-from napari_sam_lora.engine.errors import PromptError
-from napari_sam_lora.engine.prompts import BoxPrompt, MaskPrompt, PointPrompt
+from napari_sam_lora.engine.annotation.prompts import BoxPrompt, MaskPrompt, PointPrompt
+from napari_sam_lora.engine.core.errors import PromptError
 from napari_sam_lora.layers._common import find_layer, transform_kwargs
 from napari_sam_lora.layers.stack import StackSource
 

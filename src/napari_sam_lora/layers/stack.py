@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from napari.layers import Image
 
-from napari_sam_lora.engine.errors import StackError
+from napari_sam_lora.engine.core.errors import StackError
 
 __all__ = ["StackSource", "StackView", "stack_from_image_layer"]
 

@@ -27,7 +27,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from napari_sam_lora.engine.calibration import candidate_scores
+from napari_sam_lora.engine.learning.calibration import candidate_scores
 from napari_sam_lora.simulation.clicks import iou, next_click
 
 __all__ = [

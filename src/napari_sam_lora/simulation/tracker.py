@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_sam_lora.engine.errors import PromptError
+from napari_sam_lora.engine.core.errors import PromptError
 from napari_sam_lora.simulation.protocol import CandidateMask
 
 __all__ = ["RecordSink", "SessionTracker"]

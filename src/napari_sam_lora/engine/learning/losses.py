@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_sam_lora.engine.lora_settings import LoraSettings
+from napari_sam_lora.engine.learning.lora_settings import LoraSettings
 
 
 @dataclass

@@ -36,14 +36,14 @@ from typing import Any
 
 import numpy as np
 
-from napari_sam_lora.engine.annotations import (
+from napari_sam_lora.engine.annotation.prompts import Prompt
+from napari_sam_lora.engine.annotation.state import (
     CONFIRMED_SOURCES,
     MODEL_SOURCES,
     AnnotationState,
     Entry,
 )
-from napari_sam_lora.engine.errors import PromptError
-from napari_sam_lora.engine.prompts import Prompt
+from napari_sam_lora.engine.core.errors import PromptError
 
 __all__ = ["Action", "AnnotationModel", "Change", "Signal"]
 
@@ -483,8 +483,9 @@ class AnnotationModel:
         height, width = self.frame_shape
         if isinstance(index, tuple):
             rows, cols = (np.asarray(i, dtype=np.int64).reshape(-1) for i in index)
-            if rows.size and (rows.min() < 0 or cols.min() < 0 or rows.max() >= height
-                              or cols.max() >= width):
+            if rows.size and (
+                rows.min() < 0 or cols.min() < 0 or rows.max() >= height or cols.max() >= width
+            ):
                 raise PromptError(f"the stroke on frame {frame} leaves the {height}×{width} frame")
             flat = rows * width + cols
         else:
@@ -498,9 +499,7 @@ class AnnotationModel:
         touched = np.flatnonzero(before != after)
         if touched.size == 0:
             return []
-        changed = sorted(
-            (set(np.unique(before[touched])) | set(np.unique(after[touched]))) - {0}
-        )
+        changed = sorted((set(np.unique(before[touched])) | set(np.unique(after[touched]))) - {0})
         plane = after.reshape(self.frame_shape)
         for obj_id in changed:
             key = (frame, int(obj_id))

@@ -7,8 +7,8 @@ from typing import Literal
 
 import numpy as np
 
-from napari_sam_lora.engine.errors import PromptError
-from napari_sam_lora.engine.validation import check_label_image
+from napari_sam_lora.engine.core.errors import PromptError
+from napari_sam_lora.engine.core.validation import check_label_image
 
 CorrectionKind = Literal["changed", "erased", "new"]
 

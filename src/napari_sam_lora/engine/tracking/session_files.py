@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_sam_lora.engine.annotations import AnnotationState
-from napari_sam_lora.engine.errors import SamLoraError
-from napari_sam_lora.engine.file_paths import state_paths
-from napari_sam_lora.engine.prompts import BoxPrompt, MaskPrompt, PointPrompt, Prompt
+from napari_sam_lora.engine.annotation.prompts import BoxPrompt, MaskPrompt, PointPrompt, Prompt
+from napari_sam_lora.engine.annotation.state import AnnotationState
+from napari_sam_lora.engine.core.errors import SamLoraError
+from napari_sam_lora.engine.core.file_paths import state_paths
 
 if TYPE_CHECKING:
-    from napari_sam_lora.engine.session import Session
+    from napari_sam_lora.engine.tracking.session import Session
 
 FORMAT = "napari-sam-lora-session"
 VERSION = 1
@@ -46,7 +46,7 @@ class SessionFileError(SamLoraError):
 def stack_fingerprint(stack: Any) -> str:
     """SHA-256 over a ``(T, H, W[, C])`` stack's geometry and a sample of its pixels (first,
     middle, last frame); reads nothing else of a lazy stack."""
-    from napari_sam_lora.engine.frames import frame_at  # torch: not at import (GUI thread)
+    from napari_sam_lora.engine.tracking.frames import frame_at  # torch: not at import (GUI thread)
 
     num_frames, frame_shape = int(np.shape(stack)[0]), tuple(int(s) for s in np.shape(stack)[1:3])
     digest = hashlib.sha256(f"{num_frames}|{frame_shape}".encode())
@@ -106,7 +106,7 @@ def check_state(path: str | os.PathLike[str], stack: Any, pixels: bool = True) -
 
 def write_state(session: Session, path: str | os.PathLike[str]) -> list[Path]:
     """Write the session's prompts, annotation state and labels; returns the paths."""
-    from napari_sam_lora.engine.atomic import write_files
+    from napari_sam_lora.engine.core.atomic import write_files
 
     json_path, npz_path = state_paths(path)
     arrays: dict[str, np.ndarray] = {"labels": session.labels}

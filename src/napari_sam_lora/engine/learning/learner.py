@@ -27,18 +27,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_sam_lora.engine.adapter_files import (
+from napari_sam_lora.engine.annotation.corrections import Correction, merge_object
+from napari_sam_lora.engine.core.errors import PromptError, SamLoraError
+from napari_sam_lora.engine.core.jobs import drain, relay
+from napari_sam_lora.engine.learning.adapter_files import (
     decoder_checksum,
     load_adapters,
     save_adapters,
 )
-from napari_sam_lora.engine.adapter_pool import (
+from napari_sam_lora.engine.learning.adapter_pool import (
     AdapterPool,
     CorrectionPlan,
     ReplayEntry,
     raw_score,
 )
-from napari_sam_lora.engine.adapters import (
+from napari_sam_lora.engine.learning.adapters import (
     Proposal,
     activate,
     adapter_names,
@@ -49,23 +52,20 @@ from napari_sam_lora.engine.adapters import (
     propose,
     use_adapter,
 )
-from napari_sam_lora.engine.candidates import AcceptReport, Candidate
-from napari_sam_lora.engine.corrections import Correction, merge_object
-from napari_sam_lora.engine.errors import PromptError, SamLoraError
-from napari_sam_lora.engine.features import DecoderInputs
-from napari_sam_lora.engine.jobs import drain, relay
-from napari_sam_lora.engine.lora_settings import LoraSettings, load_settings
-from napari_sam_lora.engine.namespaces import (
+from napari_sam_lora.engine.learning.candidates import AcceptReport, Candidate
+from napari_sam_lora.engine.learning.lora_settings import LoraSettings, load_settings
+from napari_sam_lora.engine.learning.namespaces import (
     claim_namespace,
     content_digest,
     free_names,
     release_namespace,
 )
-from napari_sam_lora.engine.reference import reference_mask
-from napari_sam_lora.engine.repropagation import RepropagationReport
-from napari_sam_lora.engine.session import Session
-from napari_sam_lora.engine.tracking import PropagationStep
-from napari_sam_lora.engine.training import TrainingReport, TrainStep, train_adapter
+from napari_sam_lora.engine.learning.reference import reference_mask
+from napari_sam_lora.engine.learning.training import TrainingReport, TrainStep, train_adapter
+from napari_sam_lora.engine.tracking.features import DecoderInputs
+from napari_sam_lora.engine.tracking.plans import PropagationStep
+from napari_sam_lora.engine.tracking.repropagation import RepropagationReport
+from napari_sam_lora.engine.tracking.session import Session
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ class Learner:
         self.session = session
         self.settings = settings if isinstance(settings, LoraSettings) else load_settings(settings)
         if not matching_modules(self.decoder, self.settings.target_modules):
-            from napari_sam_lora.engine.adapters import AdapterError
+            from napari_sam_lora.engine.learning.adapters import AdapterError
 
             raise AdapterError(
                 f"target_modules {self.settings.target_modules[:80]!r} matches no module of "
@@ -250,7 +250,8 @@ class Learner:
             corrections.append(Correction(frame, obj_id, mask, kind, int(mask.sum())))
         if not corrections:
             learned = [
-                o for _, o in session.annotations.confirmed(frame=frame)
+                o
+                for _, o in session.annotations.confirmed(frame=frame)
                 if session.annotations.source(frame, o) == "correction"
             ]
             why = (
@@ -259,8 +260,7 @@ class Learner:
                 else "you have not corrected it"
             )
             raise PromptError(
-                f"nothing to learn on frame {frame}: {why}. Paint, erase or fill the mask "
-                "first."
+                f"nothing to learn on frame {frame}: {why}. Paint, erase or fill the mask first."
             )
         return corrections
 
@@ -417,7 +417,8 @@ class Learner:
     def reference_mask(self, frame: int, obj_id: int) -> np.ndarray | None:
         """What a proposal on ``frame`` is compared with to estimate its IoU: the object's
         confirmed mask on the nearest other frame, moved by its recent motion
-        (:func:`~napari_sam_lora.engine.reference.reference_mask`); ``None`` without one."""
+        (:func:`~napari_sam_lora.engine.learning.reference.reference_mask`); ``None`` without
+        one."""
         return reference_mask(self.session.annotations, frame, obj_id)
 
     def _full_res(self, proposal: Proposal) -> np.ndarray:

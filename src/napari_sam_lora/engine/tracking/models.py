@@ -21,7 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from napari_sam_lora.engine.errors import CheckpointError, DownloadError, ModelError, SamLoraError
+from napari_sam_lora.engine.core.errors import (
+    CheckpointError,
+    DownloadError,
+    ModelError,
+    SamLoraError,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -213,7 +218,7 @@ def _write_sidecar(path: Path, digest: str) -> None:
     stat = path.stat()
     text = f"{digest}  {path.name} {stat.st_size} {stat.st_mtime_ns}\n"
     with suppress(OSError):  # a read-only cache only costs a re-hash next time
-        from napari_sam_lora.engine.atomic import write_files
+        from napari_sam_lora.engine.core.atomic import write_files
 
         write_files({_sidecar(path): text})
 
@@ -304,7 +309,7 @@ def iter_download(
         raise DownloadError(f"{target} is a folder, not a checkpoint file; remove it")
     if target.is_file():
         return target
-    from napari_sam_lora.engine.atomic import FileSet
+    from napari_sam_lora.engine.core.atomic import FileSet
 
     files = FileSet()
     digest = hashlib.sha256()

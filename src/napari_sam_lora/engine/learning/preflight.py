@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from napari_sam_lora.engine.atomic import write_error
-from napari_sam_lora.engine.errors import WriteError
+from napari_sam_lora.engine.core.atomic import write_error
+from napari_sam_lora.engine.core.errors import WriteError
 
 __all__ = ["PreflightReport", "check_output", "preflight"]
 
@@ -114,13 +114,13 @@ def preflight(
         return report
     decoder = model.predictor.sam_mask_decoder
     if adapter_files:
-        from napari_sam_lora.engine.adapter_files import check_adapters
+        from napari_sam_lora.engine.learning.adapter_files import check_adapters
 
         for path in adapter_files:
             report.adapters[str(path)] = check_adapters(path, decoder).names
     if settings is not None:
-        from napari_sam_lora.engine.adapters import check_targets
-        from napari_sam_lora.engine.lora_settings import LoraSettings, load_settings
+        from napari_sam_lora.engine.learning.adapters import check_targets
+        from napari_sam_lora.engine.learning.lora_settings import LoraSettings, load_settings
 
         recipe = settings if isinstance(settings, LoraSettings) else load_settings(settings)
         report.target_modules = check_targets(decoder, recipe.target_modules)

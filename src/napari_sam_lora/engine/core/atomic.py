@@ -39,7 +39,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Union
 
-from napari_sam_lora.engine.errors import WriteError
+from napari_sam_lora.engine.core.errors import WriteError
 
 __all__ = [
     "Content",

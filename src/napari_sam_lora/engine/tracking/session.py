@@ -29,23 +29,17 @@ from typing import Any
 
 import numpy as np
 
-from napari_sam_lora.engine import sam2_bridge as bridge
-from napari_sam_lora.engine.annotation_model import AnnotationModel
-from napari_sam_lora.engine.annotations import AnnotationState, overlay_confirmed
-from napari_sam_lora.engine.corrections import Correction, diff_corrections
-from napari_sam_lora.engine.errors import PromptError, SamLoraError
-from napari_sam_lora.engine.features import BoundedStore, DecoderInputs
-from napari_sam_lora.engine.frames import NormalisedFrames, new_inference_state
-from napari_sam_lora.engine.jobs import drain
-from napari_sam_lora.engine.models import DEFAULT_MODEL
-from napari_sam_lora.engine.predictor import LoadedModel, load_model
-from napari_sam_lora.engine.prompts import BoxPrompt, MaskPrompt, PointPrompt, Prompt
-from napari_sam_lora.engine.repropagation import (
-    RepropagationReport,
-    mask_ious,
-    repropagate_steps,
-)
-from napari_sam_lora.engine.tracking import (
+from napari_sam_lora.engine.annotation.corrections import Correction, diff_corrections
+from napari_sam_lora.engine.annotation.model import AnnotationModel
+from napari_sam_lora.engine.annotation.prompts import BoxPrompt, MaskPrompt, PointPrompt, Prompt
+from napari_sam_lora.engine.annotation.state import AnnotationState, overlay_confirmed
+from napari_sam_lora.engine.core.errors import PromptError, SamLoraError
+from napari_sam_lora.engine.core.jobs import drain
+from napari_sam_lora.engine.tracking import sam2_bridge as bridge
+from napari_sam_lora.engine.tracking.features import BoundedStore, DecoderInputs
+from napari_sam_lora.engine.tracking.frames import NormalisedFrames, new_inference_state
+from napari_sam_lora.engine.tracking.models import DEFAULT_MODEL
+from napari_sam_lora.engine.tracking.plans import (
     Pass,
     PropagationStep,
     compose_labels,
@@ -53,6 +47,12 @@ from napari_sam_lora.engine.tracking import (
     prompted_frames,
     send_prompts,
     validate_prompts,
+)
+from napari_sam_lora.engine.tracking.predictor import LoadedModel, load_model
+from napari_sam_lora.engine.tracking.repropagation import (
+    RepropagationReport,
+    mask_ious,
+    repropagate_steps,
 )
 
 _MB = 2**20
@@ -65,7 +65,7 @@ class Session:
     ----------
     stack : array-like
         ``(H, W)``, ``(T, H, W)`` or ``(T, H, W, 3|4)``; numpy, dask or zarr; any dtype.
-        Frames are read and normalised lazily (see :mod:`napari_sam_lora.engine.frames`).
+        Frames are read and normalised lazily (see :mod:`napari_sam_lora.engine.tracking.frames`).
     model : str or LoadedModel
         A variant name (``"sam2.1_hiera_tiny"``), ``"untrained:<variant>"`` (random
         weights), a checkpoint path, or an already loaded model. Several sessions may share
@@ -115,7 +115,7 @@ class Session:
             self.frames, self.model.device, feature_cache_mb * _MB, decoder_cache_mb * _MB
         )
         if disk_cache:
-            from napari_sam_lora.engine.feature_disk import (
+            from napari_sam_lora.engine.tracking.feature_disk import (
                 FeatureDisk,
                 default_feature_folder,
                 model_key,
@@ -397,9 +397,7 @@ class Session:
         sends everything again — cached image features are kept.
         """
         wanted = [_prompt_key(p) for p in self.annotation.prompts]
-        confirmed = {
-            key: self.annotations.entry(*key) for key in self.annotations.confirmed()
-        }
+        confirmed = {key: self.annotations.entry(*key) for key in self.annotations.confirmed()}
         held = self._held
         stale = wanted[: len(held.prompts)] != held.prompts or any(
             key not in confirmed for key in held.conds
@@ -483,7 +481,7 @@ class Session:
 
         Save the adapters beside it with :meth:`Learner.save`.
         """
-        from napari_sam_lora.engine.session_state import write_state
+        from napari_sam_lora.engine.tracking.session_files import write_state
 
         return write_state(self, path)
 
@@ -495,7 +493,7 @@ class Session:
         SessionFileError
             Missing or damaged files, or a file saved for another stack.
         """
-        from napari_sam_lora.engine.session_state import read_state
+        from napari_sam_lora.engine.tracking.session_files import read_state
 
         read_state(self, path)
 

@@ -17,8 +17,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from napari_sam_lora.engine.errors import ConfigError
-from napari_sam_lora.engine.validation import (
+from napari_sam_lora.engine.core.errors import ConfigError
+from napari_sam_lora.engine.core.validation import (
     check_rule,
     clip,
     coerce_value,

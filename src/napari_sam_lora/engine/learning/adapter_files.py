@@ -29,7 +29,13 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from napari_sam_lora.engine.adapters import (
+from napari_sam_lora.engine.core.atomic import previous_path, write_files
+from napari_sam_lora.engine.core.errors import SamLoraError
+from napari_sam_lora.engine.core.file_paths import adapter_paths
+from napari_sam_lora.engine.core.jsonable import json_default
+from napari_sam_lora.engine.core.native import preload_triton
+from napari_sam_lora.engine.core.validation import check_object_id, short_repr
+from napari_sam_lora.engine.learning.adapters import (
     LORA_KEY,
     NAME_RE,
     AdapterFileError,
@@ -41,13 +47,7 @@ from napari_sam_lora.engine.adapters import (
     matching_modules,
     require_adapter,
 )
-from napari_sam_lora.engine.atomic import previous_path, write_files
-from napari_sam_lora.engine.errors import SamLoraError
-from napari_sam_lora.engine.file_paths import adapter_paths
-from napari_sam_lora.engine.jsonable import json_default
-from napari_sam_lora.engine.lora_settings import MAX_RANK, LoraSettings
-from napari_sam_lora.engine.native import preload_triton
-from napari_sam_lora.engine.validation import check_object_id, short_repr
+from napari_sam_lora.engine.learning.lora_settings import MAX_RANK, LoraSettings
 
 preload_triton()  # before peft, as in adapters.py
 

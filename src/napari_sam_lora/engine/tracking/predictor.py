@@ -1,7 +1,7 @@
 """Loading SAM2 for stacks: :func:`load_model` → :class:`LoadedModel`.
 
 The predictor itself (feature cache, decoder-input capture, CPU fixes) is
-:class:`~napari_sam_lora.engine.sam2_bridge.StackPredictor`; model names, checkpoints and
+:class:`~napari_sam_lora.engine.tracking.sam2_bridge.StackPredictor`; model names, checkpoints and
 devices are in :mod:`.models`.
 """
 
@@ -15,9 +15,10 @@ from typing import Any
 import torch
 from sam2.build_sam import build_sam2_video_predictor
 
-from napari_sam_lora.engine.errors import CheckpointError, ModelError
-from napari_sam_lora.engine.jobs import drain, relay
-from napari_sam_lora.engine.models import (
+from napari_sam_lora.engine.core.errors import CheckpointError, ModelError
+from napari_sam_lora.engine.core.jobs import drain, relay
+from napari_sam_lora.engine.core.validation import check_image_size
+from napari_sam_lora.engine.tracking.models import (
     ModelSpec,
     iter_download,
     parse_model,
@@ -26,13 +27,12 @@ from napari_sam_lora.engine.models import (
     variant_of_state,
     verify_checksum,
 )
-from napari_sam_lora.engine.sam2_bridge import StackPredictor
-from napari_sam_lora.engine.validation import check_image_size
+from napari_sam_lora.engine.tracking.sam2_bridge import StackPredictor
 
 __all__ = ["LoadedModel", "StackPredictor", "iter_load_model", "load_model"]
 
 _SAM2_OVERRIDES = [
-    "++model._target_=napari_sam_lora.engine.sam2_bridge.StackPredictor",
+    "++model._target_=napari_sam_lora.engine.tracking.sam2_bridge.StackPredictor",
     # Keep corrections on already tracked frames as conditioning frames (see
     # docs/architecture.md, "SAM2 settings").
     "++model.add_all_frames_to_correct_as_cond=true",

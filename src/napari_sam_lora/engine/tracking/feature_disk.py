@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from napari_sam_lora.engine.models import cache_dir
+from napari_sam_lora.engine.tracking.models import cache_dir
 
 __all__ = ["FeatureDisk", "clear_feature_cache", "default_feature_folder", "model_key"]
 
@@ -85,8 +85,8 @@ class FeatureDisk:
         """Store features (best effort: a full or read-only disk only skips caching)."""
         from safetensors.torch import save
 
-        from napari_sam_lora.engine.atomic import write_files
-        from napari_sam_lora.engine.errors import WriteError
+        from napari_sam_lora.engine.core.atomic import write_files
+        from napari_sam_lora.engine.core.errors import WriteError
 
         blob = save(
             {f"level_{i}": t.detach().to("cpu").contiguous() for i, t in enumerate(features)}

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_sam_lora.engine.errors import StackError
-from napari_sam_lora.engine.features import BoundedStore
-from napari_sam_lora.engine.validation import check_image_size
+from napari_sam_lora.engine.core.errors import StackError
+from napari_sam_lora.engine.core.validation import check_image_size
+from napari_sam_lora.engine.tracking.features import BoundedStore
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

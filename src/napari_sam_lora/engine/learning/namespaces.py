@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from napari_sam_lora.engine.adapter_files import adapter_paths
-from napari_sam_lora.engine.adapters import adapter_names
-from napari_sam_lora.engine.models import file_sha256
+from napari_sam_lora.engine.learning.adapter_files import adapter_paths
+from napari_sam_lora.engine.learning.adapters import adapter_names
+from napari_sam_lora.engine.tracking.models import file_sha256
 
 __all__ = ["claim_namespace", "content_digest", "free_names", "release_namespace"]
 

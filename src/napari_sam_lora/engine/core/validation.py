@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from napari_sam_lora.engine.errors import ConfigError, PromptError, SamLoraError
+from napari_sam_lora.engine.core.errors import ConfigError, PromptError, SamLoraError
 
 __all__ = [
     "MAX_IMAGE_SIZE",

@@ -2,7 +2,7 @@
 
 Adapters are ranked by the model's own confidence (predicted IoU × object score), never
 by ground truth. Each pool also holds the object's
-:class:`~napari_sam_lora.engine.calibration.OnlineCalibrator`: every correction, before
+:class:`~napari_sam_lora.engine.learning.calibration.OnlineCalibrator`: every correction, before
 training, reveals the true IoU of what each adapter would have proposed on that frame
 (:meth:`AdapterPool.plan` observes those pairs), and :meth:`AdapterPool.estimate_ious`
 turns raw scores into estimated IoUs.
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from napari_sam_lora.engine.adapters import (
+from napari_sam_lora.engine.learning.adapters import (
     InjectionReport,
     Proposal,
     cpu_copy,
@@ -29,10 +29,10 @@ from napari_sam_lora.engine.adapters import (
     inject_adapter,
     propose,
 )
-from napari_sam_lora.engine.calibration import OnlineCalibrator
-from napari_sam_lora.engine.features import DecoderInputs
-from napari_sam_lora.engine.lora_settings import LoraSettings
-from napari_sam_lora.engine.losses import logits_iou
+from napari_sam_lora.engine.learning.calibration import OnlineCalibrator
+from napari_sam_lora.engine.learning.lora_settings import LoraSettings
+from napari_sam_lora.engine.learning.losses import logits_iou
+from napari_sam_lora.engine.tracking.features import DecoderInputs
 
 
 @dataclass

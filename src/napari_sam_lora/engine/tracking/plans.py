@@ -9,9 +9,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from napari_sam_lora.engine.errors import PromptError
-from napari_sam_lora.engine.prompts import BoxPrompt, MaskPrompt, PointPrompt, Prompt
-from napari_sam_lora.engine.validation import check_frame, check_object_id, short_repr
+from napari_sam_lora.engine.annotation.prompts import BoxPrompt, MaskPrompt, PointPrompt, Prompt
+from napari_sam_lora.engine.core.errors import PromptError
+from napari_sam_lora.engine.core.validation import check_frame, check_object_id, short_repr
 
 Direction = Literal["forward", "backward", "both"]
 DIRECTIONS: tuple[str, ...] = ("forward", "backward", "both")

@@ -16,7 +16,7 @@ fine-tuning diagnosis share them through the engine: :func:`spearman`,
 and :func:`calibration_summary`.
 
 Numpy only, no torch. One calibrator per object (see
-:class:`~napari_sam_lora.engine.adapter_pool.AdapterPool`); ``to_dict``/``from_dict``
+:class:`~napari_sam_lora.engine.learning.adapter_pool.AdapterPool`); ``to_dict``/``from_dict``
 round-trip it through JSON.
 
 Example

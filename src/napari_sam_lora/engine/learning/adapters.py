@@ -24,10 +24,10 @@ import torch
 from sam2.modeling.sam2_base import NO_OBJ_SCORE
 from torch import nn
 
-from napari_sam_lora.engine.errors import SamLoraError
-from napari_sam_lora.engine.features import DecoderInputs
-from napari_sam_lora.engine.lora_settings import LoraSettings
-from napari_sam_lora.engine.native import preload_triton
+from napari_sam_lora.engine.core.errors import SamLoraError
+from napari_sam_lora.engine.core.native import preload_triton
+from napari_sam_lora.engine.learning.lora_settings import LoraSettings
+from napari_sam_lora.engine.tracking.features import DecoderInputs
 
 preload_triton()  # peft imports triton (via transformers); see preload_triton for why first
 

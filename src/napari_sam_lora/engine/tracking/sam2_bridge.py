@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from sam2 import sam2_video_predictor as _svp
 
-from napari_sam_lora.engine.errors import SamLoraError
-from napari_sam_lora.engine.features import BoundedStore, DecoderInputs
+from napari_sam_lora.engine.core.errors import SamLoraError
+from napari_sam_lora.engine.tracking.features import BoundedStore, DecoderInputs
 
 # sam2 wraps propagation in a tqdm bar printed to stderr; our callers show their own.
 _svp.tqdm = lambda iterable, **_: iterable

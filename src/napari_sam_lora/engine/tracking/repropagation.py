@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from napari_sam_lora.engine.errors import PromptError
-from napari_sam_lora.engine.tracking import Pass, PropagationStep, plan_passes
+from napari_sam_lora.engine.core.errors import PromptError
+from napari_sam_lora.engine.tracking.plans import Pass, PropagationStep, plan_passes
 
 if TYPE_CHECKING:
-    from napari_sam_lora.engine.session import Session
+    from napari_sam_lora.engine.tracking.session import Session
 
 __all__ = ["RepropagationReport", "mask_ious", "repropagate_steps"]
 

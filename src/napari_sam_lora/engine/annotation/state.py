@@ -59,9 +59,7 @@ class AnnotationState:
         return len(self._entries)
 
     # -- writing ---------------------------------------------------------------------------
-    def make_entry(
-        self, source: str, mask: np.ndarray | None, adapter: str | None = None
-    ) -> Entry:
+    def make_entry(self, source: str, mask: np.ndarray | None, adapter: str | None = None) -> Entry:
         """A new entry, ordered after every entry made so far (not stored)."""
         self._counter += 1
         return Entry(source, mask, adapter, self._counter)

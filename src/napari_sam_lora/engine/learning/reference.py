@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_sam_lora.engine.annotations import AnnotationState
+from napari_sam_lora.engine.annotation.state import AnnotationState
 
 __all__ = ["reference_mask", "shifted"]
 

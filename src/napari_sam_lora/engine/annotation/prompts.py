@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_sam_lora.engine.validation import (
+from napari_sam_lora.engine.core.validation import (
     check_box,
     check_mask,
     check_points,

@@ -3,7 +3,8 @@
 Live learning (:func:`train_adapter`) and fine-tuning (:mod:`napari_sam_lora.finetune.loop`)
 share :func:`make_batch` (examples with equal input shapes stacked on the device, targets
 at the loss resolution), :func:`forward` (the decoder on a batch, logits at the targets'
-size), :func:`batch_loss` (:func:`~napari_sam_lora.engine.losses.multimask_loss` weighted by
+size), :func:`batch_loss` (:func:`~napari_sam_lora.engine.learning.losses.multimask_loss` weighted
+by
 the :class:`LoraSettings`) and :func:`adapter_mode` (adapter active, train/eval mode, grads).
 
 When a *new* adapter cannot fit the correction it was made for (it stopped on its plateau
@@ -36,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_sam_lora.engine.adapters import (
+from napari_sam_lora.engine.learning.adapters import (
     adapter_parameters,
     adapter_state,
     decoder_device,
@@ -46,14 +47,14 @@ from napari_sam_lora.engine.adapters import (
     restore_adapter_state,
     use_adapter,
 )
-from napari_sam_lora.engine.features import DecoderInputs
-from napari_sam_lora.engine.lora_settings import STRONG_TARGET_MODULES, LoraSettings
-from napari_sam_lora.engine.losses import (
+from napari_sam_lora.engine.learning.lora_settings import STRONG_TARGET_MODULES, LoraSettings
+from napari_sam_lora.engine.learning.losses import (
     MultimaskLoss,
     chosen_mask_iou,
     multimask_loss,
     resize_mask,
 )
+from napari_sam_lora.engine.tracking.features import DecoderInputs
 
 logger = logging.getLogger(__name__)
 
@@ -376,7 +377,7 @@ def train_adapter(
     Returns
     -------
     TrainingReport
-        As ``StopIteration.value`` (see :func:`napari_sam_lora.engine.jobs.drain`).
+        As ``StopIteration.value`` (see :func:`napari_sam_lora.engine.core.jobs.drain`).
     """
     if not examples:
         raise ValueError("train_adapter needs at least one (inputs, target mask) example.")
@@ -442,7 +443,7 @@ def _train_escalating(
 
 
 def _modules(decoder: nn.Module, name: str) -> list[str]:
-    from napari_sam_lora.engine.adapters import matching_modules
+    from napari_sam_lora.engine.learning.adapters import matching_modules
 
     return matching_modules(decoder, decoder.peft_config[name].target_modules)
 
