@@ -44,7 +44,7 @@ def tiny_widget(make_napari_viewer, tiny_model):
     The widget's session cache hands out ``tiny_model`` (already built); closing the dock
     closes its learner, so each test leaves the shared decoder without adapters.
     """
-    from napari_sam_lora._qt._propagation import SessionCache
+    from napari_sam_lora.annotator import SessionCache
 
     viewer, widget = _dock(make_napari_viewer)
     widget.image_size = 256

@@ -8,7 +8,6 @@ layers and adapters, and without encoding the stack again (features come from di
 
 from __future__ import annotations
 
-import re
 import time
 
 import numpy as np
@@ -29,7 +28,7 @@ def idle(qtbot, widget):
 
 def dock(make_napari_viewer, tiny_model, image):
     """A fresh viewer showing ``image`` as "img", with a fresh real-engine dock."""
-    from napari_sam_lora._qt._propagation import SessionCache
+    from napari_sam_lora.annotator import SessionCache
 
     viewer = make_napari_viewer()
     viewer.add_image(image, name="img")
@@ -113,8 +112,9 @@ def test_save_then_restore_in_a_fresh_dock_continues_the_same_work(
     for name in ("day1.session.json", "day1.session.npz", "day1.safetensors", "day1.json"):
         assert (tmp_path / name).is_file(), name
     assert "saved day1.session.json" in files.status.text()
-    edited = re.search(r"edits on frame\(s\) \[([\d, ]+)\] were saved as corr", files.status.text())
-    assert edited and 3 in {int(f) for f in edited.group(1).split(",")}, files.status.text()
+    session = widget.sessions.session
+    assert session.annotations.source(3, 1) == "correction"  # the stroke made it one
+    assert session.annotation.unlearned(3) == [(3, 1)]  # …not learned from yet
     session = widget.sessions.session
     saved_labels = out.data.copy()
     saved_sources = {t: session.annotations.frame_sources(t) for t in range(N_FRAMES)}
@@ -213,7 +213,7 @@ def test_files_of_another_stack_are_refused_and_nothing_changes(
     # cancelled while the model loads: nothing changes, the layers it made go again
     import threading
 
-    from napari_sam_lora._qt._propagation import SessionCache
+    from napari_sam_lora.annotator import SessionCache
 
     loading = threading.Event()
 
@@ -272,7 +272,7 @@ def test_adapters_left_by_an_earlier_save_are_not_the_sessions(tmp_path):
     import hashlib
     import json
 
-    from napari_sam_lora._qt._session_files import saved_adapters, session_base
+    from napari_sam_lora.annotator.jobs import saved_adapters, session_base
 
     assert session_base(tmp_path / "a.session.json") == tmp_path / "a"
     assert session_base(tmp_path / "a.session.npz") == tmp_path / "a"

@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 from test_widget import add_image_and_point, fake_load, use_fake, wait_done
 
-from napari_sam_lora._qt import _imports, _propagation
-from napari_sam_lora._qt._propagation import SessionCache
+from napari_sam_lora.annotator import SessionCache
+from napari_sam_lora.annotator import imports as _imports
+from napari_sam_lora.annotator import sessions as _sessions
 from napari_sam_lora.layers import same_layer
 
 pytestmark = pytest.mark.viewer
@@ -82,7 +83,7 @@ def test_engine_and_learning_imports_run_on_the_worker(viewer_widget, qtbot, mon
     def record(what):
         return lambda: threads.append((what, threading.current_thread() is threading.main_thread()))
 
-    monkeypatch.setattr(_propagation, "prepare_engine", record("engine"))
+    monkeypatch.setattr(_sessions, "prepare_engine", record("engine"))
     import napari_sam_lora.engine.tracking.predictor as predictor
 
     monkeypatch.setattr(predictor, "iter_load_model", fake_load)  # what _default_load runs

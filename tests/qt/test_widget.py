@@ -13,8 +13,9 @@ import pytest
 from napari.utils.key_bindings import KeyBinding
 
 from napari_sam_lora._qt import threading as qt_threading
-from napari_sam_lora._qt._propagation import SessionCache
 from napari_sam_lora._qt._shortcuts import SHORTCUTS
+from napari_sam_lora.annotator import SessionCache
+from napari_sam_lora.engine.annotation.model import AnnotationModel
 from napari_sam_lora.engine.tracking.plans import PropagationStep, validate_prompts
 
 pytestmark = pytest.mark.viewer
@@ -23,7 +24,8 @@ WAIT_MS = 60_000
 
 
 class FakeSession:
-    """Session stand-in: paints a square per prompted object on every frame it "tracks"."""
+    """Session stand-in on a real annotation model: paints a square per prompted object on
+    every frame it "tracks" (one undo step per propagation; a cancel rolls it back)."""
 
     created = 0
 
@@ -35,30 +37,54 @@ class FakeSession:
         self.model_label = f"{loaded} (UNTRAINED: random weights)"
         self.gate, self.open_frames = gate, open_frames
         self.closed = False
-        self.prompts = []
-        self.corrections = []
-        self.labels = np.zeros((self.num_frames, *self.frame_shape), np.int32)
+        self.annotation = AnnotationModel(self.num_frames, self.frame_shape)
+        self.assists = []
+
+    @property
+    def labels(self):
+        return self.annotation.labels
+
+    @property
+    def annotations(self):
+        return self.annotation.entries
+
+    @property
+    def prompts(self):
+        return self.annotation.prompts
 
     @property
     def object_ids(self):
-        return sorted({p.obj_id for p in self.prompts})
+        return self.annotation.object_ids
 
     def validate_prompts(self, prompts):
         validate_prompts(prompts, self.num_frames, self.frame_shape)
 
     def set_prompts(self, prompts):
         self.validate_prompts(prompts)
-        self.prompts = list(prompts)
+        with self.annotation.action("prompts"):
+            self.annotation.set_prompts(prompts)
         return True
 
-    def add_correction(self, frame, user_labels):
-        self.corrections.append((frame, np.array(user_labels)))
-        self.labels[frame] = user_labels
+    def undo(self):
+        return self.annotation.undo()
+
+    def redo(self):
+        return self.annotation.redo()
+
+    def paint(self, frame, index, values):
+        with self.annotation.action(f"paint on frame {frame}"):
+            return self.annotation.paint(frame, index, values)
 
     def reset(self):
-        self.prompts, self.labels[:] = [], 0
+        with self.annotation.action("reset all"):
+            self.annotation.erase_all()
 
-    def propagate_steps(self, direction="forward", frame_range=None):
+    def reset_object(self, obj_id):
+        with self.annotation.action(f"reset object {obj_id}"):
+            self.annotation.erase_object(obj_id)
+
+    def propagate_steps(self, direction="forward", frame_range=None, assist=None):
+        self.assists.append(assist)
         first, last = frame_range or (0, self.num_frames - 1)
         frames = list(range(first, last + 1))
         if direction == "backward":
@@ -66,14 +92,19 @@ class FakeSession:
         if direction == "both":  # like the engine: the prompted frame is tracked twice
             frames = frames + frames[::-1][1:2]
         try:
-            for done, frame in enumerate(frames, 1):
-                if done > self.open_frames and self.gate is not None:
-                    assert self.gate.wait(30)
-                labels = np.zeros(self.frame_shape, np.int32)
-                for k, prompt in enumerate(sorted({p.obj_id for p in self.prompts})):
-                    labels[2 * k : 2 * k + 4, 2:6] = prompt
-                self.labels[frame] = labels
-                yield PropagationStep(frame, done, len(frames), labels)
+            with self.annotation.action("propagate"):
+                for done, frame in enumerate(frames, 1):
+                    if done > self.open_frames and self.gate is not None:
+                        assert self.gate.wait(30)
+                    labels = np.zeros(self.frame_shape, np.int32)
+                    for k, obj in enumerate(sorted({p.obj_id for p in self.prompts})):
+                        if not self.annotations.is_confirmed(frame, obj):
+                            self.annotation.model_made(frame, obj, "sam2")
+                            labels[2 * k : 2 * k + 4, 2:6] = obj
+                    for f, obj in self.annotations.confirmed(frame=frame):
+                        labels[self.annotations.confirmed_mask(f, obj)] = obj
+                    self.annotation.write_frame(frame, labels)
+                    yield PropagationStep(frame, done, len(frames), labels)
         finally:
             self.closed = True
 
@@ -239,7 +270,7 @@ def test_layer_selectors_follow_the_viewer(viewer_widget):
 
 
 # -- cancel, removal, close -------------------------------------------------------------------
-def test_cancel_stops_early_and_keeps_written_frames(viewer_widget, qtbot, notes):
+def test_cancel_stops_early_and_leaves_no_trace(viewer_widget, qtbot, notes):
     viewer, widget = viewer_widget
     gate = threading.Event()
     use_fake(widget, gate=gate, open_frames=2)
@@ -249,13 +280,13 @@ def test_cancel_stops_early_and_keeps_written_frames(viewer_widget, qtbot, notes
     widget.cancel_button.click()
     gate.set()
     wait_done(qtbot, widget)
-    out = viewer.layers["img masks"].data
     assert widget.job.state == "cancelled" and notes == []
-    assert out[0].any() and out[1].any() and not out[2].any() and not out[3].any()
-    assert "kept 2 of 4" in widget.status.text()
+    # behaviour change (issue 17): a cancel leaves no trace; the first run's masks layer
+    # goes with it
+    assert "img masks" not in names(viewer) and not widget.sessions.session.labels.any()
+    assert "after 2 of 4 frame(s); the masks are as before" in widget.status.text()
     assert widget.sessions.session.closed  # the engine generator was closed
-    viewer.layers["img masks"].undo()
-    assert not viewer.layers["img masks"].data.any()
+    assert not widget.sessions.session.annotation.can_undo  # nothing to undo either
 
 
 def test_deleting_the_image_while_running_cancels(viewer_widget, qtbot, notes):

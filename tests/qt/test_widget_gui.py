@@ -18,18 +18,11 @@ from test_widget import (
     wait_done,
 )
 
+from napari_keys import press
 from napari_sam_lora._qt._shortcuts import SHORTCUTS, clashes, key_of
 from napari_sam_lora._qt.widget import SamLoraWidget, live_widgets
 
 pytestmark = pytest.mark.viewer
-
-
-def press(viewer, key: str) -> None:
-    """Press ``key`` the way the canvas does: through napari's key map handler, which asks
-    the active layer's keymap first."""
-    handler = viewer.window._qt_viewer._key_map_handler
-    handler.press_key(KeyBinding.from_str(key))
-    handler.release_key(KeyBinding.from_str(key))
 
 
 @dataclass
@@ -276,12 +269,13 @@ def test_the_assist_toggle_reaches_the_learners_propagation(viewer_widget, qtbot
     viewer, widget = viewer_widget
     sessions = use_fake(widget)
     add_image_and_point(viewer, widget)
-    calls = []
 
-    class FakeLearner:  # records how the dock asks for propagation
-        def propagate_steps(self, direction, frame_range, assist=True):
-            calls.append(assist)
-            yield from sessions[0].propagate_steps(direction, frame_range)
+    class FakeLearner:  # the dock asks it for its assist hook when assisting
+        def assist_hook(self):
+            return self.assist
+
+        def assist(self, frame, obj_id, kwargs, output):
+            return None
 
         def adapter_names(self, obj_id=None):
             return ["obj1_a0"]
@@ -293,4 +287,5 @@ def test_the_assist_toggle_reaches_the_learners_propagation(viewer_widget, qtbot
         assert widget.propagate()
         wait_done(qtbot, widget)
         assert widget.job.state == "finished"
+    calls = [assist is not None for assist in sessions[0].assists]
     assert calls == [True, False] and notes == []

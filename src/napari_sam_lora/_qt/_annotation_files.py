@@ -4,13 +4,16 @@
 prompts, confirmed frames and their sources, which adapter made which frame, labels) and,
 when there are adapters, the adapters beside it (``<base>.safetensors`` + ``<base>.json``).
 **Restore session…** checks that the files were saved for the current image stack (a
-clear message, nothing changed, if not), restores the session, rebuilds the prompt layers,
-writes the labels into the masks layer as ONE undo step and loads the adapters.
+clear message, nothing changed, if not), loads the adapters, restores the session (ONE undo
+step of the annotation: Undo brings back what was there before) and rebuilds the prompt
+layers; the masks layer shows the restored annotation.
 
 The heavy work (loading the model, re-conditioning SAM2, loading adapters, writing files)
 runs on the worker through the dock's job slot; the file dialogs only ask for a path
 (:meth:`AnnotationFilesPanel.save_session` and :meth:`~AnnotationFilesPanel.restore_session`
-take one directly). The jobs themselves are in :mod:`napari_sam_lora._qt._session_files`.
+take one directly). The panel takes the dock's :class:`~napari_sam_lora.annotator.Annotator`,
+job slot and lifecycle, never the dock widget; the jobs are in
+:mod:`napari_sam_lora.annotator.jobs`.
 """
 
 from __future__ import annotations
@@ -25,11 +28,11 @@ from napari.layers import Labels
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from napari_sam_lora._qt import threading as _threading
-from napari_sam_lora._qt._propagation import LoadProgress, PropagateRequest
-from napari_sam_lora._qt._session_files import (
+from napari_sam_lora._qt._slot import JobSlot, PanelJobs
+from napari_sam_lora.annotator import Annotator, Lifecycle, LoadProgress, PropagateRequest
+from napari_sam_lora.annotator.jobs import (
     Prepared,
     Restored,
-    RestoredFrame,
     Saved,
     restore_apply_job,
     restore_prepare_job,
@@ -37,20 +40,14 @@ from napari_sam_lora._qt._session_files import (
     saved_adapters,
     session_base,
 )
-from napari_sam_lora._qt._slot import PanelJobs
 from napari_sam_lora.engine.annotation.prompts import BoxPrompt, MaskPrompt, PointPrompt
 from napari_sam_lora.engine.core.errors import PromptError, StackError
 from napari_sam_lora.engine.tracking.session_files import check_state
 from napari_sam_lora.layers import (
-    EditGroup,
     find_output_layer,
-    frame_labels,
     make_prompt_layers,
-    output_labels_layer,
     same_layer,
-    stack_from_image_layer,
     style_prompt_layers,
-    write_frame,
 )
 
 __all__ = ["AnnotationFilesPanel"]
@@ -68,8 +65,6 @@ class _Restore:
     image: Any
     source: Any
     base: Path
-    output: Any = None
-    group: EditGroup | None = None
     done: Restored | None = None
     created: list[Any] = field(default_factory=list)
     adapters: Path | None = None
@@ -81,9 +76,12 @@ class AnnotationFilesPanel(PanelJobs, QWidget):
 
     Parameters
     ----------
-    host : SamLoraWidget
-        The dock: its ``sessions``, ``slot``, ``life``, ``learning.control`` and layer
-        combos.
+    annotator : Annotator
+        The dock's model: the chosen image and prompt layers, its session and learner.
+    slot : JobSlot
+        The dock's one job slot.
+    life : Lifecycle
+        The dock's teardown.
 
     Attributes
     ----------
@@ -91,9 +89,10 @@ class AnnotationFilesPanel(PanelJobs, QWidget):
         The last job this section started.
     """
 
-    def __init__(self, host: Any) -> None:
-        super().__init__(host)
-        self.host, self.viewer = host, host.viewer
+    def __init__(self, annotator: Annotator, slot: JobSlot, life: Lifecycle) -> None:
+        super().__init__()
+        self.annotator, self.slot, self.life = annotator, slot, life
+        self.viewer = annotator.viewer
         self.job: _threading.Job | None = None
         self._kind = ""
         self._restore: _Restore | None = None
@@ -126,12 +125,12 @@ class AnnotationFilesPanel(PanelJobs, QWidget):
         self.save_button.clicked.connect(lambda *_: self.save_session())
         self.restore_button.clicked.connect(lambda *_: self.restore_session())
         self.cancel_button.clicked.connect(lambda *_: self.cancel())
-        host.slot.add_listener(self._on_slot)
+        slot.add_listener(self._on_slot)
 
     # -- public API --------------------------------------------------------------------------
     def default_path(self) -> str:
         """Where the dialogs start: next to the image's file (its name), else the cwd."""
-        image = self.host.image_combo.layer
+        image = self.annotator.selection.image
         source = getattr(getattr(image, "source", None), "path", None)
         if source:
             path = Path(source)
@@ -145,8 +144,9 @@ class AnnotationFilesPanel(PanelJobs, QWidget):
         when not given). Returns whether a job was started."""
         if self._refuse_if_busy():
             return False
+        control = self.annotator.learning
         try:
-            ctx = self.host.learning.control.context()  # fails before asking for a file
+            ctx = control.context()  # fails before asking for a file
             if path is None:
                 path = QFileDialog.getSaveFileName(
                     self, "Save session", self.default_path(), FILTER
@@ -154,17 +154,12 @@ class AnnotationFilesPanel(PanelJobs, QWidget):
                 if not path:
                     return False
             base = session_base(path)
-            user = None
-            if ctx.output is not None:
-                user = np.stack(
-                    [frame_labels(ctx.output, ctx.source, t) for t in range(ctx.source.num_frames)]
-                )
         except Exception as exc:
             self._error(exc)
             return False
-        learner = self.host.learning.control.learner_of(ctx.session)
+        learner = control.learner_of(ctx.session)
         self.status.setText(f"saving to {base}…")
-        return self._start("save_session", save_job, ctx.session, learner, base, user)
+        return self._start("save_session", save_job, ctx.session, learner, base)
 
     def restore_session(self, path: str | os.PathLike[str] | None = None) -> bool:
         """Restore a session saved for the current image (a dialog asks for the file when
@@ -172,13 +167,12 @@ class AnnotationFilesPanel(PanelJobs, QWidget):
         before anything changes."""
         if self._refuse_if_busy():
             return False
-        host = self.host
+        chosen = self.annotator.selection
         try:
-            image = host.image_combo.layer
+            image = chosen.image
             if image is None:
                 raise StackError("no image layer: open the stack the session was saved for")
-            axis = host.axis_spin.value() if image.ndim >= 4 else 0
-            source = stack_from_image_layer(image, axis, tuple(self.viewer.dims.point))
+            source = self.annotator.source()
             if path is None:
                 path = QFileDialog.getOpenFileName(
                     self, "Restore session", self.default_path(), FILTER
@@ -192,44 +186,44 @@ class AnnotationFilesPanel(PanelJobs, QWidget):
             self._error(exc)
             return False
         request = PropagateRequest(
-            image, source, [], host.model, host.device, host.image_size, "both", None
+            image, source, [], chosen.model, chosen.device, chosen.image_size, "both", None
         )
         # the layers now, at the click (creating a napari layer takes the main thread
-        # 0.1-0.3 s): the worker's frames then only write pixels; removed again if refused
+        # 0.1-0.3 s); removed again if the restore is refused
         created = self._prompt_layers(image)
         if find_output_layer(self.viewer, image, source) is None:
-            created.append(self._masks_layer(image, source))
+            created.append(self.annotator.masks_layer(image, source))
         self._restore = _Restore(image, source, base, created=created, adapters=adapters)
         self.status.setText(f"restoring {base}: checking the stack, loading the model…")
-        return self._start("restore_session", restore_prepare_job, host.sessions, request, base)
+        sessions = self.annotator.sessions
+        return self._start("restore_session", restore_prepare_job, sessions, request, base)
 
     def cancel(self) -> None:
         """Stop a restore that is still checking or loading the model (nothing changed)."""
-        if self.host.slot.busy and self.host.slot.kind == "restore_session":
-            self.host.slot.cancel()
+        if self.slot.busy and self.slot.kind == "restore_session":
+            self.slot.cancel()
             self.cancel_button.setEnabled(False)
             self.status.setText("cancelling the restore…")
 
     # -- internals ---------------------------------------------------------------------------
     def _prompt_layers(self, image: Any) -> list[Any]:
         """Select the image's prompt layers, making them if needed; returns those made."""
-        host = self.host
-        if host.points_combo.layer is not None and host.shapes_combo.layer is not None:
+        chosen = self.annotator.selection
+        if chosen.points is not None and chosen.shapes is not None:
             return []
         before = list(self.viewer.layers)
-        points, shapes = make_prompt_layers(self.viewer, image, host.obj_spin.value())
-        host.points_combo.set_layer(points)  # the dock styles and watches them
-        host.shapes_combo.set_layer(shapes)
+        points, shapes = make_prompt_layers(self.viewer, image, chosen.obj_id)
+        self.annotator.choose_prompt_layers(points, shapes, chosen.mask)  # the dock shows them
         return [x for x in (points, shapes) if not any(same_layer(x, y) for y in before)]
 
     def _on_slot(self, kind: str, running: bool) -> None:
-        if self.host.life.alive:
+        if self.life.alive:
             self.save_button.setEnabled(not running)
             self.restore_button.setEnabled(not running)
             self.cancel_button.setEnabled(running and kind == "restore_session")
 
     def _on_yield(self, item: Any) -> None:
-        if not self.host.life.alive:
+        if not self.life.alive:
             return
         if isinstance(item, Saved):
             self._saved = item
@@ -237,39 +231,8 @@ class AnnotationFilesPanel(PanelJobs, QWidget):
             self.status.setText("loading the model…")
         elif isinstance(item, Prepared) and self._restore is not None:
             self._restore.session = item.session
-        elif isinstance(item, RestoredFrame):
-            self._write_frame(item)
         elif isinstance(item, Restored) and self._restore is not None:
             self._restore.done = item
-
-    def _write_frame(self, item: RestoredFrame) -> None:
-        run = self._restore
-        if run is None:
-            return
-        if run.output is None:
-            if not any(same_layer(run.image, x) for x in self.viewer.layers):
-                self.host.slot.cancel()
-                return
-            run.output = self._masks_layer(run.image, run.source)
-            run.group = EditGroup(run.output)  # every frame: one undo step
-        write_frame(run.output, run.source, item.frame, item.labels, viewer=self.viewer)
-
-    def _masks_layer(self, image: Any, source: Any) -> Any:
-        """The masks layer, created below the prompt layers (so it does not tint them)."""
-        existed = find_output_layer(self.viewer, image, source)
-        output = output_labels_layer(self.viewer, image, source)
-        if existed is None:
-            layers = self.viewer.layers
-            host = self.host
-            above = [
-                layers.index(x)
-                for x in layers
-                if any(same_layer(x, p) for p in (host.points_combo.layer, host.shapes_combo.layer))
-            ]
-            here = layers.index(output)
-            if above and min(above) < here:
-                layers.move(here, min(above))
-        return output
 
     def _on_done(self, state: str) -> None:
         run, self._restore = self._restore, None
@@ -278,24 +241,22 @@ class AnnotationFilesPanel(PanelJobs, QWidget):
             and state == _threading.FINISHED
             and run is not None
             and run.session is not None
-            and self.host.life.alive
+            and self.life.alive
         ):  # the files fit: now restore (not cancellable: it changes the session)
             self._restore = run
             self.status.setText(f"restoring {run.base}…")
-            control = self.host.learning.control
+            control = self.annotator.learning
             if self._start(
                 "restore_apply", restore_apply_job, run.session, control, run.base, run.adapters
             ):
                 return
             self._restore, state = None, _threading.FAILED
-        if run is not None and run.group is not None:
-            run.group.close()
         if run is not None and state != _threading.FINISHED:
             for layer in run.created:  # refused: leave the viewer as it was
                 for existing in list(self.viewer.layers):
                     if same_layer(existing, layer) and _empty(existing):
                         self.viewer.layers.remove(existing)
-        if not self.host.life.alive:
+        if not self.life.alive:
             return
         kind, job = self._kind, self.job
         if state == _threading.FAILED:
@@ -310,32 +271,27 @@ class AnnotationFilesPanel(PanelJobs, QWidget):
         elif kind == "save_session" and self._saved is not None:
             saved, self._saved = self._saved, None
             files = [p.name for p in saved.paths + saved.adapters]
-            note = (
-                f"; your edits on frame(s) {saved.corrected} were saved as corrections"
-                if saved.corrected
-                else ""
-            )
-            self.status.setText(f"saved {', '.join(files)} in {saved.paths[0].parent}{note}")
+            self.status.setText(f"saved {', '.join(files)} in {saved.paths[0].parent}")
         elif kind == "restore_apply" and run is not None and run.done is not None:
-            self._rebuild_prompts(run.image, run.source, run.done.prompts, run.output)
+            output = self.annotator.masks_layer(run.image, run.source)
+            self._rebuild_prompts(run.image, run.source, run.done.prompts, output)
             done = run.done
             adapters = f", {len(done.adapters)} adapter(s)" if done.adapters else ""
             note = f"; {self._note}" if self._note else ""
             self.status.setText(
                 f"restored {run.base.name}: {len(done.prompts)} prompt(s), {done.confirmed} "
-                f"confirmed (frame, object)s{adapters} (Ctrl+Z in the masks layer undoes the "
-                f"masks){note}"
+                f"confirmed (frame, object)s{adapters} (Undo brings back what was there "
+                f"before){note}"
             )
-        self.host.refresh_objects()
-        self.host.show_frame_info()
+        self.annotator.flush("restore session")
 
     def _rebuild_prompts(self, image: Any, source: Any, prompts: list[Any], output: Any) -> None:
         """Make the prompt layers hold exactly ``prompts`` (clicks, boxes, masks)."""
         import pandas as pd
 
-        host = self.host
+        chosen = self.annotator.selection
         self._prompt_layers(image)  # made at the start; again if removed since
-        points_layer, shapes_layer = host.points_combo.layer, host.shapes_combo.layer
+        points_layer, shapes_layer = chosen.points, chosen.shapes
         coords, labels, point_ids = [], [], []
         boxes, box_ids = [], []
         masks = np.zeros(source.layer_shape, np.int32)
@@ -379,7 +335,7 @@ class AnnotationFilesPanel(PanelJobs, QWidget):
         if boxes:
             shapes_layer.add_rectangles(boxes)
         shapes_layer.features = pd.DataFrame({"obj_id": pd.Series(box_ids, dtype="int64")})
-        mask_layer = host.mask_combo.layer
+        mask_layer = chosen.mask
         if has_masks:
             name = f"{image.name} prompt masks"
             existing = [x for x in self.viewer.layers if x.name == name]
@@ -396,13 +352,13 @@ class AnnotationFilesPanel(PanelJobs, QWidget):
                     shear=np.asarray(image.shear),
                     affine=np.asarray(image.affine.affine_matrix),
                 )
-            host.mask_combo.set_layer(mask_layer)
-        elif mask_layer is not None:
-            host.mask_combo.set_layer(None)  # its masks are not prompts of this session
+        else:
+            mask_layer = None  # a chosen mask layer's masks are not prompts of this session
+        self.annotator.choose_prompt_layers(points_layer, shapes_layer, mask_layer)
         style_prompt_layers(points_layer, shapes_layer, output)
 
     def _refuse_if_busy(self) -> bool:
-        if not self.host.slot.busy:
+        if not self.slot.busy:
             return False
         self._error(PromptError("a job is running: wait for it or cancel it first"))
         return True

@@ -1,16 +1,16 @@
 """The learning panel: learn from a corrected frame, propose, accept/reject, adapter files.
 
-Embedded in :class:`~napari_sam_lora._qt.widget.SamLoraWidget`; shares its session cache,
-its job slot (one job at a time across propagation and learning, ``host.slot``) and its
-lifecycle (``host.life``). The checks and layer work live in :mod:`._learning_control`;
-this module holds widgets and jobs.
+A thin view: it takes the dock's :class:`~napari_sam_lora.annotator.Annotator` (the chosen
+stack, its session and learner), the dock's job slot (one job at a time across propagation
+and learning) and its lifecycle — never the dock widget. The checks live in
+:mod:`napari_sam_lora.annotator.learning`, the worker jobs and their typed results in
+:mod:`napari_sam_lora.annotator.jobs`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from napari.layers import Labels
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -28,25 +28,27 @@ from qtpy.QtWidgets import (
 )
 
 from napari_sam_lora._qt import threading as _threading
-from napari_sam_lora._qt._learning_control import (
-    LearningControl,
+from napari_sam_lora._qt._loss_plot import LossPlot
+from napari_sam_lora._qt._shortcuts import key_of, with_key
+from napari_sam_lora._qt._slot import Activity, JobSlot, PanelJobs
+from napari_sam_lora.annotator import Annotator, Lifecycle, Painted, StackChanged, describe_report
+from napari_sam_lora.annotator.jobs import (
+    Accepted,
+    AutoAccepted,
+    LearnOptions,
     Loaded,
+    Proposed,
     accept_job,
     auto_accept_job,
-    describe_report,
     learn_job,
     load_job,
     propose_job,
 )
-from napari_sam_lora._qt._loss_plot import LossPlot
-from napari_sam_lora._qt._shortcuts import key_of, with_key
-from napari_sam_lora._qt._slot import Activity, PanelJobs
 from napari_sam_lora.engine.core.errors import PromptError
 from napari_sam_lora.engine.learning.lora_settings import available_presets, load_settings
-from napari_sam_lora.layers import candidate_layers, find_output_layer, is_candidate_layer
-
-if TYPE_CHECKING:
-    from napari_sam_lora._qt.widget import SamLoraWidget
+from napari_sam_lora.engine.learning.records import LearnReport, LearnStep
+from napari_sam_lora.engine.tracking.plans import PropagationStep
+from napari_sam_lora.layers import candidate_layers, is_candidate_layer
 
 __all__ = ["KINDS", "LearningPanel"]
 
@@ -68,30 +70,34 @@ class LearningPanel(PanelJobs, QWidget):
 
     Parameters
     ----------
-    host : SamLoraWidget
-        The dock widget: its ``sessions`` hold the session the learner uses, its ``slot``
-        is the one job slot, its ``life`` the teardown.
+    annotator : Annotator
+        The dock's model: the chosen stack, its session and learner.
+    slot : JobSlot
+        The dock's one job slot.
+    life : Lifecycle
+        The dock's teardown.
 
     Attributes
     ----------
     control : LearningControl
-        Holds the learner (``control.learner``) and does the checks and layer work.
+        Holds the learner (``control.learner``) and does the checks
+        (``annotator.learning``).
     report : LearnReport or None
         The last finished learn call.
     job : Job or None
         The last job this panel started.
     """
 
-    def __init__(self, host: SamLoraWidget) -> None:
-        super().__init__(host)
-        self.host, self.viewer = host, host.viewer
-        self.control = LearningControl(host)
+    def __init__(self, annotator: Annotator, slot: JobSlot, life: Lifecycle) -> None:
+        super().__init__()
+        self.annotator, self.slot, self.life = annotator, slot, life
+        self.viewer = annotator.viewer
+        self.control = annotator.learning
         self.report: Any = None
         self.job: _threading.Job | None = None
         self._kind = ""
         self._pending: int | None = None
         self._proposing: tuple = ()
-        self._accepted: tuple = ()
         self._candidates: list[Any] = []
         self._bar = AUTO_ACCEPT_BAR
         self._activity: Activity | None = None
@@ -121,8 +127,9 @@ class LearningPanel(PanelJobs, QWidget):
         self.repropagate_check = QCheckBox("re-propagate after Learn / Accept", self)
         self.repropagate_check.setChecked(True)
         self.repropagate_check.setToolTip(
-            "Re-track from the corrected or accepted frame until the masks agree with the "
-            "previous run (frames you confirmed are kept)"
+            "Re-track from the corrected or accepted frame, within the Propagate frame range, "
+            "until the masks agree with the previous run (frames you confirmed are kept); "
+            "part of the same undo step"
         )
         self.progress = QProgressBar(self)
         self.progress.setFormat("idle")
@@ -135,11 +142,11 @@ class LearningPanel(PanelJobs, QWidget):
         )
         self.accept_button = QPushButton(with_key("Accept", "accept"), self)
         self.accept_button.setToolTip(
-            with_key("Write the selected candidate on all its frames (one undo step)", "accept")
+            with_key("Accept the selected candidate on all its frames (one undo step)", "accept")
         )
         self.accept_frame_button = QPushButton(with_key("Accept frame", "accept_frame"), self)
         self.accept_frame_button.setToolTip(
-            with_key("Write the selected candidate on the current frame only", "accept_frame")
+            with_key("Accept the selected candidate on the current frame only", "accept_frame")
         )
         self.reject_button = QPushButton(with_key("Reject", "reject"), self)
         self.reject_button.setToolTip(with_key("Remove the selected candidate layer", "reject"))
@@ -179,7 +186,7 @@ class LearningPanel(PanelJobs, QWidget):
         layout.addWidget(self.status)
 
     def _connect(self) -> None:
-        life = self.host.life
+        life = self.life
         self.preset_combo.currentTextChanged.connect(self._apply_preset)
         for button, action in (
             (self.learn_button, self.learn),
@@ -192,14 +199,10 @@ class LearningPanel(PanelJobs, QWidget):
             (self.load_button, self.load_adapters),
         ):
             button.clicked.connect(lambda *_, a=action: a())
-        self.host.image_combo.currentIndexChanged.connect(self._reset_range)
-        self.host.axis_spin.valueChanged.connect(self._reset_range)
-        life.connect(self.viewer.dims.events.current_step, self._reset_range)
-        life.connect(self.viewer.layers.events.inserted, self._on_inserted)
-        life.connect(self.viewer.layers.selection.events.active, self._on_active)
-        for layer in self.viewer.layers:
-            self._watch(layer)
-        self.host.slot.add_listener(self._on_slot)
+        self.annotator.events.connect(self._on_annotator_event)
+        life.on_shutdown(lambda: self.annotator.events.disconnect(self._on_annotator_event))
+        life.connect(self.viewer.dims.events.current_step, self._limit_range)
+        self.slot.add_listener(self._on_slot)
 
     def shortcut_actions(self) -> dict[str, Any]:
         """The panel's keyboard actions (bound by the host)."""
@@ -211,13 +214,14 @@ class LearningPanel(PanelJobs, QWidget):
             "reject": self.reject,
         }
 
-    def _on_inserted(self, event: Any) -> None:
-        if self.host.life.alive:
-            self._watch(event.value)
-
-    def _watch(self, layer: Any) -> None:
-        if isinstance(layer, Labels):
-            self.host.life.connect(layer.events.paint, self._on_paint)
+    def _on_annotator_event(self, event: Any) -> None:
+        if not self.life.alive:
+            return
+        if isinstance(event, StackChanged):
+            self._reset_range()
+        elif isinstance(event, Painted) and self.auto_check.isChecked():
+            frames = event.frames
+            QTimer.singleShot(0, lambda: self._auto_learn(frames[-1]))  # leave the event first
 
     # -- public API --------------------------------------------------------------------------
     @property
@@ -228,7 +232,7 @@ class LearningPanel(PanelJobs, QWidget):
     @property
     def busy(self) -> bool:
         """Whether a job (propagation or learning) is running."""
-        return self.host.slot.busy
+        return self.slot.busy
 
     def learn(self, frame: int | None = None, quiet: bool = False) -> bool:
         """Train on the user's edit of ``frame`` (default: the viewer's current frame).
@@ -245,7 +249,7 @@ class LearningPanel(PanelJobs, QWidget):
             return False
         if args is None:
             return False
-        frame = args[2]
+        session, frame = args
         steps = self._max_steps()
         self.plot.clear()
         self.progress.setRange(0, steps)
@@ -253,7 +257,7 @@ class LearningPanel(PanelJobs, QWidget):
         self.progress.setFormat(f"learning from frame {frame}: step 0 of up to {steps}")
         self.status.setText(f"learning from frame {frame}…")
         self._activity = Activity(f"LoRA: learning from frame {frame}", steps)
-        self._start("learn", learn_job, *args)
+        self._start("learn", learn_job, self.control, session, frame, self._options())
         return True
 
     def propose(self, first: int | None = None, last: int | None = None) -> bool:
@@ -267,10 +271,10 @@ class LearningPanel(PanelJobs, QWidget):
         except Exception as exc:
             self._error(exc)
             return False
-        self._proposing = (ctx.image, ctx.source, first, last)
+        self._proposing = (ctx.image, ctx.source)
         self._candidates = []
         self.status.setText(f"proposing frames {first}–{last}…")
-        self._start("propose", propose_job, ctx.learner, list(range(first, last + 1)))
+        self._start("propose", propose_job, ctx.learner, first, last)
         return True
 
     def accept(self, layer: Any = None, frames: list[int] | None = None) -> bool:
@@ -282,17 +286,15 @@ class LearningPanel(PanelJobs, QWidget):
         layer = self.viewer.layers.selection.active if layer is None else layer
         overwrite = self.overwrite_check.isChecked()
         try:
-            learner, candidate, written, skipped = self.control.accept(layer, frames, overwrite)
+            plan = self.control.plan_accept(layer, frames, overwrite)
+            ctx = self.control.context()
         except Exception as exc:
             self._error(exc)
             return False
-        self._select_after_accept(layer)
-        note = f"; kept your frame(s) {skipped}" if skipped else ""
-        self.status.setText(
-            f"accepted object {candidate.obj_id} on frame(s) {written} (undoable){note}"
-        )
-        self._accepted = (candidate.obj_id, written)
-        self._start("accept", accept_job, learner, candidate, written, overwrite)
+        self._proposing = (ctx.image, ctx.source)
+        self._skipped = plan.skipped
+        self.status.setText(f"accepting object {plan.candidate.obj_id} on frame(s) {plan.frames}…")
+        self._start("accept", accept_job, plan, self._options())
         return True
 
     def auto_accept(self, candidates: list[Any] | None = None, bar: float | None = None) -> bool:
@@ -311,17 +313,14 @@ class LearningPanel(PanelJobs, QWidget):
         except Exception as exc:
             self._error(exc)
             return False
-        self._proposing = (ctx.image, ctx.source, *self._proposing[2:])
-        self._bar = bar
+        self._proposing = (ctx.image, ctx.source)
         self.status.setText(f"auto-accepting frames with ≈IoU ≥ {bar:.2f}…")
-        self._start("auto_accept", auto_accept_job, ctx.learner, candidates, bar)
+        self._start("auto_accept", auto_accept_job, ctx.learner, candidates, bar, self._options())
         return True
 
     def accept_frame(self, layer: Any = None) -> bool:
         """Accept the selected candidate on the current frame only."""
-        image = self.host.image_combo.layer
-        frame = 0 if image is None else self.control.frame_range()[1]
-        return self.accept(layer, [frame])
+        return self.accept(layer, [self.annotator.current_frame()])
 
     def reject(self, layer: Any = None) -> bool:
         """Remove the selected candidate layer; the masks layer is untouched."""
@@ -336,8 +335,8 @@ class LearningPanel(PanelJobs, QWidget):
 
     def cancel(self) -> None:
         """Stop the running job at its next step (training keeps the previous adapter)."""
-        if self.busy and self.host.slot.kind in KINDS:
-            self.host.slot.cancel()
+        if self.busy and self.slot.kind in KINDS:
+            self.slot.cancel()
             self.cancel_button.setEnabled(False)
             self.status.setText("cancelling…")
 
@@ -386,7 +385,7 @@ class LearningPanel(PanelJobs, QWidget):
         if not is_candidate_layer(layer):
             return []
         info = layer.metadata["napari_sam_lora"]
-        frame = self.control.frame_range()[1]
+        frame = self.annotator.current_frame()
         frames = info.get("frames", [])
         values = info.get("estimated_ious") or info.get("confidences") or []
         if frame not in frames or frames.index(frame) >= len(values):
@@ -414,7 +413,7 @@ class LearningPanel(PanelJobs, QWidget):
             self._error(exc)
 
     def _on_slot(self, kind: str, running: bool) -> None:
-        if not self.host.life.alive:
+        if not self.life.alive:
             return
         for widget in (
             self.preset_combo,
@@ -430,11 +429,18 @@ class LearningPanel(PanelJobs, QWidget):
             widget.setEnabled(not running)
         self.cancel_button.setEnabled(running and kind in KINDS)
 
+    def _options(self) -> LearnOptions:
+        """What follows a Learn or an Accept: the re-propagation over the Propagate range."""
+        selection = self.annotator.selection
+        return LearnOptions(
+            self.repropagate_check.isChecked(), self.annotator.frame_range(), selection.assist
+        )
+
     def _on_yield(self, item: Any) -> None:
-        if not self.host.life.alive:
+        if not self.life.alive:
             return
-        step = getattr(item, "step", None)
-        if step is not None and hasattr(step, "loss"):  # a LearnStep
+        if isinstance(item, LearnStep):
+            step = item.step
             self.plot.add(step.loss, step.iou)
             self.progress.setMaximum(max(self.progress.maximum(), step.step))
             self.progress.setValue(step.step)
@@ -444,7 +450,12 @@ class LearningPanel(PanelJobs, QWidget):
             )
             if self._activity is not None:
                 self._activity.update(step.step, self.progress.maximum())
-        elif hasattr(item, "trained"):  # the LearnReport
+        elif isinstance(item, PropagationStep):  # the re-propagation after Learn / Accept
+            self.annotator.show_step(item.frame, item.labels)
+            self.progress.setRange(0, item.total)
+            self.progress.setValue(item.done)
+            self.progress.setFormat(f"re-propagating: frame {item.frame} ({item.done} tracked)")
+        elif isinstance(item, LearnReport):
             self.report = item
             self.status.setText(describe_report(item))
         elif isinstance(item, Loaded):
@@ -454,41 +465,58 @@ class LearningPanel(PanelJobs, QWidget):
                 )
             else:
                 self.status.setText(f"loaded {len(item.new)} adapter(s): {', '.join(item.new)}")
-        elif self._kind == "auto_accept":
-            image, source = self._proposing[:2]
-            written = self.control.write_auto_accepted(image, source, item)
-            self._accepted, self._candidates = (None, written), []
+        elif isinstance(item, Proposed):
+            self._show_proposed(item)
+        elif isinstance(item, Accepted):
+            image, source = self._proposing
+            self.control.drop_accepted(image, source, [(item.candidate, item.report)])
+            self._select_after_accept()
+            skipped = getattr(self, "_skipped", [])
+            note = f"; kept your frame(s) {skipped}" if skipped else ""
             self.status.setText(
-                f"auto-accepted {len(written)} frame(s) (≈IoU ≥ {self._bar:.2f}): "
-                f"{written} (undoable; marked auto_accepted)"
+                f"accepted object {item.candidate.obj_id} on frame(s) {item.report.frames} "
+                f"(Undo brings it back){note}"
+            )
+        elif isinstance(item, AutoAccepted):
+            image, source = self._proposing
+            self.control.drop_accepted(image, source, item.accepted)
+            self._candidates = []
+            written = item.frames
+            self.status.setText(
+                f"auto-accepted {len(written)} frame(s) (≈IoU ≥ {item.bar:.2f}): "
+                f"{written} (one undo step; marked auto_accepted)"
                 if written
-                else f"auto-accept: no frame reached ≈IoU ≥ {self._bar:.2f}"
+                else f"auto-accept: no frame reached ≈IoU ≥ {item.bar:.2f}"
             )
-        elif self._kind == "propose":
-            image, source, first, last = self._proposing
-            shown = self.control.show_candidates(image, source, item)
-            self._candidates = list(item) if shown else []
-            best = getattr(item[0], "short_name", item[0].name) if item else ""
-            self.status.setText(
-                f"{shown} candidate layer(s); best: {best}. Accept ({key_of('accept')}), "
-                f"Accept frame ({key_of('accept_frame')}) or Reject ({key_of('reject')}) "
-                f"the selected one"
-                if shown
-                else f"no proposals for frames {first}–{last}: propagate over them first"
-            )
+
+    def _show_proposed(self, item: Proposed) -> None:
+        image, source = self._proposing
+        shown = self.control.show_candidates(image, source, item.candidates)
+        self._candidates = list(item.candidates) if shown else []
+        best = item.candidates[0].short_name if item.candidates else ""
+        self.status.setText(
+            f"{shown} candidate layer(s); best: {best}. Accept ({key_of('accept')}), "
+            f"Accept frame ({key_of('accept_frame')}) or Reject ({key_of('reject')}) "
+            f"the selected one"
+            if shown
+            else f"no proposals for frames {item.first}–{item.last}: propagate over them first"
+        )
 
     def _on_done(self, state: str) -> None:
         if self._activity is not None:
             self._activity.close()
             self._activity = None
-        if not self.host.life.alive:
+        if not self.life.alive:
             return
         kind, job = self._kind, self.job
+        self.annotator.apply_strokes()  # strokes painted while the job ran
+        self.annotator.flush(kind)
         if state == _threading.CANCELLED:
             self.status.setText(
-                "learning cancelled: the adapter keeps its previous weights"
+                "learning cancelled: the adapter keeps its previous weights and your edit "
+                "waits to be learned"
                 if kind == "learn"
-                else f"{kind} cancelled"
+                else f"{kind} cancelled: nothing changed"
             )
             self.progress.setFormat("cancelled" if kind == "learn" else self.progress.format())
         elif state == _threading.FAILED:
@@ -498,7 +526,6 @@ class LearningPanel(PanelJobs, QWidget):
         elif kind == "learn":
             self.progress.setValue(self.progress.maximum())
             self.progress.setFormat("learned")
-        self.host.refresh_objects()
         pending, self._pending = self._pending, None
         if pending is not None and state != _threading.CANCELLED:
             self.learn(pending, quiet=True)
@@ -510,44 +537,19 @@ class LearningPanel(PanelJobs, QWidget):
             and self._candidates
         ):
             self.auto_accept()
-            return
-        if state == _threading.FINISHED and self.repropagate_check.isChecked():
-            frame = self._changed_frame(kind)
-            if frame is not None:
-                self.host.repropagate(frame)
 
-    def _changed_frame(self, kind: str) -> int | None:
-        if kind == "learn" and self.report is not None:
-            return int(self.report.frame)
-        if kind in ("accept", "auto_accept") and self._accepted and self._accepted[1]:
-            return int(min(self._accepted[1]))
-        return None
-
-    def _select_after_accept(self, accepted: Any) -> None:
+    def _select_after_accept(self) -> None:
         """Leave the next candidate (or the masks layer) selected, so the next key works."""
-        others = [x for x in candidate_layers(self.viewer) if x is not accepted]
-        if accepted in self.viewer.layers:  # only some frames were accepted: keep it
-            return
-        image = self.host.image_combo.layer
-        target = others[-1] if others else None
-        if target is None and image is not None:
-            target = find_output_layer(self.viewer, image, self.control.source(image))
+        active = self.viewer.layers.selection.active
+        if active is not None and is_candidate_layer(active):
+            return  # only some frames were accepted: it stays
+        others = candidate_layers(self.viewer)
+        target = others[-1] if others else self.annotator.output()
         if target is not None:
             self.viewer.layers.selection.active = target
 
-    def _on_active(self, *_: Any) -> None:
-        if self.host.life.alive:
-            self.host.show_frame_info()
-
-    def _on_paint(self, event: Any) -> None:
-        if not self.host.life.alive or not self.auto_check.isChecked():
-            return
-        frame = self.control.painted_frame(event.source)
-        if frame is not None:  # leave the paint event first
-            QTimer.singleShot(0, lambda: self._auto_learn(frame))
-
     def _auto_learn(self, frame: int) -> None:
-        if not self.host.life.alive:
+        if not self.life.alive:
             return
         if self.busy:
             self._pending = frame  # learn from it when the running job ends
@@ -568,14 +570,20 @@ class LearningPanel(PanelJobs, QWidget):
             _threading.notify_error(exc)
 
     def _reset_range(self, *_: Any) -> None:
-        if not self.host.life.alive:
+        """Another stack: propose from the frame after the current one to the end."""
+        if not self.life.alive:
             return
-        count, current = self.control.frame_range()
+        count, current = self.annotator.frame_count(), self.annotator.current_frame()
         for spin in (self.from_spin, self.to_spin):
             spin.setRange(0, count - 1)
         self.from_spin.setValue(min(current + 1, count - 1))
         self.to_spin.setValue(count - 1)
-        self.host.show_frame_info()
+
+    def _limit_range(self, *_: Any) -> None:
+        """The viewer moved: keep the user's propose frames (only their limits follow the
+        stack)."""
+        if self.life.alive and self.from_spin.maximum() != self.annotator.frame_count() - 1:
+            self._reset_range()
 
 
 def _row(*widgets: Any) -> QHBoxLayout:

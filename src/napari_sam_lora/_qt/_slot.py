@@ -123,19 +123,21 @@ class JobSlot:
 class PanelJobs:
     """Mixin for the dock's panels: start a job on the dock's one slot.
 
-    The panel has ``host`` (the dock), ``_on_yield``, ``_on_done`` and ``_error``; its
-    :meth:`_start` records the job in ``job`` and the dock's lifecycle, and reports a
-    refused start (another job running) through ``_error``.
+    The panel has ``slot`` (the dock's :class:`JobSlot`), ``life`` (its lifecycle),
+    ``_on_yield``, ``_on_done`` and ``_error``; its :meth:`_start` records the job in
+    ``job`` and the lifecycle (cancelled on shutdown), and reports a refused start
+    (another job running) through ``_error``.
     """
 
-    host: Any
+    slot: JobSlot
+    life: Any
     job: Any
     _kind: str
 
     def _start(self, kind: str, fn: Callable[..., Generator], *args: Any) -> bool:
         self._kind = kind
         try:
-            self.job = self.host.slot.start(
+            self.job = self.slot.start(
                 kind,
                 fn,
                 *args,
@@ -145,5 +147,5 @@ class PanelJobs:
         except Exception as exc:
             self._error(exc)  # type: ignore[attr-defined]
             return False
-        self.host.life.job = self.job
+        self.life.job = self.job
         return True

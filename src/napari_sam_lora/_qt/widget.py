@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import napari.layers
@@ -30,7 +30,6 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_sam_lora._qt import _imports
 from napari_sam_lora._qt import threading as _threading
 from napari_sam_lora._qt._annotation_files import AnnotationFilesPanel
 from napari_sam_lora._qt._layer_combo import LayerCombo
@@ -38,29 +37,29 @@ from napari_sam_lora._qt._layout import ShortcutHelp, form, row, section
 from napari_sam_lora._qt._learning import LearningPanel
 from napari_sam_lora._qt._model_combo import MODELS, ModelCombo
 from napari_sam_lora._qt._objects import ObjectList, ObjectRow
-from napari_sam_lora._qt._propagation import (
+from napari_sam_lora._qt._shortcuts import bind_shortcuts, with_key
+from napari_sam_lora._qt._slot import Activity, JobSlot
+from napari_sam_lora.annotator import (
+    AnnotationChanged,
+    Annotator,
     Lifecycle,
     LoadProgress,
     ModelReady,
+    PromptLayersChosen,
     PropagateRequest,
-    Run,
     SessionCache,
     build_request,
-    propagation_job,
-    repropagation_job,
 )
-from napari_sam_lora._qt._shortcuts import bind_shortcuts, with_key
-from napari_sam_lora._qt._slot import Activity, JobSlot
-from napari_sam_lora.engine.annotation.corrections import merge_object
+from napari_sam_lora.annotator import imports as _imports
+from napari_sam_lora.annotator.jobs import propagation_job
 from napari_sam_lora.engine.core.errors import PromptError
+from napari_sam_lora.engine.tracking.plans import PropagationStep
 from napari_sam_lora.layers import (
-    EditGroup,
     find_output_layer,
     frame_labels,
     install_click_labels,
     make_prompt_layers,
     object_color,
-    output_labels_layer,
     same_layer,
     stack_from_image_layer,
     style_prompt_layers,
@@ -93,6 +92,9 @@ class SamLoraWidget(QWidget):
 
     Attributes
     ----------
+    annotator : Annotator
+        The dock's model (Qt-free): the user's choices, the session of the chosen stack
+        and the masks layer bound to its annotation. The panels take it, not the dock.
     image_size : int or None
         SAM2 input size; ``None`` uses the model's own (1024). Smaller is faster.
     sessions : SessionCache
@@ -107,10 +109,12 @@ class SamLoraWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.image_size: int | None = None
-        self._owned = _Owned(SessionCache())
+        self.annotator = Annotator(napari_viewer)
+        self._owned = _Owned(self.annotator)
         self.slot = JobSlot()
+        self.annotator.is_busy = lambda: self.slot.busy
         self.life = Lifecycle()
-        self._run: Run | None = None
+        self._run: _Run | None = None
         self._activity: Activity | None = None
         self._docked = False
         self._watched: Any = None  # weakref to the top-level window whose close shuts us down
@@ -127,11 +131,11 @@ class SamLoraWidget(QWidget):
     @property
     def sessions(self) -> SessionCache:
         """Reuses the loaded model and session between propagations."""
-        return self._owned.sessions
+        return self.annotator.sessions
 
     @sessions.setter
     def sessions(self, cache: SessionCache) -> None:
-        self._owned.sessions = cache
+        self.annotator.sessions = cache
 
     @property
     def job(self) -> _threading.Job | None:
@@ -182,6 +186,13 @@ class SamLoraWidget(QWidget):
         self.reset_all_button.setToolTip(
             "Start over: every prompt, the masks layer (one undo step) and SAM2's memory"
         )
+        self.undo_button = QPushButton("Undo", self)
+        self.undo_button.setToolTip(
+            "Undo the last action on the masks: a stroke, a propagation, a Learn or an Accept "
+            "with its re-propagation, a reset (also Ctrl+Z in the masks layer)"
+        )
+        self.redo_button = QPushButton("Redo", self)
+        self.redo_button.setToolTip("Redo the last undone action (also Ctrl+Shift+Z)")
         self.frame_info = QLabel(self)
         self.frame_info.setWordWrap(True)
         self.frame_info.setToolTip("Who made the masks of the current frame")
@@ -244,6 +255,7 @@ class SamLoraWidget(QWidget):
             self.objects,
             row(self.new_object_button, self.clear_prompts_button),
             row(self.reset_object_button, self.reset_all_button),
+            row(self.undo_button, self.redo_button),
             self.frame_info,
         )
         track = form(
@@ -253,8 +265,8 @@ class SamLoraWidget(QWidget):
             row(self.propagate_button, self.cancel_button),
             self.progress,
         )
-        self.learning = LearningPanel(self)
-        self.annotation_files = AnnotationFilesPanel(self)
+        self.learning = LearningPanel(self.annotator, self.slot, self.life)
+        self.annotation_files = AnnotationFilesPanel(self.annotator, self.slot, self.life)
         self.sections = {
             "setup": section("Image and model", setup),
             "prompts": section("Prompts and objects", prompts),
@@ -315,13 +327,25 @@ class SamLoraWidget(QWidget):
     def _connect(self) -> None:
         life = self.life
         self.image_combo.currentIndexChanged.connect(self._on_image_changed)
-        self.axis_spin.valueChanged.connect(self._reset_frame_range)
+        self.axis_spin.valueChanged.connect(self._on_axis_changed)
         self.model_combo.model_changed.connect(self._show_model_status)
         self.obj_spin.valueChanged.connect(self._apply_obj_id)
         self.negative_check.toggled.connect(self._apply_obj_id)
         self.points_combo.currentIndexChanged.connect(self._on_prompt_layers_changed)
         self.shapes_combo.currentIndexChanged.connect(self._on_prompt_layers_changed)
         self.objects.selected.connect(self.obj_spin.setValue)
+        for signal in (
+            self.mask_combo.currentIndexChanged,
+            self.model_combo.model_changed,
+            self.device_combo.currentIndexChanged,
+            self.direction_combo.currentIndexChanged,
+            self.from_spin.valueChanged,
+            self.to_spin.valueChanged,
+            self.assist_check.toggled,
+        ):
+            signal.connect(self.update_selection)
+        self.annotator.events.connect(self._on_annotator_event)
+        life.on_shutdown(lambda: self.annotator.events.disconnect(self._on_annotator_event))
         for button, action in (
             (self.add_prompts_button, self.add_prompt_layers),
             (self.propagate_button, self.propagate),
@@ -330,6 +354,8 @@ class SamLoraWidget(QWidget):
             (self.clear_prompts_button, self.clear_prompts),
             (self.reset_object_button, self.reset_object),
             (self.reset_all_button, self.reset_all),
+            (self.undo_button, self.undo),
+            (self.redo_button, self.redo),
             (self.help_button, self.show_shortcuts),
         ):
             button.clicked.connect(lambda *_, a=action: a())
@@ -338,6 +364,7 @@ class SamLoraWidget(QWidget):
         life.connect(events.removed, self._on_layer_removed)
         life.connect(events.moved, self._refresh_layers)
         life.connect(self.viewer.dims.events.current_step, self.show_frame_info)
+        life.connect(self.viewer.layers.selection.events.active, self.show_frame_info)
         for layer in self.viewer.layers:
             self._watch_name(layer)
         self.slot.add_listener(self._on_slot)
@@ -350,7 +377,6 @@ class SamLoraWidget(QWidget):
         life.on_shutdown(bind_shortcuts(self.viewer, actions, lambda: self.life.alive))
         life.on_shutdown(self._unstyle_all)
         # when the Qt object is destroyed (viewer closed): plain-Python teardown only
-        self._owned.control = self.learning.control
         self.destroyed.connect(_release(life, self._owned))
 
     def _watch_name(self, layer: Any) -> None:
@@ -386,7 +412,7 @@ class SamLoraWidget(QWidget):
         if self._activity is not None:
             self._activity.close()
         self.learning.release()
-        self.sessions.release()
+        self.annotator.release()
         _LIVE.discard(self)
 
     # -- public API --------------------------------------------------------------------------
@@ -435,9 +461,8 @@ class SamLoraWidget(QWidget):
         QTimer.singleShot(0, lambda: self._prepare_output(image))
 
     def _prepare_output(self, image: Any) -> None:
-        """Make the (empty) masks layer of ``image`` before any propagation needs it, unless
-        a session exists (a new empty layer would then read as the user's edits)."""
-        if not self.life.alive or not self._in_viewer(image) or self._session() is not None:
+        """Make the (empty) masks layer of ``image`` before any propagation needs it."""
+        if not self.life.alive or not self._in_viewer(image):
             return
         with contextlib.suppress(Exception):  # unsupported image: Propagate says why
             self._make_output(image, self._source(image))
@@ -446,7 +471,8 @@ class SamLoraWidget(QWidget):
         """Read the prompts, then segment the stack on a worker thread.
 
         Frames the user confirmed (prompted, corrected, accepted) are kept; the masks
-        layer's hand edits become corrections first.
+        layer shows the session's annotation (the user's strokes reached it as they were
+        painted). The whole propagation is one undo step; Cancel leaves no trace.
 
         Returns
         -------
@@ -465,7 +491,7 @@ class SamLoraWidget(QWidget):
             self.report_error(exc)
             return False
         warning = self._range_warning(request, session)
-        self._run = Run(request)
+        self._run = _Run(request)
         self.progress.setRange(0, 0)  # busy until the first frame
         self.progress.setFormat("loading model…" if session is None else "propagating…")
         self.status.setText(warning or "propagating…")
@@ -478,49 +504,13 @@ class SamLoraWidget(QWidget):
         existed = find_output_layer(self.viewer, request.image_layer, request.source)
         self._run.made_output = existed is None
         self._run.output = self._make_output(request.image_layer, request.source)
-        self._run.group = EditGroup(self._run.output)
         self._activity = Activity("SAM2 propagation", len(request.frames))
         self.slot.start(
             "propagate",
             propagation_job,
             self.sessions,
             request,
-            self.learning.control.learner_of,
-            on_yield=self._on_yield,
-            on_done=self._on_done,
-        )
-        self.life.job = self.slot.job
-        return True
-
-    def repropagate(self, frame: int) -> bool:
-        """Re-track from ``frame`` (after a correction or an accept) on the worker, until
-        the masks agree with the previous run; frames the user confirmed are kept."""
-        if self.busy:
-            return False
-        image = self.image_combo.layer
-        if image is None:
-            return False
-        source = self._source(image)
-        session = self.sessions.session_matching(image, source)
-        if session is None or not hasattr(session, "repropagate_steps"):
-            return False
-        request = PropagateRequest(
-            image, source, [], self.model, self.device, self.image_size, "both", None
-        )
-        self._run = Run(request)
-        self.progress.setRange(0, 0)
-        self.progress.setFormat(f"re-propagating from frame {frame}…")
-        self.status.setText(f"re-propagating from frame {frame}…")
-        self._activity = Activity(f"SAM2 re-propagation from frame {frame}", source.num_frames)
-        learner = self.learning.control.learner_of(session)
-        self.slot.start(
-            "propagate",
-            repropagation_job,
-            session,
-            learner,
-            int(frame),
-            "both",
-            self.assist_check.isChecked(),
+            self.annotator.learning.learner_of,
             on_yield=self._on_yield,
             on_done=self._on_done,
         )
@@ -528,7 +518,8 @@ class SamLoraWidget(QWidget):
         return True
 
     def cancel(self, reason: str = "") -> None:
-        """Stop the running job after the current frame; frames written so far stay."""
+        """Stop the running job after the current frame; the annotation returns to what it
+        was before the job (nothing of it stays)."""
         if not self.busy:
             return
         if self._run is not None and reason and not self._run.stop_reason:
@@ -536,6 +527,14 @@ class SamLoraWidget(QWidget):
         self.slot.cancel()
         self.cancel_button.setEnabled(False)
         self.status.setText("cancelling… (stops after the current frame)")
+
+    def undo(self) -> str:
+        """Undo the last action on the annotation (what Ctrl+Z in the masks layer does)."""
+        return self.annotator.undo()
+
+    def redo(self) -> str:
+        """Redo the last undone action (Ctrl+Shift+Z in the masks layer)."""
+        return self.annotator.redo()
 
     def new_object(self) -> int:
         """Select the next free object id (one above every id in use); returns it."""
@@ -605,70 +604,92 @@ class SamLoraWidget(QWidget):
         ids = set(self._prompt_ids()) | {self.obj_spin.value()}
         if session is not None:
             ids |= {int(i) for i in session.object_ids}
-        learner = self.learning.control.learner_of(session) if session is not None else None
+        learner = self.annotator.learning.learner_of(session) if session is not None else None
         rows = []
         for obj in sorted(ids):
             confirmed: tuple[int, ...] = ()
-            annotations = getattr(session, "annotations", None)
-            if annotations is not None:
-                confirmed = tuple(annotations.confirmed_frames(obj))
+            if session is not None:
+                confirmed = tuple(session.annotations.confirmed_frames(obj))
             adapters = len(learner.adapter_names(obj)) if learner is not None else 0
             color = tuple(float(c) for c in object_color(obj, output))
             rows.append(ObjectRow(obj, color, confirmed, adapters))
         self.objects.set_rows(rows, self.obj_spin.value())
 
     # -- internals ---------------------------------------------------------------------------
+    def update_selection(self, *_: Any) -> None:
+        """Write the dock's choices into the annotator (its panels read them there)."""
+        chosen = self.annotator.selection
+        image = self.image_combo.layer
+        chosen.image = image
+        chosen.stack_axis = self.axis_spin.value() if image is not None and image.ndim >= 4 else 0
+        chosen.points, chosen.shapes = self.points_combo.layer, self.shapes_combo.layer
+        chosen.mask = self.mask_combo.layer
+        chosen.obj_id = self.obj_spin.value()
+        chosen.model, chosen.device, chosen.image_size = self.model, self.device, self.image_size
+        chosen.direction = self.direction_combo.currentText()
+        chosen.first, chosen.last = self.from_spin.value(), self.to_spin.value()
+        chosen.assist = self.assist_check.isChecked()
+
+    def _on_annotator_event(self, event: Any) -> None:
+        if not self.life.alive:
+            return
+        if isinstance(event, AnnotationChanged):
+            self.refresh_objects()
+            self.show_frame_info()
+            self._show_history()
+        elif isinstance(event, PromptLayersChosen):
+            self.points_combo.set_layer(event.points)
+            self.shapes_combo.set_layer(event.shapes)
+            self.mask_combo.set_layer(event.mask)
+            self._on_prompt_layers_changed()
+        elif isinstance(event, str):
+            self.status.setText(event)
+
+    def _show_history(self) -> None:
+        session = self._session()
+        undo = session.annotation.undo_names if session is not None else []
+        redo = session.annotation.redo_names if session is not None else []
+        self.undo_button.setEnabled(bool(undo))
+        self.redo_button.setEnabled(bool(redo))
+        self.undo_button.setToolTip(
+            f"Undo: {undo[0]} (Ctrl+Z in the masks layer)" if undo else "Nothing to undo"
+        )
+        self.redo_button.setToolTip(
+            f"Redo: {redo[0]} (Ctrl+Shift+Z)" if redo else "Nothing to redo"
+        )
+
     def _source(self, image: Any) -> Any:
         axis = self.axis_spin.value() if image.ndim >= 4 else 0
         return stack_from_image_layer(image, axis, tuple(self.viewer.dims.point))
 
     def _session(self) -> Any:
-        image = self.image_combo.layer
-        if image is None:
-            return None
-        try:
-            return self.sessions.session_matching(image, self._source(image))
-        except Exception:  # unsupported image
-            return None
+        self.update_selection()
+        return self.annotator.session()
 
     def _output(self) -> Any:
-        image = self.image_combo.layer
-        if image is None:
-            return None
-        try:
-            return find_output_layer(self.viewer, image, self._source(image))
-        except Exception:
-            return None
+        self.update_selection()
+        return self.annotator.output()
 
     def _request(self) -> PropagateRequest:
         image = self.image_combo.layer
         if image is not None and self._frame_count() != self.to_spin.maximum() + 1:
             self._reset_frame_range()  # the image data changed since it was selected
-        axis = self.axis_spin.value() if image is not None and image.ndim >= 4 else 0
-        first, last = self.from_spin.value(), self.to_spin.value()
-        user_labels = None
-        if image is not None:
-            source = stack_from_image_layer(image, axis, tuple(self.viewer.dims.point))
-            output = find_output_layer(self.viewer, image, source)
-            if output is not None:
-                user_labels = np.stack(
-                    [frame_labels(output, source, t) for t in range(source.num_frames)]
-                )
+        self.update_selection()
+        chosen = self.annotator.selection
         return build_request(
             image,
-            stack_axis=axis,
+            stack_axis=chosen.stack_axis,
             dims_point=tuple(self.viewer.dims.point),
-            points_layer=self.points_combo.layer,
-            shapes_layer=self.shapes_combo.layer,
-            labels_layer=self.mask_combo.layer,
-            default_obj_id=self.obj_spin.value(),
-            model=self.model,
-            device=self.device,
-            image_size=self.image_size,
-            direction=self.direction_combo.currentText(),
-            frame_range=(first, last),
-            user_labels=user_labels,
-            assist=self.assist_check.isChecked(),
+            points_layer=chosen.points,
+            shapes_layer=chosen.shapes,
+            labels_layer=chosen.mask,
+            default_obj_id=chosen.obj_id,
+            model=chosen.model,
+            device=chosen.device,
+            image_size=chosen.image_size,
+            direction=chosen.direction,
+            frame_range=(chosen.first, chosen.last),
+            assist=chosen.assist,
         )
 
     def _range_warning(self, request: PropagateRequest, session: Any) -> str:
@@ -676,9 +697,8 @@ class SamLoraWidget(QWidget):
             return ""
         first, last = request.frame_range
         prompted = {p.frame for p in request.prompts}
-        annotations = getattr(session, "annotations", None)
-        if annotations is not None:
-            prompted |= set(annotations.confirmed_frames())
+        if session is not None:
+            prompted |= set(session.annotations.confirmed_frames())
         if any(first <= t <= last for t in prompted):
             return ""
         where = ", ".join(str(t) for t in sorted(prompted)) or "none"
@@ -699,18 +719,18 @@ class SamLoraWidget(QWidget):
         if isinstance(item, ModelReady):
             run.model_label = item.label
             self.status.setText(f"model: {item.label}")
+            self.annotator.bind()  # the masks layer now shows this session's annotation
+            return
+        if not isinstance(item, PropagationStep):
             return
         source = run.request.source
-        if run.output is None:
-            if not self._in_viewer(run.request.image_layer):
-                self.cancel(f"image '{source.image_name}' was removed")
-                return
-            run.output = self._make_output(run.request.image_layer, source)
-            run.group = EditGroup(run.output)
-        labels = self._keep_confirmed(run.output, source, item.frame, item.labels)
-        if not write_frame(run.output, source, item.frame, labels, viewer=self.viewer):
-            self.cancel(f"output layer '{run.output.name}' was removed")
+        if not self._in_viewer(run.request.image_layer):
+            self.cancel(f"image '{source.image_name}' was removed")
             return
+        if run.output is None or not self._in_viewer(run.output):
+            self.cancel("the masks layer was removed")
+            return
+        self.annotator.show_step(item.frame, item.labels)
         run.seen.add(int(item.frame))
         # "both" passes over the prompted frame twice: count frames, not passes
         total = len(run.request.frames) if run.request.direction == "both" else item.total
@@ -723,20 +743,8 @@ class SamLoraWidget(QWidget):
 
     def _make_output(self, image: Any, source: Any) -> Any:
         """The masks layer, created below the prompt layers (so it does not tint them)."""
-        existed = find_output_layer(self.viewer, image, source) is not None
-        output = output_labels_layer(self.viewer, image, source)
-        if not existed:
-            layers = self.viewer.layers
-            prompts = [
-                layers.index(x)
-                for x in layers
-                if any(same_layer(x, p) for p in (self.points_combo.layer, self.shapes_combo.layer))
-            ]
-            here = layers.index(output)
-            if prompts and min(prompts) < here:
-                layers.move(here, min(prompts))
-            self._restyle()
-        return output
+        self.update_selection()
+        return self.annotator.masks_layer(image, source)
 
     def _drop_empty_output(self, output: Any) -> None:
         if output is None or not self._in_viewer(output):
@@ -745,25 +753,8 @@ class SamLoraWidget(QWidget):
             if not np.asarray(output.data).any():
                 self.viewer.layers.remove(output)
 
-    def _keep_confirmed(self, output: Any, source: Any, frame: int, labels: Any) -> Any:
-        """The step's labels with every confirmed (frame, object) mask kept exactly as the
-        engine holds it (hand edits became corrections before the run; a fresh masks layer
-        holds nothing yet, so the layer is no source for them)."""
-        session = self.sessions.session
-        annotations = getattr(session, "annotations", None)
-        if annotations is None:
-            return labels
-        out = np.asarray(labels)
-        for _, obj in annotations.confirmed(frame=frame):
-            mask = annotations.confirmed_mask(frame, obj)
-            if mask is not None and mask.shape == out.shape:
-                out = merge_object(out, obj, mask)
-        return out
-
     def _on_done(self, state: str) -> None:
         run, self._run = self._run, None
-        if run is not None and run.group is not None:
-            run.group.close()
         if self._activity is not None:
             self._activity.close()
             self._activity = None
@@ -771,9 +762,10 @@ class SamLoraWidget(QWidget):
             self.sessions.forget_image(run.request.image_layer)
         if not self.life.alive:
             return
-        wrote_nothing = run is not None and run.made_output and run.written == 0
-        if wrote_nothing and state != _threading.FINISHED:  # it leaves no layer behind
-            self._drop_empty_output(run.output)
+        self.annotator.apply_strokes()  # strokes painted while the job ran
+        self.annotator.flush("propagate")
+        if run is not None and run.made_output and state != _threading.FINISHED:
+            self._drop_empty_output(run.output)  # a refused first run leaves no layer behind
         self.progress.setRange(0, max(run.total if run else 0, 1))
         model = f" ({run.model_label})" if run and run.model_label else ""
         if state == _threading.FINISHED and run is not None:
@@ -781,7 +773,10 @@ class SamLoraWidget(QWidget):
             self.status.setText(f"done: {run.written} frame(s) segmented{model}")
         elif state == _threading.CANCELLED and run is not None:
             why = f": {run.stop_reason}" if run.stop_reason else ""
-            self.status.setText(f"cancelled{why}; kept {run.written} of {run.total} frame(s)")
+            self.status.setText(
+                f"cancelled{why} after {run.written} of {run.total} frame(s); the masks are "
+                "as before the propagation"
+            )
             self.progress.setFormat(f"cancelled at frame {run.written} of {run.total}")
         else:
             error = self.job.error if self.job is not None else None
@@ -823,27 +818,25 @@ class SamLoraWidget(QWidget):
             items = self._prompt_items(layer, image, source)
             drop = [i for i, (obj, _) in enumerate(items) if obj_ids is None or obj in obj_ids]
             _remove_items(layer, drop)
-        output = find_output_layer(self.viewer, image, source)
-        if output is not None:
-            with output.block_history():  # one undo step
-                for t in range(source.num_frames):
-                    plane = frame_labels(output, source, t)
-                    new = (
-                        np.zeros_like(plane)
-                        if obj_ids is None
-                        else np.where(np.isin(plane, obj_ids), 0, plane)
-                    )
-                    write_frame(output, source, t, new)
-        session = self.sessions.session_matching(image, source)
-        if session is not None:
+        session = self.annotator.session()
+        if session is not None:  # one annotation action; the masks layer shows it
             if obj_ids is None:
                 session.reset()
-            elif hasattr(session, "reset_object"):
+            else:
                 for obj in obj_ids:
-                    if obj in session.object_ids:
-                        session.reset_object(obj)
+                    session.reset_object(obj)
+            self.annotator.flush(f"reset {what}")
+        else:
+            output = find_output_layer(self.viewer, image, source)
+            if output is not None:  # no annotation yet: the layer is all there is
+                with output.block_history():
+                    for t in range(source.num_frames):
+                        plane = frame_labels(output, source, t)
+                        keep = obj_ids is not None
+                        new = np.where(np.isin(plane, obj_ids), 0, plane) if keep else 0 * plane
+                        write_frame(output, source, t, new)
         self.refresh_objects()
-        self.status.setText(f"reset {what} (Ctrl+Z in the masks layer restores its masks)")
+        self.status.setText(f"reset {what} (Undo or Ctrl+Z in the masks layer brings it back)")
         return True
 
     def _prompt_items(self, layer: Any, image: Any, source: Any) -> list[tuple[int, int]]:
@@ -899,6 +892,11 @@ class SamLoraWidget(QWidget):
         for combo in (self.image_combo, self.points_combo, self.shapes_combo, self.mask_combo):
             combo.refresh()
 
+    def _on_axis_changed(self, *_: Any) -> None:
+        self._reset_frame_range()
+        self.update_selection()
+        self.annotator.stack_changed()
+
     def _on_image_changed(self, *_: Any) -> None:
         image = self.image_combo.layer
         ndim = 0 if image is None else image.ndim
@@ -909,6 +907,8 @@ class SamLoraWidget(QWidget):
         self.axis_label.setVisible(ndim >= 4)
         self.axis_spin.setVisible(ndim >= 4)
         self._reset_frame_range()
+        self.update_selection()
+        self.annotator.stack_changed()
         self.refresh_objects()
 
     def _frame_count(self) -> int:
@@ -938,12 +938,10 @@ class SamLoraWidget(QWidget):
         if not self.life.alive or learning is None:
             return
         session = self._session()
-        image = self.image_combo.layer
-        annotations = getattr(session, "annotations", None)
         parts = []
-        if image is not None and annotations is not None:
-            frame = self._source(image).current_frame
-            sources = annotations.frame_sources(frame)
+        if session is not None:
+            frame = self.annotator.current_frame()
+            sources = session.annotations.frame_sources(frame)
             if sources:
                 parts.append(
                     f"frame {frame}: "
@@ -962,6 +960,7 @@ class SamLoraWidget(QWidget):
             if "label" in values:
                 values["label"] = 0 if self.negative_check.isChecked() else 1
             layer.feature_defaults = values
+        self.update_selection()
         self.objects.select(self.obj_spin.value())
         if self.obj_spin.value() not in {r.obj_id for r in self.objects.rows}:
             self.refresh_objects()
@@ -977,6 +976,7 @@ class SamLoraWidget(QWidget):
             if isinstance(layer, napari.layers.Points):
                 undo.append(install_click_labels(layer, self.negative_check.isChecked))
             self._styled[layer.unique_id] = undo
+        self.update_selection()
         self._apply_obj_id()
         self._restyle()
         self.refresh_objects()
@@ -1002,8 +1002,21 @@ class SamLoraWidget(QWidget):
 class _Owned:
     """What the widget owns that must be released even after its Qt object is gone."""
 
-    sessions: SessionCache
-    control: Any = None
+    annotator: Annotator
+
+
+@dataclass
+class _Run:
+    """The propagation in progress (main thread only)."""
+
+    request: PropagateRequest
+    output: Any = None
+    written: int = 0
+    total: int = 0
+    seen: set[int] = field(default_factory=set)
+    model_label: str = ""
+    stop_reason: str = ""
+    made_output: bool = False  # the run created its (empty) masks layer at the click
 
 
 def _release(life: Lifecycle, owned: _Owned) -> Any:
@@ -1011,10 +1024,8 @@ def _release(life: Lifecycle, owned: _Owned) -> Any:
 
     def release(*_: Any) -> None:
         life.shutdown()
-        if owned.control is not None:
-            with contextlib.suppress(Exception):
-                owned.control.release()
-        owned.sessions.release()
+        with contextlib.suppress(Exception):  # the viewer may be half gone
+            owned.annotator.release()
 
     return release
 

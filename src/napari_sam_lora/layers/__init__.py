@@ -2,8 +2,10 @@
 
 Reads an image layer as a lazy stack of frames (:mod:`.stack`), reads prompts from
 Points/Shapes/Labels layers (:mod:`.prompts`), writes per-frame results into an output Labels
-layer as undoable edits (:mod:`.output`), and shows the adapters' proposals as candidate
-layers that are accepted or rejected (:mod:`.candidates`).
+layer as undoable edits (:mod:`.output`), keeps the masks layer a view of a session's
+annotation model and hands the user's strokes and Ctrl+Z to it (:mod:`.masks_view`), and
+shows the adapters' proposals as candidate layers that are accepted or rejected
+(:mod:`.candidates`).
 
 Axis vocabulary
 ---------------
@@ -24,6 +26,7 @@ from napari_sam_lora.layers.candidates import (
     is_candidate_layer,
     reject_candidate,
 )
+from napari_sam_lora.layers.masks_view import MasksView
 from napari_sam_lora.layers.output import (
     EditGroup,
     find_output_layer,
@@ -44,6 +47,7 @@ from napari_sam_lora.layers.stack import StackSource, StackView, stack_from_imag
 
 __all__ = [
     "EditGroup",
+    "MasksView",
     "StackSource",
     "StackView",
     "accept_candidate",

@@ -11,8 +11,9 @@ the user did:
 - **layer → model**: napari's ``paint`` event carries each brush stroke, fill or erase as
   (indices, old values, new values); the view hands the stroke on as an edit of one frame
   (``on_stroke(frame, rows, cols, values)``), which the dock makes one model action.
-- **undo / redo**: Ctrl+Z and Ctrl+Shift+Z on the layer call ``on_undo`` / ``on_redo``
-  (the model's history) instead of napari's own layer history.
+- **undo / redo**: the layer's ``undo`` and ``redo`` — what napari's Ctrl+Z and
+  Ctrl+Shift+Z on a Labels layer call — become ``on_undo`` / ``on_redo`` (the model's
+  history) instead of napari's own layer history, for as long as the view exists.
 """
 
 from __future__ import annotations
@@ -28,10 +29,7 @@ from napari.layers import Labels
 from napari_sam_lora.layers.output import plane_index
 from napari_sam_lora.layers.stack import StackSource
 
-__all__ = ["REDO_KEY", "UNDO_KEY", "MasksView", "Stroke"]
-
-UNDO_KEY = "Control-Z"
-REDO_KEY = "Control-Shift-Z"
+__all__ = ["MasksView", "Stroke", "forget_layer_history"]
 
 #: ``(frame, rows, cols, values)`` of one stroke on one frame.
 Stroke = tuple[int, np.ndarray, np.ndarray, np.ndarray]
@@ -52,7 +50,7 @@ class MasksView:
         ``on_stroke(strokes)`` with a list of :data:`Stroke` (one per frame the user's
         stroke touched), main thread.
     on_undo, on_redo : callable
-        Called for Ctrl+Z / Ctrl+Shift+Z on the layer.
+        Called instead of the layer's ``undo`` / ``redo`` (Ctrl+Z / Ctrl+Shift+Z).
     """
 
     def __init__(
@@ -72,10 +70,9 @@ class MasksView:
         self._closed = False
         model.events.connect(self._on_change)
         layer.events.paint.connect(self._on_paint)
-        self._keys = {  # what the layer had bound (given back on close)
-            UNDO_KEY: layer.bind_key(UNDO_KEY, lambda _layer: on_undo(), overwrite=True),
-            REDO_KEY: layer.bind_key(REDO_KEY, lambda _layer: on_redo(), overwrite=True),
-        }
+        # napari's Ctrl+Z / Ctrl+Shift+Z bindings (and any menu) call these on the layer
+        layer.undo = lambda: on_undo()
+        layer.redo = lambda: on_redo()
         self.mark(range(model.num_frames))
 
     def close(self) -> None:
@@ -86,8 +83,7 @@ class MasksView:
         self.model.events.disconnect(self._on_change)
         with contextlib.suppress(Exception):  # the layer may be gone with the viewer
             self.layer.events.paint.disconnect(self._on_paint)
-            for key, previous in self._keys.items():
-                self.layer.bind_key(key, previous, overwrite=True)
+            del self.layer.undo, self.layer.redo  # napari's own methods again
 
     @property
     def closed(self) -> bool:

@@ -241,6 +241,36 @@ class AnnotationModel:
             if self.entries.source(f, o) == "correction" and not self.entries.entry(f, o).learned
         ]
 
+    def check_unlearned(self, frame: int) -> list[Key]:
+        """:meth:`unlearned` of ``frame``, which must not be empty.
+
+        Raises
+        ------
+        PromptError
+            Frame out of range, or no correction of it waits to be learned (saying
+            whether its corrections were learned already).
+        """
+        frame = int(frame)
+        if not 0 <= frame < self.num_frames:
+            raise PromptError(f"frame {frame} is out of range (0–{self.num_frames - 1})")
+        pending = self.unlearned(frame)
+        if pending:
+            return pending
+        learned = [
+            o
+            for _, o in self.entries.confirmed(frame=frame)
+            if self.entries.source(frame, o) == "correction"
+        ]
+        why = (
+            f"its corrections (object(s) {learned}) were learned already"
+            if learned
+            else "you have not corrected it"
+        )
+        raise PromptError(
+            f"nothing to learn on frame {frame}: {why}. Paint, erase or fill the mask "
+            "in the masks layer first."
+        )
+
     # -- actions ---------------------------------------------------------------------------
     @contextmanager
     def action(self, name: str) -> Iterator[Action]:
@@ -443,7 +473,9 @@ class AnnotationModel:
     def set_prompts(self, prompts: Sequence[Prompt]) -> None:
         """Make the prompt list ``prompts``."""
         new = list(prompts)
-        if new == self._prompts:
+        if len(new) == len(self._prompts) and all(
+            a is b for a, b in zip(new, self._prompts, strict=True)
+        ):
             return
         self._current().prompts.append((list(self._prompts), new))
         self._prompts = new

@@ -19,7 +19,6 @@ Example
 from __future__ import annotations
 
 from collections.abc import Generator, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,33 +59,13 @@ from napari_sam_lora.engine.learning.namespaces import (
     free_names,
     release_namespace,
 )
+from napari_sam_lora.engine.learning.records import LearnReport, LearnStep
 from napari_sam_lora.engine.learning.reference import reference_mask
-from napari_sam_lora.engine.learning.training import TrainingReport, TrainStep, train_adapter
+from napari_sam_lora.engine.learning.training import TrainingReport, train_adapter
 from napari_sam_lora.engine.tracking.features import DecoderInputs
 from napari_sam_lora.engine.tracking.plans import PropagationStep
 from napari_sam_lora.engine.tracking.repropagation import RepropagationReport
 from napari_sam_lora.engine.tracking.session import Session
-
-
-@dataclass(frozen=True)
-class LearnStep:
-    """Progress of :meth:`Learner.learn_steps`: one training step of one object's adapter."""
-
-    obj_id: int
-    adapter_name: str
-    index: int
-    count: int
-    step: TrainStep
-
-
-@dataclass
-class LearnReport:
-    """What one :meth:`Learner.learn` call did."""
-
-    frame: int
-    corrections: list[Correction]
-    trained: list[TrainingReport] = field(default_factory=list)
-    skipped: dict[int, str] = field(default_factory=dict)
 
 
 class Learner:
@@ -240,28 +219,12 @@ class Learner:
             There are none.
         """
         session, frame = self.session, int(frame)
-        if not 0 <= frame < session.num_frames:
-            raise PromptError(f"frame {frame} is out of range (0–{session.num_frames - 1})")
         corrections = []
-        for _, obj_id in session.annotation.unlearned(frame):
+        for _, obj_id in session.annotation.check_unlearned(frame):
             mask = session.annotations.confirmed_mask(frame, obj_id)
             others = [f for f in session.annotations.confirmed_frames(obj_id) if f != frame]
             kind = "new" if not others else "erased" if not mask.any() else "changed"
             corrections.append(Correction(frame, obj_id, mask, kind, int(mask.sum())))
-        if not corrections:
-            learned = [
-                o
-                for _, o in session.annotations.confirmed(frame=frame)
-                if session.annotations.source(frame, o) == "correction"
-            ]
-            why = (
-                f"its corrections (object(s) {learned}) were learned already"
-                if learned
-                else "you have not corrected it"
-            )
-            raise PromptError(
-                f"nothing to learn on frame {frame}: {why}. Paint, erase or fill the mask first."
-            )
         return corrections
 
     def _repropagate(

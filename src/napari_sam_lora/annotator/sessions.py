@@ -1,22 +1,18 @@
-"""What the Propagate button runs: reading the request on the main thread, the worker job,
-the cache that reuses the loaded model and session between runs, and the widget's run and
-teardown state (all Qt-free)."""
+"""The loaded model and the session of the dock's image, reused between jobs; what a
+propagation asks for, read on the main thread; the dock's teardown (all Qt-free)."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from napari_sam_lora._qt._imports import prepare_engine, prepare_learning, thaw
+from napari_sam_lora.annotator.imports import prepare_engine, prepare_learning, thaw
 from napari_sam_lora.engine.annotation.prompts import Prompt
 from napari_sam_lora.engine.core.errors import PromptError, StackError
 from napari_sam_lora.engine.core.jobs import relay
 from napari_sam_lora.layers import (
-    EditGroup,
     StackSource,
     box_prompts,
     mask_prompts,
@@ -29,12 +25,8 @@ __all__ = [
     "LoadProgress",
     "ModelReady",
     "PropagateRequest",
-    "Run",
     "SessionCache",
     "build_request",
-    "pending_edits",
-    "propagation_job",
-    "repropagation_job",
 ]
 
 
@@ -58,10 +50,9 @@ class ModelReady:
 class PropagateRequest:
     """Everything a propagation job needs, read on the main thread.
 
-    ``user_labels`` is a snapshot of the masks layer's frames ``(T, H, W)`` (``None``
-    without a masks layer): frames where it differs from the session's labels are the
-    user's pending hand edits, registered as corrections before propagating. ``assist``
-    asks for adapter-assisted propagation (used once an object has an adapter).
+    ``assist`` asks for adapter-assisted propagation (used once an object has an
+    adapter). The masks layer is not part of it: the user's edits reached the session's
+    annotation model as they were painted.
     """
 
     image_layer: Any
@@ -72,7 +63,6 @@ class PropagateRequest:
     image_size: int | None
     direction: str
     frame_range: tuple[int, int] | None
-    user_labels: Any = None
     assist: bool = True
 
     @property
@@ -112,12 +102,9 @@ def build_request(
     image_size: int | None,
     direction: str,
     frame_range: tuple[int, int] | None,
-    user_labels: Any = None,
     assist: bool = True,
 ) -> PropagateRequest:
     """Read the stack and the prompts from the selected layers (main thread).
-
-    ``user_labels`` is the masks layer's ``(T, H, W)`` snapshot (or ``None``).
 
     Raises
     ------
@@ -152,7 +139,6 @@ def build_request(
         image_size,
         direction,
         frame_range,
-        user_labels,
         assist,
     )
 
@@ -258,75 +244,6 @@ class SessionCache:
         # hold the data so its id in the key cannot be reused while cached
         self._pinned = (request.image_layer.data,)
         return session
-
-
-def pending_edits(session: Any, user_labels: Any) -> list[int]:
-    """Frames where the user's masks layer differs from what the session last produced."""
-    if user_labels is None:
-        return []
-    labels = np.asarray(session.labels)
-    if labels.shape != np.shape(user_labels):
-        return []
-    return [int(t) for t in np.nonzero((labels != user_labels).any(axis=(1, 2)))[0]]
-
-
-def propagation_job(
-    cache: SessionCache, request: PropagateRequest, learner_for: Callable[[Any], Any] | None = None
-) -> Generator:
-    """The worker job: load/reuse the model and session, then propagate.
-
-    On a reused session the prompts are made equal to the prompt layers' (keeping the
-    frames the user confirmed), the masks layer's hand edits become corrections, and
-    propagation continues from every confirmed frame, rewriting only model-made frames;
-    with ``request.assist`` and a learner that has adapters, the adapters assist.
-
-    Yields :class:`LoadProgress`, then one :class:`ModelReady`, then the session's
-    ``PropagationStep`` objects; after the last one, the first finished propagation runs
-    ``cache.warm_up`` (learning's imports).
-    """
-    reused = cache.session_for(request) is not None
-    session = yield from cache.iter_session(request)
-    yield ModelReady(str(session.model_label))
-    session.set_prompts(request.prompts)
-    if reused:
-        for frame in pending_edits(session, request.user_labels):
-            session.add_correction(frame, np.asarray(request.user_labels[frame]))
-    learner = learner_for(session) if learner_for is not None else None
-    if learner is not None:
-        yield from learner.propagate_steps(
-            request.direction, request.frame_range, assist=request.assist
-        )
-    else:
-        yield from session.propagate_steps(request.direction, request.frame_range)
-    if cache.warm_up is not None and not cache.warmed_up:
-        cache.warmed_up = True
-        cache.warm_up()
-
-
-def repropagation_job(
-    session: Any, learner: Any, frame: int, direction: str = "both", assist: bool = True
-) -> Generator:
-    """Worker: re-track from ``frame`` (after a correction or an accept) until the masks
-    agree with the previous run; yields ``PropagationStep`` objects."""
-    if learner is not None:
-        yield from learner.repropagate_steps(frame, assist=assist, direction=direction)
-    else:
-        yield from session.repropagate_steps(frame, direction=direction)
-
-
-@dataclass
-class Run:
-    """State of the propagation in progress (main thread only)."""
-
-    request: PropagateRequest
-    output: Any = None
-    group: EditGroup | None = None
-    written: int = 0
-    total: int = 0
-    seen: set[int] = field(default_factory=set)
-    model_label: str = ""
-    stop_reason: str = ""
-    made_output: bool = False  # the run created its (empty) masks layer at the click
 
 
 class Lifecycle:

@@ -1,0 +1,315 @@
+"""The dock's model: what the user chose, the session of the chosen stack, and the masks layer
+bound to that session's annotation model (Qt-free).
+
+:class:`Annotator` is the one place that turns the chosen image into a stack, the stack into
+its session and learner, and keeps the "<image> masks" layer a view of the session's
+annotation (:class:`~napari_sam_lora.layers.masks_view.MasksView`). Every dock panel takes the
+annotator (and the dock's job slot) instead of the dock widget; the widgets only write the
+user's choices into :attr:`Annotator.selection` and show what :attr:`Annotator.events`
+reports.
+
+Scripts can drive the same object without Qt::
+
+    annotator = Annotator(viewer)
+    annotator.selection.image = viewer.layers["cells"]
+    annotator.undo()                       # what Ctrl+Z on the masks layer does
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from napari_sam_lora.annotator.learning import LearningControl
+from napari_sam_lora.annotator.sessions import SessionCache
+from napari_sam_lora.engine.annotation.model import Signal
+from napari_sam_lora.engine.core.errors import PromptError, StackError
+from napari_sam_lora.layers import (
+    MasksView,
+    StackSource,
+    find_output_layer,
+    output_labels_layer,
+    same_layer,
+    stack_from_image_layer,
+    style_prompt_layers,
+)
+from napari_sam_lora.layers.masks_view import Stroke
+
+__all__ = [
+    "AnnotationChanged",
+    "Annotator",
+    "Painted",
+    "PromptLayersChosen",
+    "Selection",
+    "StackChanged",
+]
+
+
+@dataclass
+class Selection:
+    """What the user chose in the dock (the widgets keep it current).
+
+    ``first``/``last`` are the frame range of Propagate (and of the re-propagation after
+    Learn and Accept); ``None`` means the whole stack.
+    """
+
+    image: Any = None
+    stack_axis: int = 0
+    points: Any = None
+    shapes: Any = None
+    mask: Any = None
+    obj_id: int = 1
+    model: str = ""
+    device: str | None = None
+    image_size: int | None = None
+    direction: str = "both"
+    first: int | None = None
+    last: int | None = None
+    assist: bool = True
+
+
+@dataclass(frozen=True)
+class AnnotationChanged:
+    """Emitted on the main thread after the annotation changed and the layer shows it."""
+
+    frames: tuple[int, ...]
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class StackChanged:
+    """Emitted when another image or stack axis was chosen."""
+
+    frames: int
+
+
+@dataclass(frozen=True)
+class PromptLayersChosen:
+    """Emitted when an action chose the prompt layers (the dock shows them chosen)."""
+
+    points: Any
+    shapes: Any
+    mask: Any
+
+
+@dataclass(frozen=True)
+class Painted:
+    """Emitted after the user's strokes reached the annotation (frames they touched)."""
+
+    frames: tuple[int, ...]
+
+
+class Annotator:
+    """The chosen stack, its session and learner, and the masks layer as their view.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+    sessions : SessionCache, optional
+        Reuses the loaded model and the session between jobs.
+
+    Attributes
+    ----------
+    selection : Selection
+        The user's choices.
+    learning : LearningControl
+        The learner of the session and the checks before each learning action.
+    events : Signal
+        Emits :class:`AnnotationChanged`, :class:`Painted`, :class:`StackChanged`,
+        :class:`PromptLayersChosen` and status texts (``str``).
+    is_busy : callable
+        ``() -> bool``: whether a job is running (the dock sets it to its job slot's).
+    """
+
+    def __init__(self, viewer: Any, sessions: SessionCache | None = None) -> None:
+        self.viewer = viewer
+        self.selection = Selection()
+        self.sessions = sessions or SessionCache()
+        self.learning = LearningControl(self)
+        self.events = Signal()
+        self.is_busy: Any = lambda: False
+        self._view: MasksView | None = None
+        self._queued: list[Stroke] = []
+
+    # -- lookup: image -> stack -> session -----------------------------------------------
+    def source(self) -> StackSource:
+        """The chosen image as a stack, at the viewer's current position.
+
+        Raises
+        ------
+        StackError
+            No image chosen, or one that is no stack.
+        """
+        image = self.selection.image
+        if image is None:
+            raise StackError("no image layer: open an image or a stack and select it under 'image'")
+        axis = self.selection.stack_axis if image.ndim >= 4 else 0
+        return stack_from_image_layer(image, axis, tuple(self.viewer.dims.point))
+
+    def try_source(self) -> StackSource | None:
+        """:meth:`source`, or ``None`` where there is none."""
+        try:
+            return self.source()
+        except Exception:  # no or unsupported image: the actions say why
+            return None
+
+    def session(self) -> Any:
+        """The session of the chosen stack (``None`` before its first propagation)."""
+        source = self.try_source()
+        if source is None:
+            return None
+        return self.sessions.session_matching(self.selection.image, source)
+
+    def output(self) -> Any:
+        """The chosen image's masks layer, or ``None``."""
+        source = self.try_source()
+        if source is None:
+            return None
+        return find_output_layer(self.viewer, self.selection.image, source)
+
+    def masks_layer(self, image: Any, source: StackSource) -> Any:
+        """The masks layer of ``image`` (made if missing, below the prompt layers so it
+        does not tint them)."""
+        viewer, chosen = self.viewer, self.selection
+        existed = find_output_layer(viewer, image, source) is not None
+        output = output_labels_layer(viewer, image, source)
+        if not existed:
+            layers = viewer.layers
+            prompts = [
+                layers.index(x)
+                for x in layers
+                if any(same_layer(x, p) for p in (chosen.points, chosen.shapes))
+            ]
+            here = layers.index(output)
+            if prompts and min(prompts) < here:
+                layers.move(here, min(prompts))
+            style_prompt_layers(chosen.points, chosen.shapes, output)
+        return output
+
+    def frame_count(self) -> int:
+        """Frames of the chosen stack (1 without one)."""
+        source = self.try_source()
+        return 1 if source is None else source.num_frames
+
+    def current_frame(self) -> int:
+        """The frame the viewer shows (0 without a stack)."""
+        source = self.try_source()
+        return 0 if source is None else source.current_frame
+
+    def frame_range(self) -> tuple[int, int] | None:
+        """The chosen frame range, ``None`` for the whole stack."""
+        first, last, count = self.selection.first, self.selection.last, self.frame_count()
+        if first is None or last is None or (first, last) == (0, count - 1):
+            return None
+        return int(first), int(last)
+
+    def stack_changed(self) -> None:
+        """The dock chose another image or stack axis: tell the panels (and view the new
+        stack's masks layer from the next job on)."""
+        self.unbind()
+        self.events.emit(StackChanged(self.frame_count()))
+
+    def choose_prompt_layers(self, points: Any, shapes: Any, mask: Any) -> None:
+        """Choose the prompt layers (a restore made them) and tell the dock."""
+        self.selection.points, self.selection.shapes, self.selection.mask = points, shapes, mask
+        self.events.emit(PromptLayersChosen(points, shapes, mask))
+
+    # -- the masks layer as a view --------------------------------------------------------
+    @property
+    def view(self) -> MasksView | None:
+        """The binding of the masks layer to the session's annotation (or ``None``)."""
+        return self._view
+
+    def bind(self) -> MasksView | None:
+        """Bind the masks layer to the session's annotation model (a new binding when the
+        session or the layer changed). Main thread."""
+        session, output, source = self.session(), self.output(), self.try_source()
+        view = self._view
+        if session is None or output is None or source is None:
+            return view if view is not None and not view.closed else None
+        if view is not None and view.shows(session.annotation, output):
+            return view
+        if view is not None:
+            view.close()
+        self._view = MasksView(
+            session.annotation, output, source, self.on_strokes, self.undo, self.redo
+        )
+        return self._view
+
+    def unbind(self) -> None:
+        """Stop viewing (the dock closes, or the image went)."""
+        if self._view is not None:
+            self._view.close()
+            self._view = None
+
+    def flush(self, name: str = "") -> list[int]:
+        """Show every change of the annotation in the masks layer; returns the frames
+        written and tells the listeners (:class:`AnnotationChanged`). Main thread."""
+        view = self.bind()
+        frames = view.flush() if view is not None else []
+        self.events.emit(AnnotationChanged(tuple(frames), name))
+        return frames
+
+    def show_step(self, frame: int, labels: Any) -> bool:
+        """Show one frame a running job just made (before its action is finished)."""
+        view = self.bind()
+        return view.show(frame, labels) if view is not None else False
+
+    # -- the user's edits and history -----------------------------------------------------
+    def on_strokes(self, strokes: list[Stroke]) -> None:
+        """The user painted, filled or erased in the masks layer: each stroke becomes one
+        annotation action (queued while a job runs, applied when it ends)."""
+        self._queued.extend(strokes)
+        if not self.is_busy():
+            self.apply_strokes()
+
+    def apply_strokes(self) -> list[int]:
+        """Apply the queued strokes to the annotation; returns the frames they touched."""
+        strokes, self._queued = self._queued, []
+        session = self.session()
+        if session is None or not strokes:
+            return []
+        frames = []
+        for frame, rows, cols, values in strokes:
+            try:
+                if session.paint(frame, (rows, cols), values):
+                    frames.append(int(frame))
+            except Exception as exc:  # an id the layer accepts but the model does not
+                self.events.emit(f"error: {exc}")
+        self.flush("paint")
+        if frames:
+            self.events.emit(Painted(tuple(sorted(set(frames)))))
+        return frames
+
+    def undo(self) -> str:
+        """Undo the last action on the annotation (Ctrl+Z on the masks layer); returns
+        what happened, for the status line."""
+        return self._history("undo")
+
+    def redo(self) -> str:
+        """Redo the last undone action (Ctrl+Shift+Z on the masks layer)."""
+        return self._history("redo")
+
+    def _history(self, kind: str) -> str:
+        session = self.session()
+        if self.is_busy():
+            text = f"cannot {kind} while a job runs: wait for it or cancel it first"
+        elif session is None:
+            text = f"nothing to {kind}: no annotation of this image yet"
+        else:
+            try:
+                change = session.undo() if kind == "undo" else session.redo()
+            except PromptError as exc:
+                change, text = None, str(exc)
+            else:
+                text = f"{kind}: {change.name}" if change else f"nothing to {kind}"
+            if change is not None:
+                self.flush(change.name)
+        self.events.emit(text)
+        return text
+
+    def release(self) -> None:
+        """Unbind the view, close the learner, drop the session and the model."""
+        self.unbind()
+        self.learning.release()
+        self.sessions.release()
