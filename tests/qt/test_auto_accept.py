@@ -12,6 +12,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from napari_keys import redo, undo
 from napari_sam_lora.layers import candidate_layers
 
 pytestmark = pytest.mark.viewer
@@ -93,7 +94,7 @@ def test_auto_accept_is_off_by_default_never_touches_confirmed_frames_and_is_one
         assert not np.array_equal(out.data[f] == 1, masks[f]), f
 
     before = out.data.copy()
-    history = len(out._undo_history)
+    history = session.annotation.undo_names
     assert panel.propose(0, 3)
     idle(qtbot, widget)
     assert panel.job.state == "finished" and notes == []
@@ -124,10 +125,11 @@ def test_auto_accept_is_off_by_default_never_touches_confirmed_frames_and_is_one
     (row,) = [r for r in widget.objects.rows if r.obj_id == 1]
     assert 1 in row.confirmed
 
-    assert len(out._undo_history) == history + 1  # ONE undo step
-    out.undo()
+    assert session.annotation.undo_names[1:] == history  # ONE undo step
+    undo(viewer, out)  # Ctrl+Z in the masks layer
     np.testing.assert_array_equal(out.data, before)
-    out.redo()
+    assert session.annotations.source(1, 1) != "auto_accepted"
+    redo(viewer, out)
     np.testing.assert_array_equal(out.data[1] == 1, masks[1])
 
 
@@ -145,11 +147,15 @@ def test_auto_accept_re_propagates_like_a_manual_accept(tiny_widget, qtbot, note
     kinds: list[str] = []
     widget.slot.add_listener(lambda kind, running: running and kinds.append(kind))
     before = out.data.copy()
+    history = session.annotation.undo_names
     assert panel.propose(1, 3)
-    qtbot.waitUntil(lambda: kinds[-1:] == ["propagate"], timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: kinds[-1:] == ["auto_accept"], timeout=WAIT_MS)
     idle(qtbot, widget)
-    assert kinds == ["propose", "auto_accept", "propagate"] and notes == []
+    # behaviour change (issue 17): the re-propagation runs in the auto-accept's own job and
+    # undo step
+    assert kinds == ["propose", "auto_accept"] and notes == []
     assert widget.job.state == "finished"
+    assert session.annotation.undo_names[1:] == history
     np.testing.assert_array_equal(out.data[2], before[2])  # the correction stays
     for f in (1, 3):
         assert session.annotations.source(f, 1) == "auto_accepted"

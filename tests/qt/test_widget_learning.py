@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 
+from napari_keys import undo
 from napari_sam_lora.engine.annotation.corrections import merge_object
 from napari_sam_lora.layers import candidate_layers
 
@@ -88,7 +89,11 @@ def test_learn_propose_accept_undo_reject(viewer_widget, qtbot, notes):
     assert "final IoU" in text and trained.stop_reason in text
     assert widget.propagate_button.isEnabled() and panel.propose_button.isEnabled()
 
-    assert (panel.from_spin.value(), panel.to_spin.value()) == (3, 3)  # current + 1 to end
+    # behaviour change (issue 17): propose frames follow the user's choice, not the slider
+    chosen = (panel.from_spin.value(), panel.to_spin.value())  # set with the image
+    assert chosen[1] == 3
+    viewer.dims.set_current_step(0, 3)
+    assert (panel.from_spin.value(), panel.to_spin.value()) == chosen
     panel.from_spin.setValue(1)
     panel.propose_button.click()
     wait_done(qtbot, widget)
@@ -103,6 +108,7 @@ def test_learn_propose_accept_undo_reject(viewer_widget, qtbot, notes):
     from napari.utils.key_bindings import KeyBinding
 
     viewer.keymap[KeyBinding.from_str("Shift-C")](viewer)  # Accept (Shift-A is Points')
+    wait_done(qtbot, widget)  # the accept (and its re-propagation) is a job
     # behaviour change (issue 9): frame 2, corrected by the user, is kept
     assert layer in viewer.layers and layer.metadata["napari_sam_lora"]["frames"] == [2]
     np.testing.assert_array_equal(out.data[0], before[0])
@@ -110,31 +116,30 @@ def test_learn_propose_accept_undo_reject(viewer_widget, qtbot, notes):
     for t in (1, 3):
         np.testing.assert_array_equal(out.data[t], merge_object(before[t], 1, masks[t]))
     assert (out.data != before).any() and "kept your frame(s) [2]" in panel.status.text()
-    wait_done(qtbot, widget)
     assert panel.job.state == "finished" and notes == []
     assert {1, 3} <= set(widget.sessions.session.annotations.confirmed_frames(1))
     after_first = out.data.copy()
     panel.overwrite_check.setChecked(True)  # now frame 2 too, explicitly
     viewer.keymap[KeyBinding.from_str("Shift-C")](viewer)
+    wait_done(qtbot, widget)
     assert layer not in viewer.layers
     np.testing.assert_array_equal(out.data[2], merge_object(before[2], 1, masks[2]))
     assert viewer.layers.selection.active is out  # the next key has a sensible target
-    wait_done(qtbot, widget)
     assert panel.job.state == "finished" and notes == []
-    out.undo()  # ONE undo per accept
+    undo(viewer, out)  # ONE Ctrl+Z per accept
     np.testing.assert_array_equal(out.data, after_first)
-    out.undo()
+    undo(viewer, out)
     np.testing.assert_array_equal(out.data, before)
     panel.overwrite_check.setChecked(False)
 
     panel.propose(3, 3)
     wait_done(qtbot, widget)
     (layer,) = candidate_layers(viewer)
-    history = len(out._undo_history)
+    history = widget.sessions.session.annotation.undo_names
     panel.reject_button.click()
     assert candidate_layers(viewer) == [] and "rejected" in panel.status.text()
     np.testing.assert_array_equal(out.data, before)
-    assert len(out._undo_history) == history and notes == []
+    assert widget.sessions.session.annotation.undo_names == history and notes == []
 
 
 def test_training_keeps_the_viewer_responsive_and_cancel_keeps_the_adapter(
