@@ -373,11 +373,11 @@ class LearningPanel(PanelJobs, QWidget):
         return True
 
     def release(self) -> None:
-        """Close the learner (its adapters leave the decoder); the dock is closing."""
+        """The dock is closing: close the activity entry (the dock releases the learner
+        once the job that may use it has ended)."""
         if self._activity is not None:
             self._activity.close()
             self._activity = None
-        self.control.release()
 
     def frame_notes(self) -> list[str]:
         """What the selected candidate layer says about the current frame (estimated IoU)."""

@@ -79,7 +79,16 @@ class Job:
         self.error: BaseException | None = None
         self._cancel = threading.Event()
         self._inner: Generator | None = None
+        self._when_done: list[Callable[[str], Any]] = []
         self.worker: Any = None
+
+    def when_done(self, callback: Callable[[str], Any]) -> None:
+        """Call ``callback(state)`` on the main thread once the job has ended (at once if
+        it has): e.g. release what the job still uses after its dock closed."""
+        if self.state is not None:
+            callback(self.state)
+        else:
+            self._when_done.append(callback)
 
     @property
     def is_running(self) -> bool:
@@ -199,6 +208,9 @@ def start_job(
             job.state = FINISHED
         if on_done is not None:
             on_done(job.state)
+        callbacks, job._when_done = job._when_done, []
+        for callback in callbacks:
+            callback(job.state)
 
     def _warned(args: tuple) -> None:
         message, category = args[0], args[1]

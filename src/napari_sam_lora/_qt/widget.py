@@ -60,7 +60,9 @@ from napari_sam_lora.layers import (
     install_click_labels,
     make_prompt_layers,
     object_color,
+    prompt_layer_state,
     same_layer,
+    set_prompt_layer_state,
     stack_from_image_layer,
     style_prompt_layers,
     write_frame,
@@ -110,8 +112,8 @@ class SamLoraWidget(QWidget):
         self.viewer = napari_viewer
         self.image_size: int | None = None
         self.annotator = Annotator(napari_viewer)
-        self._owned = _Owned(self.annotator)
         self.slot = JobSlot()
+        self._owned = _Owned(self.annotator, self.slot)
         self.annotator.is_busy = lambda: self.slot.busy
         self.life = Lifecycle()
         self._run: _Run | None = None
@@ -412,7 +414,7 @@ class SamLoraWidget(QWidget):
         if self._activity is not None:
             self._activity.close()
         self.learning.release()
-        self.annotator.release()
+        _release_after_job(self.slot, self.annotator)
         _LIVE.discard(self)
 
     # -- public API --------------------------------------------------------------------------
@@ -803,6 +805,8 @@ class SamLoraWidget(QWidget):
         self.cancel_button.setEnabled(running and kind == "propagate")
 
     def _reset(self, obj_ids: list[int] | None) -> bool:
+        """Reset objects (all with ``None``): their clicks and boxes, their annotation and
+        SAM2's memory of them — ONE undo step that brings all of it back."""
         what = "everything" if obj_ids is None else f"object {obj_ids[0]}"
         if self.busy:
             self.report_error(PromptError(f"a job is running: cancel it before resetting {what}"))
@@ -812,21 +816,19 @@ class SamLoraWidget(QWidget):
             self.report_error("no image layer: open an image or a stack first")
             return False
         source = self._source(image)
-        for layer in (self.points_combo.layer, self.shapes_combo.layer):
-            if layer is None or not len(layer.data):
-                continue
-            items = self._prompt_items(layer, image, source)
-            drop = [i for i, (obj, _) in enumerate(items) if obj_ids is None or obj in obj_ids]
-            _remove_items(layer, drop)
         session = self.annotator.session()
-        if session is not None:  # one annotation action; the masks layer shows it
-            if obj_ids is None:
-                session.reset()
-            else:
-                for obj in obj_ids:
-                    session.reset_object(obj)
+        if session is not None:  # ONE annotation action, the prompt layers' clicks with it
+            with session.annotation.action(f"reset {what}") as action:
+                layers = self._clear_prompt_items(image, source, obj_ids)
+                if obj_ids is None:
+                    session.reset()
+                else:
+                    for obj in obj_ids:
+                        session.reset_object(obj)
+                action.also(*layers)
             self.annotator.flush(f"reset {what}")
         else:
+            self._clear_prompt_items(image, source, obj_ids)
             output = find_output_layer(self.viewer, image, source)
             if output is not None:  # no annotation yet: the layer is all there is
                 with output.block_history():
@@ -838,6 +840,27 @@ class SamLoraWidget(QWidget):
         self.refresh_objects()
         self.status.setText(f"reset {what} (Undo or Ctrl+Z in the masks layer brings it back)")
         return True
+
+    def _clear_prompt_items(
+        self, image: Any, source: Any, obj_ids: list[int] | None
+    ) -> tuple[Any, Any]:
+        """Remove the objects' clicks and boxes (all with ``None``); returns ``(undo,
+        redo)`` that put the prompt layers back as they were and as they are now."""
+        before, after = [], []
+        for layer in (self.points_combo.layer, self.shapes_combo.layer):
+            if layer is None or not len(layer.data):
+                continue
+            items = self._prompt_items(layer, image, source)
+            drop = [i for i, (obj, _) in enumerate(items) if obj_ids is None or obj in obj_ids]
+            if drop:
+                before.append((layer, prompt_layer_state(layer)))
+                _remove_items(layer, drop)
+                after.append((layer, prompt_layer_state(layer)))
+
+        def put(states: list) -> Any:
+            return lambda: [set_prompt_layer_state(layer, state) for layer, state in states]
+
+        return put(before), put(after)
 
     def _prompt_items(self, layer: Any, image: Any, source: Any) -> list[tuple[int, int]]:
         """``(obj_id, frame)`` of each point or shape of a prompt layer."""
@@ -1003,6 +1026,17 @@ class _Owned:
     """What the widget owns that must be released even after its Qt object is gone."""
 
     annotator: Annotator
+    slot: JobSlot
+
+
+def _release_after_job(slot: JobSlot, annotator: Annotator) -> None:
+    """Release the session, learner and model — once the (cancelled) job that may still
+    use them has ended: a learner closed under a training step would fail it."""
+    job = slot.job
+    if job is not None and job.is_running:
+        job.when_done(lambda _state: annotator.release())
+    else:
+        annotator.release()
 
 
 @dataclass
@@ -1025,7 +1059,7 @@ def _release(life: Lifecycle, owned: _Owned) -> Any:
     def release(*_: Any) -> None:
         life.shutdown()
         with contextlib.suppress(Exception):  # the viewer may be half gone
-            owned.annotator.release()
+            _release_after_job(owned.slot, owned.annotator)
 
     return release
 

@@ -41,6 +41,8 @@ from napari_sam_lora.layers.prompts import (
     mask_prompts,
     object_color,
     point_prompts,
+    prompt_layer_state,
+    set_prompt_layer_state,
     style_prompt_layers,
 )
 from napari_sam_lora.layers.stack import StackSource, StackView, stack_from_image_layer
@@ -66,8 +68,10 @@ __all__ = [
     "output_labels_layer",
     "plane_index",
     "point_prompts",
+    "prompt_layer_state",
     "reject_candidate",
     "same_layer",
+    "set_prompt_layer_state",
     "stack_from_image_layer",
     "style_prompt_layers",
     "write_frame",

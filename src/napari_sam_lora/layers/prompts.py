@@ -443,3 +443,26 @@ def make_prompt_layers(
     viewer.layers.selection.active = points
     points.mode = "add"
     return points, shapes
+
+
+def prompt_layer_state(layer: Points | Shapes) -> tuple:
+    """What a prompt layer holds (its points or shapes and their features), to put back
+    with :func:`set_prompt_layer_state`."""
+    features = layer.features.copy()
+    if isinstance(layer, Shapes):
+        return [np.array(d, copy=True) for d in layer.data], list(layer.shape_type), features
+    return np.array(layer.data, copy=True), None, features
+
+
+def set_prompt_layer_state(layer: Points | Shapes, state: tuple) -> None:
+    """Make a prompt layer hold what :func:`prompt_layer_state` read."""
+    data, shape_types, features = state
+    if isinstance(layer, Shapes):
+        if len(layer.data):
+            layer.selected_data = set(range(len(layer.data)))
+            layer.remove_selected()
+        if data:
+            layer.add(data, shape_type=shape_types)
+    else:
+        layer.data = data
+    layer.features = features.copy()

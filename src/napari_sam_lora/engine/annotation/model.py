@@ -108,18 +108,25 @@ class Action:
 
     ``pixels`` holds ``(frame, flat indices, old values, new values)``; ``entries``
     ``((frame, obj_id), old entry, new entry)`` (``None``: no entry); ``prompts``
-    ``(old list, new list)``.
+    ``(old list, new list)``; ``effects`` ``(undo, redo)`` callables a view attached with
+    :meth:`also` (e.g. the prompt layers a reset emptied).
     """
 
     name: str
     pixels: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
     entries: list[tuple[Key, Entry | None, Entry | None]] = field(default_factory=list)
     prompts: list[tuple[list[Prompt], list[Prompt]]] = field(default_factory=list)
+    effects: list[tuple[Callable[[], Any], Callable[[], Any]]] = field(default_factory=list)
+
+    def also(self, undo: Callable[[], Any], redo: Callable[[], Any]) -> None:
+        """Run ``undo()`` when this action is undone (or rolled back) and ``redo()`` when
+        it is redone: what a view changed outside the model as part of the action."""
+        self.effects.append((undo, redo))
 
     @property
     def empty(self) -> bool:
         """Whether the action changed nothing."""
-        return not (self.pixels or self.entries or self.prompts)
+        return not (self.pixels or self.entries or self.prompts or self.effects)
 
     @property
     def frames(self) -> tuple[int, ...]:
@@ -394,6 +401,9 @@ class AnnotationModel:
         prompts = reversed(action.prompts) if undoing else action.prompts
         for old_list, new_list in prompts:
             self._prompts = list(old_list if undoing else new_list)
+        effects = reversed(action.effects) if undoing else action.effects
+        for undo, redo in effects:
+            (undo if undoing else redo)()
 
     # -- changes (inside an action) --------------------------------------------------------
     def write_frame(self, frame: int, labels: np.ndarray) -> bool:
