@@ -1,4 +1,4 @@
-"""Candidate layers: shown beside the user's labels, accepted as one undo step (no GL needed)."""
+"""Candidate layers: shown beside the user's labels, read back, dropped (no GL needed)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from napari.components import ViewerModel
 from napari_sam_lora.engine.core.errors import PromptError
 from napari_sam_lora.engine.learning.learner import Candidate
 from napari_sam_lora.layers import (
-    accept_candidate,
     add_candidate_layer,
     candidate_layers,
     candidate_of,
@@ -87,51 +86,6 @@ def test_candidate_layer_name_metadata_shape_and_transform(scene):
     np.testing.assert_allclose(back.confidences, cand.confidences)
 
 
-def test_accept_is_one_undo_step_and_keeps_other_objects(scene):
-    viewer, image, source, out = scene
-    before = out.data.copy()
-    cand = candidate()
-    layer = add_candidate_layer(viewer, image, source, cand)
-    written = accept_candidate(out, source, layer, viewer=viewer)
-    assert written == [2, 3, 4]
-    assert layer not in viewer.layers and candidate_layers(viewer) == []
-    for t in range(T):
-        if t not in written:
-            np.testing.assert_array_equal(out.data[t], before[t])
-            continue
-        frame = out.data[t]
-        assert ((frame == 1) == (cand.masks[0] & (before[t] != 2))).all()  # merge_object
-        np.testing.assert_array_equal(frame == 2, before[t] == 2)  # object 2 kept
-    out.undo()
-    np.testing.assert_array_equal(out.data, before)  # ONE undo restores every frame
-    out.redo()
-    assert (out.data[2:] != before[2:]).any()
-
-
-def test_accept_honours_edits_made_in_the_candidate_layer(scene):
-    viewer, image, source, out = scene
-    layer = add_candidate_layer(viewer, image, source, candidate(frames=(1,)))
-    layer.data[1, 4:12, 5:10] = 0  # the user trims the proposal before accepting
-    accept_candidate(out, source, layer, viewer=viewer)
-    assert not (out.data[1, 4:12, 5:10] == 1).any() and (out.data[1, 4:10, 10:15] == 1).all()
-
-
-def test_accept_some_frames_keeps_the_rest_as_candidate(scene):
-    viewer, image, source, out = scene
-    before = out.data.copy()
-    layer = add_candidate_layer(viewer, image, source, candidate())
-    assert accept_candidate(out, source, layer, frames=[3], viewer=viewer) == [3]
-    assert layer in viewer.layers
-    info = layer.metadata["napari_sam_lora"]
-    assert info["frames"] == [2, 4] and info["confidences"] == pytest.approx([0.9, 0.5])
-    assert not layer.data[3].any() and layer.data[2].any()
-    np.testing.assert_array_equal(out.data[[0, 1, 2, 4]], before[[0, 1, 2, 4]])
-    out.undo()
-    np.testing.assert_array_equal(out.data, before)
-    with pytest.raises(PromptError, match="none of"):
-        accept_candidate(out, source, layer, frames=[0], viewer=viewer)
-
-
 def test_reject_leaves_the_users_layer_untouched(scene):
     viewer, image, source, out = scene
     before = out.data.copy()
@@ -145,13 +99,8 @@ def test_reject_leaves_the_users_layer_untouched(scene):
 
 def test_bad_layers_are_refused(scene):
     viewer, image, source, out = scene
-    with pytest.raises(PromptError, match="no candidate layer is selected"):
-        accept_candidate(out, source, None, viewer=viewer)
     with pytest.raises(PromptError, match="'img masks' is not a candidate layer"):
         reject_candidate(viewer, out)
-    layer = add_candidate_layer(viewer, image, source, candidate())
-    with pytest.raises(PromptError, match="into itself"):
-        accept_candidate(layer, source, layer, viewer=viewer)
     wrong = Candidate(1, "obj1_a0", [1], np.zeros((1, 4, 4), bool), np.ones(1))
     with pytest.raises(PromptError, match="masks of shape"):
         add_candidate_layer(viewer, image, source, wrong)
@@ -168,5 +117,6 @@ def test_4d_candidate_lies_on_the_current_plane():
     layer = add_candidate_layer(viewer, image, source, candidate(frames=(1, 2)))
     assert layer.data.shape == (3, 2, H, W)
     assert layer.data[1:, 1].any() and not layer.data[:, 0].any()
-    accept_candidate(out, source, layer, viewer=viewer)
-    assert (out.data[1:, 1] == 1).any() and not out.data[:, 0].any() and not out.data[0].any()
+    back = candidate_of(layer, source)  # what an accept reads
+    assert back.frames == [1, 2] and back.masks.any()
+    assert out.data.shape == (3, 2, H, W)

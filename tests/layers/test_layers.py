@@ -12,7 +12,6 @@ from napari.layers import Image, Labels, Points, Shapes
 from napari_sam_lora.engine.annotation.prompts import BoxPrompt, MaskPrompt, PointPrompt
 from napari_sam_lora.engine.core.errors import PromptError, StackError
 from napari_sam_lora.layers import (
-    EditGroup,
     StackView,
     box_prompts,
     make_prompt_layers,
@@ -300,7 +299,7 @@ def test_output_layer_shape_transform_and_reuse():
     assert output_labels_layer(viewer, rgb, stack_from_image_layer(rgb)).data.shape == (2, 8, 10)
 
 
-def test_write_frame_is_undoable_and_group_is_one_step():
+def test_write_frame_is_undoable():
     viewer = ViewerModel()
     image = viewer.add_image(stack(3, 8, 8), name="img")
     src = stack_from_image_layer(image)
@@ -311,16 +310,8 @@ def test_write_frame_is_undoable_and_group_is_one_step():
     np.testing.assert_array_equal(out.data[0], first)
     out.undo()
     assert out.data.sum() == 0
-    group = EditGroup(out)
-    write_frame(out, src, 1, first * 2)
-    write_frame(out, src, 2, first * 3)
-    group.close()
-    group.close()  # harmless
-    assert out.data[1].max() == 2 and out.data[2].max() == 3
-    out.undo()  # one step undoes both frames
-    assert out.data.sum() == 0
     out.redo()
-    assert out.data[2].max() == 3
+    assert out.data[0].max() == 1
 
 
 def test_write_frame_4d_plane_and_errors():

@@ -48,7 +48,6 @@ from napari_sam_lora.annotator import (
     PromptLayersChosen,
     PropagateRequest,
     SessionCache,
-    build_request,
 )
 from napari_sam_lora.annotator import imports as _imports
 from napari_sam_lora.annotator.jobs import propagation_job
@@ -677,22 +676,7 @@ class SamLoraWidget(QWidget):
         if image is not None and self._frame_count() != self.to_spin.maximum() + 1:
             self._reset_frame_range()  # the image data changed since it was selected
         self.update_selection()
-        chosen = self.annotator.selection
-        return build_request(
-            image,
-            stack_axis=chosen.stack_axis,
-            dims_point=tuple(self.viewer.dims.point),
-            points_layer=chosen.points,
-            shapes_layer=chosen.shapes,
-            labels_layer=chosen.mask,
-            default_obj_id=chosen.obj_id,
-            model=chosen.model,
-            device=chosen.device,
-            image_size=chosen.image_size,
-            direction=chosen.direction,
-            frame_range=(chosen.first, chosen.last),
-            assist=chosen.assist,
-        )
+        return self.annotator.propagate_request()
 
     def _range_warning(self, request: PropagateRequest, session: Any) -> str:
         if request.frame_range is None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from napari_sam_lora.annotator.learning import LearningControl
-from napari_sam_lora.annotator.sessions import SessionCache
+from napari_sam_lora.annotator.sessions import PropagateRequest, SessionCache, build_request
 from napari_sam_lora.engine.annotation.model import Signal
 from napari_sam_lora.engine.core.errors import PromptError, StackError
 from napari_sam_lora.layers import (
@@ -195,6 +195,32 @@ class Annotator:
         """The frame the viewer shows (0 without a stack)."""
         source = self.try_source()
         return 0 if source is None else source.current_frame
+
+    def propagate_request(self) -> PropagateRequest:
+        """What Propagate asks for: the chosen stack, the prompts in the chosen layers,
+        model, direction and frame range (read now, on the main thread).
+
+        Raises
+        ------
+        StackError, PromptError
+            With a message naming the layer and what to fix.
+        """
+        chosen = self.selection
+        return build_request(
+            chosen.image,
+            stack_axis=chosen.stack_axis,
+            dims_point=tuple(self.viewer.dims.point),
+            points_layer=chosen.points,
+            shapes_layer=chosen.shapes,
+            labels_layer=chosen.mask,
+            default_obj_id=chosen.obj_id,
+            model=chosen.model,
+            device=chosen.device,
+            image_size=chosen.image_size,
+            direction=chosen.direction,
+            frame_range=self.frame_range(),
+            assist=chosen.assist,
+        )
 
     def frame_range(self) -> tuple[int, int] | None:
         """The chosen frame range, ``None`` for the whole stack."""

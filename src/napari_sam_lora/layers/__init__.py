@@ -17,7 +17,6 @@ any remaining ones are *fixed* at the viewer's current position (4D+ images).
 
 from napari_sam_lora.layers._common import same_layer
 from napari_sam_lora.layers.candidates import (
-    accept_candidate,
     add_candidate_layer,
     candidate_layers,
     candidate_of,
@@ -28,7 +27,6 @@ from napari_sam_lora.layers.candidates import (
 )
 from napari_sam_lora.layers.masks_view import MasksView
 from napari_sam_lora.layers.output import (
-    EditGroup,
     find_output_layer,
     output_labels_layer,
     plane_index,
@@ -48,11 +46,9 @@ from napari_sam_lora.layers.prompts import (
 from napari_sam_lora.layers.stack import StackSource, StackView, stack_from_image_layer
 
 __all__ = [
-    "EditGroup",
     "MasksView",
     "StackSource",
     "StackView",
-    "accept_candidate",
     "add_candidate_layer",
     "box_prompts",
     "candidate_layers",

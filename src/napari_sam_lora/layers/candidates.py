@@ -16,10 +16,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.layers import Image, Labels
 
-from napari_sam_lora.engine.annotation.corrections import merge_object
 from napari_sam_lora.engine.core.errors import PromptError
 from napari_sam_lora.layers._common import same_layer, transform_kwargs
-from napari_sam_lora.layers.output import plane_index, write_frame
+from napari_sam_lora.layers.output import plane_index
 from napari_sam_lora.layers.stack import StackSource
 
 if TYPE_CHECKING:
@@ -30,7 +29,6 @@ if TYPE_CHECKING:
 __all__ = [
     "CANDIDATE_OPACITY",
     "METADATA_KEY",
-    "accept_candidate",
     "add_candidate_layer",
     "candidate_layers",
     "candidate_of",
@@ -215,69 +213,6 @@ def candidate_of(candidate_layer: Labels, source: StackSource) -> Candidate:
         confidences,
         None if estimated is None else np.asarray(estimated, dtype=np.float32),
     )
-
-
-def accept_candidate(
-    labels_layer: Labels,
-    source: StackSource,
-    candidate_layer: Labels,
-    frames: Any = None,
-    viewer: napari.viewer.Viewer | None = None,
-) -> list[int]:
-    """Write a candidate into the user's Labels layer as ONE undo step.
-
-    On each frame the object's pixels are replaced by the candidate's mask; pixels of other
-    objects are kept (``merge_object``). Then the candidate layer is removed from ``viewer``
-    (or, when only some of its frames were accepted, those frames are cleared from it).
-
-    Parameters
-    ----------
-    labels_layer : napari.layers.Labels
-        The user's (output) layer.
-    source : StackSource
-        The stack of the candidate's image.
-    candidate_layer : napari.layers.Labels
-        Made by :func:`add_candidate_layer`.
-    frames : iterable of int, optional
-        Accept only these of the candidate's frames (default: all).
-    viewer : napari.viewer.Viewer, optional
-        The viewer holding the candidate layer (to remove it). Without it, the candidate
-        layer is only emptied of the accepted frames.
-
-    Returns
-    -------
-    list of int
-        The frames written, ascending.
-
-    Raises
-    ------
-    PromptError
-        No candidate layer, not a candidate layer, or none of ``frames`` is one of its
-        frames.
-    """
-    if same_layer(labels_layer, candidate_layer):
-        raise PromptError("the candidate layer cannot be accepted into itself")
-    candidate = candidate_of(candidate_layer, source)
-    wanted = None if frames is None else {int(f) for f in frames}
-    chosen = [f for f in candidate.frames if wanted is None or f in wanted]
-    if not chosen:
-        raise PromptError(
-            f"candidate '{candidate_layer.name}' has frames {candidate.frames}; none of "
-            f"{sorted(wanted or [])} is among them"
-        )
-    merged = {
-        f: merge_object(
-            frame_labels(labels_layer, source, f),
-            candidate.obj_id,
-            candidate.masks[candidate.frames.index(f)],
-        )
-        for f in chosen
-    }
-    with labels_layer.block_history():  # every frame in one undo step
-        for frame, labels in merged.items():
-            write_frame(labels_layer, source, frame, labels)
-    drop_candidate_frames(viewer, candidate_layer, source, chosen)
-    return chosen
 
 
 def drop_candidate_frames(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from napari.layers import Image, Labels
@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     import napari
 
 __all__ = [
-    "EditGroup",
     "find_output_layer",
     "output_labels_layer",
     "plane_index",
@@ -111,8 +110,9 @@ def write_frame(
     """Write one frame's label image into a Labels layer, undoably.
 
     Only changed pixels are written, through ``Labels.data_setitem`` (recorded in the layer's
-    undo history as one step, or as part of an open :class:`EditGroup`), and the display is
-    refreshed.
+    own undo history), and the display is refreshed. For a layer with no annotation behind
+    it; the masks layer of a session shows its annotation model
+    (:class:`~napari_sam_lora.layers.masks_view.MasksView`).
 
     Parameters
     ----------
@@ -164,34 +164,3 @@ def write_frame(
     )
     labels_layer.data_setitem(indices, new[rows, cols])
     return True
-
-
-class EditGroup:
-    """Merge frame writes spread over many event-loop turns into ONE undo step.
-
-    Opens the layer's ``block_history()`` context until :meth:`close`; every
-    :func:`write_frame` in between becomes part of a single undo item. Always close it (also
-    on error or cancel); closing twice is harmless. A brush stroke the user paints in the same
-    layer while the group is open ends the grouping early (napari commits staged edits at the
-    end of a stroke): later writes then become one undo step each.
-
-    Parameters
-    ----------
-    labels_layer : napari.layers.Labels
-    """
-
-    def __init__(self, labels_layer: Labels) -> None:
-        self.layer = labels_layer
-        self._context: Any = labels_layer.block_history()
-        self._context.__enter__()
-
-    @property
-    def is_open(self) -> bool:
-        """Whether writes are still being grouped."""
-        return self._context is not None
-
-    def close(self) -> None:
-        """Commit the grouped writes as one undo step."""
-        if self._context is not None:
-            context, self._context = self._context, None
-            context.__exit__(None, None, None)

@@ -13,7 +13,7 @@ Example
 >>> report = learner.learn(frame=3, user_labels=edited_frame)   # trains right away
 >>> candidates = learner.propose(frames=range(4, 10))
 >>> learner.accept(candidates[0])                               # skips confirmed frames
->>> labels = learner.propagate_all("forward")                   # adapter-assisted
+>>> labels = session.propagate_all("forward", assist=learner.assist_hook())
 """
 
 from __future__ import annotations
@@ -187,10 +187,10 @@ class Learner:
             corrections = self.pending_corrections(frame)
         report = LearnReport(frame, corrections)
         with session.annotation.action(f"learn from frame {frame}"):
-            with session.exclusive():
+            with session.exclusive():  # the records first: what SAM2 made before the edit
+                inputs = {c.obj_id: self._inputs_for(c, report) for c in corrections}
                 if user_labels is not None:
                     session.condition_on(corrections, "correction")
-                inputs = {c.obj_id: self._inputs_for(c, report) for c in corrections}
             to_train = [c for c in corrections if inputs.get(c.obj_id) is not None]
             with session.exclusive():
                 for index, correction in enumerate(to_train, start=1):
