@@ -415,9 +415,11 @@ class AnnotationModel:
         if index.size == 0:
             return False
         action = self._current()
+        before, after = old[index], new[index]
+        values = np.min_scalar_type(max(int(before.max()), int(after.max()), 0))  # compact
         index = index.astype(np.int32 if old.size < 2**31 else np.int64)
-        action.pixels.append((frame, index, old[index].copy(), new[index].copy()))
-        old[index] = new[index]
+        action.pixels.append((frame, index, before.astype(values), after.astype(values)))
+        old[index] = after
         return True
 
     def _put(self, key: Key, entry: Entry | None) -> None:
