@@ -289,3 +289,27 @@ def test_the_assist_toggle_reaches_the_learners_propagation(viewer_widget, qtbot
         assert widget.job.state == "finished"
     calls = [assist is not None for assist in sessions[0].assists]
     assert calls == [True, False] and notes == []
+
+
+def test_panels_are_views_of_the_annotator_not_of_the_dock(make_napari_viewer, qtbot, notes):
+    """Issue 17: a panel takes the dock's model (annotator), job slot and lifecycle, so it
+    works without the dock widget."""
+    from napari_sam_lora._qt._annotation_files import AnnotationFilesPanel
+    from napari_sam_lora._qt._learning import LearningPanel
+    from napari_sam_lora._qt._slot import JobSlot
+    from napari_sam_lora.annotator import Annotator, Lifecycle
+
+    viewer = make_napari_viewer()
+    annotator, slot, life = Annotator(viewer), JobSlot(), Lifecycle()
+    learning = LearningPanel(annotator, slot, life)
+    files = AnnotationFilesPanel(annotator, slot, life)
+    qtbot.addWidget(learning)
+    qtbot.addWidget(files)
+    assert not learning.learn() and "no image layer" in learning.status.text()
+    assert not files.save_session("x") and "no image layer" in files.status.text()
+    annotator.selection.image = viewer.add_image(np.zeros((5, 8, 8)), name="img")
+    annotator.stack_changed()  # the panels follow the chosen stack
+    assert learning.to_spin.maximum() == 4
+    assert not learning.learn() and "propagate it first" in learning.status.text()
+    life.shutdown()
+    assert len(notes) == 3
