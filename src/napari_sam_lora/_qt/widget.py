@@ -125,6 +125,7 @@ class SamLoraWidget(QWidget):
         self._build_ui()
         self._connect()
         self._on_image_changed()
+        self._show_history()
         _LIVE.add(self)
         # pandas (the prompt layers' features) on a worker now, not at the first click
         self._panel_imports = _threading.start_job(_imports.panel_job)
