@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import QComboBox, QFileDialog, QWidget
+from qtpy.QtCore import QSize, Qt, Signal
+from qtpy.QtWidgets import QComboBox, QFileDialog, QStyle, QStyleOptionComboBox, QWidget
 
 MODELS = (
     "sam2.1_hiera_tiny",
@@ -19,13 +19,37 @@ MODELS = (
     "untrained:sam2.1_hiera_tiny",
 )
 BROWSE = "Browse…"
-UNTRAINED_NOTE = " (UNTRAINED: random weights)"
+UNTRAINED_PREFIX = "untrained:"
+#: Short, so that ``<variant> (UNTRAINED)`` fits the box at the dock's default width.
+UNTRAINED_NOTE = " (UNTRAINED)"
+
+
+def _is_path(name: str) -> bool:
+    return "/" in name or "\\" in name
 
 
 def model_label(name: str) -> str:
-    """How a model string is shown: file name for paths, UNTRAINED for random weights."""
-    label = Path(name).name if ("/" in name or "\\" in name) else name
-    return label + UNTRAINED_NOTE if name.startswith("untrained:") else label
+    """How a model string is shown in the box: the file name for paths,
+    ``<variant> (UNTRAINED)`` for random weights."""
+    if name.startswith(UNTRAINED_PREFIX):
+        return name[len(UNTRAINED_PREFIX) :] + UNTRAINED_NOTE
+    return Path(name).name if _is_path(name) else name
+
+
+def model_description(name: str) -> str:
+    """How a model string is described (status line, tooltips): says what UNTRAINED means."""
+    if name.startswith(UNTRAINED_PREFIX):
+        return f"{name[len(UNTRAINED_PREFIX) :]} (UNTRAINED: random weights)"
+    return model_label(name)
+
+
+def model_tooltip(name: str) -> str:
+    """The tooltip of a model's item: the full path, or what random weights are for."""
+    if name.startswith(UNTRAINED_PREFIX):
+        return (
+            f"{name}: random weights, for tests and the offline demo; its masks are not meaningful"
+        )
+    return name
 
 
 class ModelCombo(QComboBox):
@@ -33,6 +57,10 @@ class ModelCombo(QComboBox):
 
     Each item's data is the model string the engine takes; paths show their file name, with
     the full path as tooltip. ``model_changed`` is emitted with the new model string.
+
+    The box is never narrower than the longest listed model's label (fonts differ between
+    systems), whatever minimum contents length the panel sets, so a listed model is never
+    cut off; a long checkpoint file name is elided and its tooltip has the full path.
     """
 
     model_changed = Signal(str)
@@ -40,10 +68,35 @@ class ModelCombo(QComboBox):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         for name in MODELS:
-            self.addItem(model_label(name), name)
+            self._add(self.count(), name)
         self.addItem(BROWSE, None)
+        self.setItemData(self.count() - 1, "Choose a SAM2 checkpoint file (.pt)", Qt.ToolTipRole)
         self._index = 0
         self.activated.connect(self._on_activated)
+        self.currentIndexChanged.connect(self._update_tooltip)
+        self._update_tooltip()
+
+    def _add(self, index: int, name: str) -> None:
+        self.insertItem(index, model_label(name), name)
+        self.setItemData(index, model_tooltip(name), Qt.ToolTipRole)
+
+    def _update_tooltip(self, *_: object) -> None:
+        name = self.model
+        self.setToolTip(f"Model: {model_tooltip(name)}" if name else "")
+
+    def minimumSizeHint(self) -> QSize:
+        """At least as wide as the longest listed model's label (see the class docstring)."""
+        hint = super().minimumSizeHint()
+        text = max(self.fontMetrics().horizontalAdvance(model_label(name)) for name in MODELS)
+        option = QStyleOptionComboBox()
+        self.initStyleOption(option)
+        needed = self.style().sizeFromContents(
+            QStyle.CT_ComboBox, option, QSize(text, hint.height()), self
+        )
+        return QSize(max(hint.width(), needed.width()), hint.height())
+
+    def sizeHint(self) -> QSize:
+        return super().sizeHint().expandedTo(self.minimumSizeHint())
 
     @property
     def model(self) -> str:
@@ -53,8 +106,8 @@ class ModelCombo(QComboBox):
 
     @property
     def label(self) -> str:
-        """The selected model as shown to users (says UNTRAINED for random weights)."""
-        return model_label(self.model)
+        """The selected model as described to users (says UNTRAINED: random weights)."""
+        return model_description(self.model)
 
     def set_model(self, name: str) -> None:
         """Select ``name``, adding it (before "Browse…") if it is not listed yet."""
@@ -62,8 +115,7 @@ class ModelCombo(QComboBox):
         index = self.findData(name)
         if index < 0:
             index = self.count() - 1
-            self.insertItem(index, model_label(name), name)
-            self.setItemData(index, name, Qt.ToolTipRole)
+            self._add(index, name)
         self._index = index
         self.setCurrentIndex(index)
         self.model_changed.emit(name)

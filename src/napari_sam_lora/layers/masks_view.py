@@ -65,6 +65,7 @@ class MasksView:
         self.model, self.layer, self.source = model, layer, source
         self._on_stroke = on_stroke
         self._dirty: set[int] = set()
+        self._shown: dict[int, int] = {}  # frame -> the model's frame version it shows
         self._lock = threading.Lock()
         self._writing = False
         self._closed = False
@@ -107,6 +108,8 @@ class MasksView:
         """Write the frames the model changed into the layer (main thread); returns them."""
         with self._lock:
             frames, self._dirty = sorted(self._dirty), set()
+        versions = self.model.frame_versions
+        frames = [f for f in frames if self._shown.get(f) != int(versions[f])]
         written = [f for f in frames if self.show(f, refresh=False)]
         if written:
             self.layer.refresh()
@@ -118,9 +121,12 @@ class MasksView:
         layer history is not touched."""
         if self._closed:
             return False
-        new = self.model.labels[int(frame)] if labels is None else np.asarray(labels)
+        frame = int(frame)
+        # a job's step shows the frame's latest write (steps arrive in write order)
+        self._shown[frame] = int(self.model.frame_versions[frame])
+        new = self.model.labels[frame] if labels is None else np.asarray(labels)
         data = self.layer.data
-        index = plane_index(self.layer, self.source, int(frame))
+        index = plane_index(self.layer, self.source, frame)
         plane = np.asarray(data[index])
         if np.array_equal(plane, new):
             return False

@@ -179,6 +179,8 @@ class AnnotationModel:
         history_mb: float = 512.0,
     ) -> None:
         self.labels = np.zeros((int(num_frames), *map(int, frame_shape)), dtype=np.int32)
+        #: per frame, how many times its labels changed (views skip frames they showed)
+        self.frame_versions = np.zeros(int(num_frames), dtype=np.int64)
         self.entries = AnnotationState()
         self._prompts: list[Prompt] = []
         self.events = Signal()
@@ -395,6 +397,7 @@ class AnnotationModel:
         pixels = reversed(action.pixels) if undoing else action.pixels
         for frame, index, old, new in pixels:
             flat[frame, index] = old if undoing else new
+            self.frame_versions[frame] += 1
         entries = reversed(action.entries) if undoing else action.entries
         for key, old_entry, new_entry in entries:
             self.entries.put(key, old_entry if undoing else new_entry)
@@ -420,6 +423,7 @@ class AnnotationModel:
         index = index.astype(np.int32 if old.size < 2**31 else np.int64)
         action.pixels.append((frame, index, before.astype(values), after.astype(values)))
         old[index] = after
+        self.frame_versions[frame] += 1
         return True
 
     def _put(self, key: Key, entry: Entry | None) -> None:
