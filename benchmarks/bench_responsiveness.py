@@ -143,9 +143,9 @@ def idle(app, seconds: float) -> None:
 
 def widget_phases(args: argparse.Namespace) -> None:
     import napari
-    from napari_sam_lora._qt._propagation import ModelReady
     from qtpy.QtWidgets import QApplication
 
+    from napari_sam_lora.annotator import ModelReady
     from napari_sam_lora.synthetic import make_stack
 
     viewer = napari.Viewer(show=True)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from napari.layers import Labels
 
-from napari_sam_lora.layers.output import plane_index
+from napari_sam_lora.layers.output import plane_index, write_frame
 from napari_sam_lora.layers.stack import StackSource
 
 __all__ = ["MasksView", "Stroke", "forget_layer_history"]
@@ -110,33 +110,27 @@ class MasksView:
             frames, self._dirty = sorted(self._dirty), set()
         versions = self.model.frame_versions
         frames = [f for f in frames if self._shown.get(f) != int(versions[f])]
-        written = [f for f in frames if self.show(f, refresh=False)]
-        if written:
-            self.layer.refresh()
-        return written
+        return [f for f in frames if self.show(f)]
 
-    def show(self, frame: int, labels: np.ndarray | None = None, refresh: bool = True) -> bool:
+    def show(self, frame: int, labels: np.ndarray | None = None) -> bool:
         """Write ``labels`` (default: the model's) as ``frame`` of the layer; says whether
-        a pixel changed. Not an edit: no paint event reaches the model, and napari's own
-        layer history is not touched."""
+        a pixel changed. Not an edit: only the changed pixels are written (napari refreshes
+        just those), no paint event reaches the model, napari's own history stays empty."""
         if self._closed:
             return False
         frame = int(frame)
         # a job's step shows the frame's latest write (steps arrive in write order)
         self._shown[frame] = int(self.model.frame_versions[frame])
         new = self.model.labels[frame] if labels is None else np.asarray(labels)
-        data = self.layer.data
         index = plane_index(self.layer, self.source, frame)
-        plane = np.asarray(data[index])
-        if np.array_equal(plane, new):
+        if np.array_equal(np.asarray(self.layer.data[index]), new):
             return False
         self._writing = True
         try:
-            data[index] = new.astype(data.dtype, copy=False)
+            write_frame(self.layer, self.source, frame, new)
         finally:
             self._writing = False
-        if refresh:
-            self.layer.refresh()
+            forget_layer_history(self.layer)
         return True
 
     def equal(self) -> bool:
