@@ -258,6 +258,7 @@ class AnnotationFilesPanel(PanelJobs, QWidget):
                         self.viewer.layers.remove(existing)
         if not self.life.alive:
             return
+        self.annotator.apply_strokes()  # strokes painted while the job ran
         kind, job = self._kind, self.job
         if state == _threading.FAILED:
             error = job.error if job is not None else None

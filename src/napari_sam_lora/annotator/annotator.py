@@ -293,7 +293,14 @@ class Annotator:
         """Apply the queued strokes to the annotation; returns the frames they touched."""
         strokes, self._queued = self._queued, []
         session = self.session()
-        if session is None or not strokes:
+        if not strokes:
+            return []
+        if session is None:
+            self.events.emit(
+                "strokes in the masks layer count once the stack has been propagated (the "
+                "first Propagate shows its masks there); to prompt with a painted mask, "
+                "choose a Labels layer under 'mask'"
+            )
             return []
         frames = []
         for frame, rows, cols, values in strokes:
