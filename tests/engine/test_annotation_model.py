@@ -235,3 +235,20 @@ def test_learn_cancel_leaves_the_edit_pending_and_accept_with_repropagation_is_o
         learner.close()
         for name in adapter_names(session.model.predictor.sam_mask_decoder):
             delete_adapter(session.model.predictor.sam_mask_decoder, name)
+
+
+def test_changing_a_prompt_keeps_a_correction_on_the_same_frame(disk):
+    from napari_sam_lora.engine.annotation.prompts import PointPrompt
+
+    session, truth = disk
+    click = PointPrompt(3, 1, np.argwhere(truth[3])[:1])
+    session.add_prompts([click])
+    session.propagate_all("forward")
+    session.paint(3, np.nonzero(truth[3]), 1)  # the user's correction of that frame
+    mask = session.annotations.confirmed_mask(3, 1).copy()
+    session.set_prompts([session.prompts[0]])  # the click is removed again
+    assert session.annotations.source(3, 1) == "correction"
+    np.testing.assert_array_equal(session.annotations.confirmed_mask(3, 1), mask)
+    assert session.annotation.unlearned(3) == [(3, 1)]
+    session.undo()
+    assert len(session.prompts) == 2

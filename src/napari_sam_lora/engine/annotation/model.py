@@ -465,6 +465,16 @@ class AnnotationModel:
             self._put(key, Entry(source, None, adapter))
         return True
 
+    def reinstate(self, frame: int, obj_id: int, entry: Entry) -> None:
+        """Put a confirmed ``entry`` back as it was (its order and learned flag kept) and
+        its mask into the labels."""
+        key = (int(frame), int(obj_id))
+        self._put(key, entry)
+        labels = self.labels[key[0]].copy()
+        labels[labels == key[1]] = 0
+        labels[entry.mask] = key[1]
+        self.write_frame(key[0], labels)
+
     def forget(self, frame: int, obj_id: int) -> None:
         """Drop the entry of one (frame, object) (its pixels stay until rewritten)."""
         key = (int(frame), int(obj_id))

@@ -372,13 +372,20 @@ class Session:
             self.add_prompts(prompts[len(old) :])
             return True
         with self.exclusive(), self.annotation.action("change prompts"):
+            kept = []  # corrections and accepts: they win over a re-sent prompt's answer
             for frame, obj_id in self.annotations.confirmed():
-                if self.annotations.source(frame, obj_id) == "prompt":
+                entry = self.annotations.entry(frame, obj_id)
+                if entry.source == "prompt":
                     self.annotation.demote(frame, obj_id)
+                else:
+                    kept.append((frame, obj_id, entry))
             self.annotation.set_prompts([])
             self._restart_sam2()
             if prompts:
                 self._send(prompts)
+            for frame, obj_id, entry in kept:
+                if self.annotations.entry(frame, obj_id) is not entry:
+                    self.annotation.reinstate(frame, obj_id, entry)
             self._follow_annotation()
         return True
 
