@@ -252,3 +252,87 @@ def test_changing_a_prompt_keeps_a_correction_on_the_same_frame(disk):
     assert session.annotation.unlearned(3) == [(3, 1)]
     session.undo()
     assert len(session.prompts) == 2
+
+
+# -- issue 19 (validator): a damaged session file changes nothing --------------------------------
+def _damaged(tmp_path, base, edit_doc=None, edit_arrays=None, name="bad"):
+    import json
+
+    doc = json.loads((tmp_path / f"{base}.session.json").read_text())
+    with np.load(tmp_path / f"{base}.session.npz") as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    if edit_doc:
+        edit_doc(doc)
+    if edit_arrays:
+        edit_arrays(arrays)
+    (tmp_path / f"{name}.session.json").write_text(json.dumps(doc))
+    np.savez_compressed(tmp_path / f"{name}.session.npz", **arrays)
+    return tmp_path / name
+
+
+def test_a_damaged_session_file_is_refused_before_the_open_work_changes(disk, tmp_path):
+    from napari_sam_lora.engine.tracking.session_files import SessionFileError
+
+    session, truth = disk
+    session.propagate_all("forward")
+    session.paint(3, np.nonzero(truth[3]), 1)
+    session.save_state(tmp_path / "good")
+    session.paint(5, np.nonzero(truth[5]), 1)  # the open work, not saved
+    before, names = session.labels.copy(), session.annotation.undo_names
+
+    def record(**changes):
+        def edit(doc):
+            doc["annotations"]["entries"][-1].update(changes)
+
+        return edit
+
+    def labels(value):
+        def edit(arrays):
+            arrays["labels"] = arrays["labels"].astype(np.float64)
+            arrays["labels"][1, 0, 0] = value
+
+        return edit
+
+    def short_mask(arrays):
+        key = next(k for k in arrays if k.startswith("mask_"))
+        arrays[key] = arrays[key][:-3]
+
+    cases = {
+        "out of range": {"edit_doc": record(frame=99)},
+        "invalid": {"edit_doc": record(obj_id=2**40)},
+        "unknown source": {"edit_doc": record(source="magic")},
+        "fractional": {"edit_arrays": labels(1.5)},
+        "negative": {"edit_arrays": labels(-7)},
+        "no record names": {"edit_arrays": labels(9)},
+        "packed bytes": {"edit_arrays": short_mask},
+    }
+    for n, (match, edits) in enumerate(cases.items()):
+        path = _damaged(tmp_path, "good", name=f"bad{n}", **edits)
+        with pytest.raises(SessionFileError, match=match):
+            session.restore_state(path)
+        np.testing.assert_array_equal(session.labels, before)
+        assert session.annotation.undo_names == names
+    session.restore_state(tmp_path / "good")  # the intact file still restores
+    assert session.annotations.source(5, 1) != "correction"
+
+
+def test_reset_object_validates_its_id_and_a_closed_learner_refuses(disk):
+    from napari_sam_lora.engine.core.errors import SamLoraError
+    from napari_sam_lora.engine.learning.learner import Learner
+
+    session, _ = disk
+    for bad in (1.5, -2, 0):
+        with pytest.raises(PromptError, match="object id|whole number"):
+            session.reset_object(bad)
+    assert session.object_ids == [1]
+    learner = Learner(session)
+    learner.close()
+    for call in (
+        lambda: learner.learn(0),
+        lambda: learner.propose(),
+        lambda: learner.save("x"),
+        lambda: learner.load("x"),
+        learner.assist_hook,
+    ):
+        with pytest.raises(SamLoraError, match="learner was closed"):
+            call()

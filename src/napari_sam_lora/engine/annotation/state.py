@@ -25,6 +25,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from napari_sam_lora.engine.core.errors import PromptError
+from napari_sam_lora.engine.core.validation import check_frame, check_object_id, unpack_mask
+
 Source = Literal["prompt", "correction", "accepted", "auto_accepted", "sam2", "adapter"]
 SOURCES: tuple[str, ...] = ("prompt", "correction", "accepted", "auto_accepted", "sam2", "adapter")
 CONFIRMED_SOURCES = frozenset({"prompt", "correction", "accepted", "auto_accepted"})
@@ -199,16 +202,33 @@ class AnnotationState:
 
     @classmethod
     def from_arrays(
-        cls, doc: dict[str, Any], masks: dict[str, np.ndarray], frame_shape: tuple[int, int]
+        cls,
+        doc: dict[str, Any],
+        masks: dict[str, np.ndarray],
+        frame_shape: tuple[int, int],
+        num_frames: int | None = None,
     ) -> AnnotationState:
-        """Rebuild a state written by :meth:`to_arrays` for frames of ``frame_shape``."""
+        """Rebuild a state written by :meth:`to_arrays` for frames of ``frame_shape``
+        (and, given ``num_frames``, a stack of that many frames), every record checked.
+
+        Raises
+        ------
+        PromptError
+            A record with a frame out of range, an invalid object id, an unknown source or
+            a mask of the wrong size.
+        KeyError, TypeError, ValueError
+            A record that lacks a field or its mask.
+        """
         state = cls()
-        size = int(np.prod(frame_shape))
         for item in doc["entries"]:
-            frame, obj_id, source = int(item["frame"]), int(item["obj_id"]), str(item["source"])
+            frame, obj_id = item["frame"], check_object_id(item["obj_id"])
+            frame = check_frame(frame, num_frames) if num_frames is not None else int(frame)
+            source = str(item["source"])
+            if source not in SOURCES:
+                raise PromptError(f"a record of frame {frame} has the unknown source {source!r}")
             if source in CONFIRMED_SOURCES:
-                bits = masks[f"mask_{frame}_{obj_id}"]
-                mask = np.unpackbits(bits, count=size).astype(bool).reshape(frame_shape)
+                where = f"the mask of object {obj_id} on frame {frame}"
+                mask = unpack_mask(masks[f"mask_{frame}_{obj_id}"], frame_shape, where)
                 state.confirm(frame, obj_id, source, mask, item.get("adapter"))
                 if item.get("learned"):
                     state.put((frame, obj_id), replace(state.entry(frame, obj_id), learned=True))

@@ -290,6 +290,25 @@ def check_label_image(labels: Any, where: str = "the labels") -> np.ndarray:
     return array.astype(np.int64)
 
 
+def unpack_mask(bits: Any, shape: tuple[int, int], where: str = "the mask") -> np.ndarray:
+    """A bool ``shape`` mask from ``np.packbits`` output, which must hold exactly the bits
+    of that shape (a shorter record would be padded with zeros without a word).
+
+    Raises
+    ------
+    PromptError
+    """
+    array = np.asarray(bits)
+    size = int(np.prod(shape))
+    expected = (size + 7) // 8
+    if array.dtype != np.uint8 or array.ndim != 1 or array.size != expected:
+        raise PromptError(
+            f"{where} holds {array.size} {array.dtype} value(s) of shape {array.shape}; a "
+            f"{shape[0]}×{shape[1]} mask needs {expected} packed bytes"
+        )
+    return np.unpackbits(array, count=size).astype(bool).reshape(shape)
+
+
 def check_image_size(value: Any, error: type[SamLoraError] = ConfigError) -> int:
     """SAM2's input side: a multiple of 32 in 64 … 4096 (what SAM2's image encoder accepts).
 

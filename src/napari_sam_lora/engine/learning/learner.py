@@ -145,6 +145,14 @@ class Learner:
         release_namespace(self.decoder, self.namespace)
         self._closed = True
 
+    def _check_open(self) -> None:
+        """Raise :class:`SamLoraError` once :meth:`close` ran."""
+        if self._closed:
+            raise SamLoraError(
+                "this learner was closed (its adapters left the decoder): make a new "
+                "Learner(session) to go on learning"
+            )
+
     def __enter__(self) -> Learner:
         return self
 
@@ -179,6 +187,7 @@ class Learner:
             Nothing to learn, shape mismatch, frame out of range, or a frame that cannot
             be tracked (no memory for the object yet).
         """
+        self._check_open()
         session = self.session
         frame = int(frame)
         if user_labels is not None:
@@ -288,7 +297,14 @@ class Learner:
         """The hook to pass as ``Session.propagate_steps(..., assist=...)``: where an
         object's most confident adapter beats SAM2's own confidence by ``assist_margin``,
         its mask is used (and goes to memory); such frames get the source ``"adapter"`` and
-        are listed in :attr:`adapter_frames`. ``None`` while there are no adapters."""
+        are listed in :attr:`adapter_frames`. ``None`` while there are no adapters.
+
+        Raises
+        ------
+        SamLoraError
+            The learner was closed.
+        """
+        self._check_open()
         return self.assist if self.adapter_names() else None
 
     def assist(
@@ -333,6 +349,7 @@ class Learner:
         PromptError
             A frame out of range, or an object this learner has no adapter for.
         """
+        self._check_open()
         n = self.session.num_frames
         wanted = range(n) if frames is None else sorted({int(f) for f in frames})
         bad = [f for f in wanted if not 0 <= f < n]
@@ -437,6 +454,7 @@ class Learner:
         AcceptReport
             Frames written and skipped; label images of the written frames.
         """
+        self._check_open()
         asked = None if frames is None else {int(f) for f in frames}
         if asked is not None and not asked <= set(candidate.frames):
             missing = sorted(asked - set(candidate.frames))
@@ -527,6 +545,7 @@ class Learner:
         PromptError
             ``min_estimated_iou`` outside (0, 1].
         """
+        self._check_open()
         bar = float(min_estimated_iou)
         if not 0.0 < bar <= 1.0:
             raise PromptError(f"the auto-accept bar must be in (0, 1], not {min_estimated_iou!r}")
@@ -554,6 +573,7 @@ class Learner:
     # -- files ----------------------------------------------------------------------------
     def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> tuple[Path, Path]:
         """Save every adapter (safetensors + JSON with base model, settings, reports)."""
+        self._check_open()
         names = self.adapter_names()
         if not names:
             raise SamLoraError("no adapters to save yet: correct a frame first")
@@ -580,6 +600,7 @@ class Learner:
         content is already loaded is not loaded again (its names are returned). On any
         error (damaged file, other base model) the current adapters are kept unchanged.
         """
+        self._check_open()
         digest = content_digest(path)
         if digest is not None and digest in self._loaded:
             return list(self._loaded[digest])

@@ -35,6 +35,7 @@ from napari_sam_lora.engine.annotation.prompts import BoxPrompt, MaskPrompt, Poi
 from napari_sam_lora.engine.annotation.state import AnnotationState, overlay_confirmed
 from napari_sam_lora.engine.core.errors import PromptError, SamLoraError
 from napari_sam_lora.engine.core.jobs import drain
+from napari_sam_lora.engine.core.validation import check_object_id
 from napari_sam_lora.engine.tracking import sam2_bridge as bridge
 from napari_sam_lora.engine.tracking.features import BoundedStore, DecoderInputs
 from napari_sam_lora.engine.tracking.frames import NormalisedFrames, new_inference_state
@@ -290,8 +291,14 @@ class Session:
 
     def reset_object(self, obj_id: int) -> None:
         """Forget one object — its prompts, confirmed frames and masks (one undo step); the
-        others stay."""
-        obj_id = int(obj_id)
+        others stay.
+
+        Raises
+        ------
+        PromptError
+            ``obj_id`` is no object id (1 … 2³¹ − 1), as for :meth:`add_points`.
+        """
+        obj_id = check_object_id(obj_id, where="reset_object")
         with self.exclusive(), self.annotation.action(f"reset object {obj_id}"):
             self.annotation.erase_object(obj_id)
             self.clear_records(obj_id)

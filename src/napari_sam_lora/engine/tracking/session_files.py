@@ -13,6 +13,8 @@ import hashlib
 import io
 import json
 import os
+import zipfile
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,8 +22,9 @@ import numpy as np
 
 from napari_sam_lora.engine.annotation.prompts import BoxPrompt, MaskPrompt, PointPrompt, Prompt
 from napari_sam_lora.engine.annotation.state import AnnotationState
-from napari_sam_lora.engine.core.errors import SamLoraError
+from napari_sam_lora.engine.core.errors import PromptError, SamLoraError
 from napari_sam_lora.engine.core.file_paths import state_paths
+from napari_sam_lora.engine.core.validation import check_label_image, unpack_mask
 
 if TYPE_CHECKING:
     from napari_sam_lora.engine.tracking.session import Session
@@ -82,7 +85,7 @@ def check_state(path: str | os.PathLike[str], stack: Any, pixels: bool = True) -
         doc = json.loads(json_path.read_text("utf-8"))
     except FileNotFoundError as exc:
         raise SessionFileError(f"no saved session at {exc.filename}") from exc
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise SessionFileError(f"{json_path.name} cannot be read: {exc}") from exc
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise SessionFileError(f"{json_path} is not a napari-sam-lora session file")
@@ -161,21 +164,23 @@ def read_state(session: Session, path: str | os.PathLike[str]) -> None:
             arrays = {k: npz[k] for k in npz.files}
     except FileNotFoundError as exc:
         raise SessionFileError(f"no saved session at {exc.filename}") from exc
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
         raise SessionFileError(f"{npz_path.name} cannot be read: {exc}") from exc
-    try:
-        prompts = [
-            _prompt(entry, i, arrays, session.frame_shape) for i, entry in enumerate(doc["prompts"])
-        ]
-        state = AnnotationState.from_arrays(doc["annotations"], arrays, session.frame_shape)
-        labels = np.asarray(arrays["labels"], dtype=np.int32)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise SessionFileError(f"{json_path} has invalid records: {exc!r}") from exc
-    if labels.shape != session.labels.shape:
-        raise SessionFileError(
-            f"{npz_path}: labels of shape {labels.shape}, not {session.labels.shape}"
-        )
-    session.restore(prompts, state, labels)
+    shape, frames = session.frame_shape, session.num_frames
+    try:  # every record is checked before the open session changes
+        prompts = [_prompt(entry, i, arrays, shape) for i, entry in enumerate(doc["prompts"])]
+        session.validate_prompts(prompts)
+        state = AnnotationState.from_arrays(doc["annotations"], arrays, shape, frames)
+        labels = check_label_image(arrays["labels"], f"{npz_path.name}'s labels")
+        if labels.shape != session.labels.shape:
+            raise PromptError(f"labels of shape {labels.shape}, not {session.labels.shape}")
+        known = {o for _, o in state.keys_in_order()} | {int(p.obj_id) for p in prompts}
+        unknown = sorted(set(np.unique(labels).tolist()) - known - {0})
+        if unknown:
+            raise PromptError(f"labels hold object(s) {unknown[:5]} that no record names")
+    except (KeyError, TypeError, ValueError, SamLoraError) as exc:
+        raise SessionFileError(f"{json_path.name} has invalid records: {exc}") from exc
+    session.restore(prompts, state, labels.astype(np.int32))
 
 
 def _prompt(entry: dict, i: int, arrays: dict[str, np.ndarray], shape: tuple[int, int]) -> Prompt:
@@ -187,7 +192,6 @@ def _prompt(entry: dict, i: int, arrays: dict[str, np.ndarray], shape: tuple[int
     if kind == "box":
         return BoxPrompt(frame, obj_id, arrays[f"prompt_{i}_box"])
     if kind == "mask":
-        bits = arrays[f"prompt_{i}_mask"]
-        mask = np.unpackbits(bits, count=int(np.prod(shape))).astype(bool).reshape(shape)
+        mask = unpack_mask(arrays[f"prompt_{i}_mask"], shape, f"the mask of prompt {i}")
         return MaskPrompt(frame, obj_id, mask)
     raise ValueError(f"unknown prompt kind {kind!r}")
