@@ -322,7 +322,7 @@ def test_reset_object_validates_its_id_and_a_closed_learner_refuses(disk):
 
     session, _ = disk
     for bad in (1.5, -2, 0):
-        with pytest.raises(PromptError, match="object id|whole number"):
+        with pytest.raises(PromptError, match=r"object id|whole number"):
             session.reset_object(bad)
     assert session.object_ids == [1]
     learner = Learner(session)
