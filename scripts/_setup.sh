@@ -2,7 +2,9 @@
 # Shared setup for scripts/test.sh and scripts/demo.sh; source it from the repository root.
 #
 #   ensure_system_packages [xvfb]   Debian/Ubuntu libraries Qt and napari need (and Xvfb)
-#   ensure_venv EXTRAS              create/reuse .venv and `pip install -e ".[EXTRAS]"`
+#   ensure_venv EXTRAS              create/reuse .venv and `pip install -e ".[EXTRAS]"`, unless
+#                                   .venv already has EXTRAS or more from an install of the same
+#                                   pyproject.toml and napari.yaml (demo.sh reuses test.sh's)
 #   has_display                     true when a desktop display is available
 #
 # Environment:
@@ -107,30 +109,51 @@ _create_venv() {
     || die "could not upgrade pip in $VENV"
 }
 
+# _extras_list "a,b c": the extras as one sorted, comma-separated list without duplicates.
+_extras_list() {
+  tr ', ' '\n\n' <<<"$1" | sed '/^$/d' | sort -u | paste -s -d, -
+}
+
+# _extras_cover HAVE WANT: true when every extra in WANT is in HAVE (comma-separated lists).
+_extras_cover() {
+  local extra
+  for extra in $(printf '%s' "$2" | tr ',' ' '); do
+    [[ ",$1," == *",$extra,"* ]] || return 1
+  done
+}
+
 # ensure_venv EXTRAS: reuse $VENV when it has a working Python >= 3.11, else create it; then
-# install the project in editable mode with EXTRAS unless the same install was already done.
+# install the project in editable mode with EXTRAS, unless an earlier install into $VENV
+# with the same pyproject.toml, napari.yaml and pip arguments already had EXTRAS (or more):
+# the stamp file records that install's fingerprint and every extra installed since.
 ensure_venv() {
-  local extras="$1"
+  local extras
+  extras="$(_extras_list "$1")"
   if [[ -x "$VENV/bin/python" ]] && _python_ok "$VENV/bin/python"; then
     log "reusing $VENV"
   else
     _create_venv
   fi
-  local stamp="$VENV/.napari-sam-lora-installed-${extras//,/-}"
-  local fingerprint
+  local stamp="$VENV/.napari-sam-lora-install"
+  local fingerprint installed=""
   fingerprint="$(cat "$REPO_ROOT/pyproject.toml" "$REPO_ROOT/napari.yaml" | cksum)"
   fingerprint="$fingerprint ${NAPARI_SAM_LORA_PIP_ARGS:-}"
-  if [[ "${NAPARI_SAM_LORA_REINSTALL:-0}" != 1 && -f "$stamp" ]] \
-    && [[ "$(cat "$stamp")" == "$fingerprint" ]] \
+  if [[ -f "$stamp" && "$(sed -n 1p "$stamp")" == "$fingerprint" ]]; then
+    installed="$(sed -n 2p "$stamp")"
+  fi
+  if [[ "${NAPARI_SAM_LORA_REINSTALL:-0}" != 1 && -n "$installed" ]] \
+    && _extras_cover "$installed" "$extras" \
     && "$VENV/bin/python" -c 'import napari_sam_lora' >/dev/null 2>&1; then
-    log "napari-sam-lora[$extras] already installed in $VENV (NAPARI_SAM_LORA_REINSTALL=1 to redo)"
+    log "napari-sam-lora[$extras] already installed in $VENV (with [$installed];" \
+      "NAPARI_SAM_LORA_REINSTALL=1 to redo)"
     return 0
   fi
   log "installing napari-sam-lora[$extras] into $VENV (torch is large: this takes minutes)"
-  rm -f "$stamp"
+  rm -f "$stamp" "$VENV"/.napari-sam-lora-installed-*  # (older scripts' stamps)
   # shellcheck disable=SC2086  # NAPARI_SAM_LORA_PIP_ARGS is a list of words on purpose
   "$VENV/bin/python" -m pip install --disable-pip-version-check --progress-bar off \
     ${NAPARI_SAM_LORA_PIP_ARGS:-} -e "${REPO_ROOT}[${extras}]" \
     || die "pip install failed (see above)"
-  printf '%s' "$fingerprint" >"$stamp"
+  # Extras installed earlier from the same files are still there: pip removes nothing.
+  printf '%s\n%s\n' "$fingerprint" "$(_extras_list "$installed,$extras")" >"$stamp"
 }

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install napari-sam-lora into .venv and open napari with a synthetic sample stack and the
-# SAM2 LoRA widget docked. Arguments go to `napari-sam-lora demo`, e.g.
+# SAM2 LoRA widget docked. A .venv that scripts/test.sh set up is reused as it is (it has
+# every extra the demo needs); pip runs only when .venv lacks them or pyproject.toml or
+# napari.yaml changed since. Arguments go to `napari-sam-lora demo`, e.g.
 #
 #   bash scripts/demo.sh --sample occlusion --image-size 512
 #   bash scripts/demo.sh --model sam2.1_hiera_tiny      # real weights (downloaded once)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata as md
+import re
 import tomllib
 from pathlib import Path
 
@@ -23,7 +24,9 @@ def manifest():
 
 def test_manifest_basics(manifest):
     assert manifest.name == "napari-sam-lora"
-    assert manifest.display_name == "SAM2 LoRA"
+    # napari titles a dock "<widget> (<plugin display name>)": "SAM2 LoRA (napari-sam-lora)",
+    # the same title add_plugin_dock_widget("napari-sam-lora", "SAM2 LoRA") gives
+    assert manifest.display_name == "napari-sam-lora"
     commands = {c.id: c for c in manifest.contributions.commands}
     assert all(cid.startswith("napari-sam-lora.") for cid in commands)
     widget = commands["napari-sam-lora.make_widget"]
@@ -99,7 +102,20 @@ def test_pyproject_metadata():
         assert binding not in deps, f"{binding} must be optional, not a core dependency"
     assert "tifffile" in deps
     extras = project["optional-dependencies"]
-    assert {"pyqt5", "pyqt6", "testing", "batch"} <= set(extras)
+    assert {"all", "pyqt5", "pyqt6", "testing", "batch"} <= set(extras)
+    assert extras["all"] == ["napari-sam-lora[pyqt6,batch]"]
+    for version in ("3.11", "3.12", "3.13"):
+        assert f"Programming Language :: Python :: {version}" in project["classifiers"]
+
+
+def test_version_from_git_tags():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in config["project"]
+    assert config["project"]["dynamic"] == ["version"]
+    assert config["tool"]["setuptools_scm"]["fallback_version"]
+    import napari_sam_lora
+
+    assert napari_sam_lora.__version__ == md.version("napari-sam-lora")
 
 
 def test_installed_metadata_matches():
@@ -115,3 +131,19 @@ def test_license_and_readme():
     readme = (ROOT / "README.md").read_text()
     assert "bash scripts/test.sh" in readme
     assert "bash scripts/demo.sh" in readme
+    for heading in ("## Installation", "## Quick start"):
+        assert heading in readme
+
+
+RAW = "https://raw.githubusercontent.com/napari-sam-lora/napari-sam-lora/main/"
+
+
+def test_readme_images_are_absolute_links_to_files_in_the_repository():
+    """PyPI and the napari hub show the README away from the repository: relative image
+    links would be broken there."""
+    readme = (ROOT / "README.md").read_text()
+    images = re.findall(r"!\[[^\]]*\]\(([^)\s]+)", readme)
+    assert images
+    for url in images:
+        assert url.startswith(RAW + "docs/images/"), url
+        assert (ROOT / url.removeprefix(RAW)).is_file(), url
