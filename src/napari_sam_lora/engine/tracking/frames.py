@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_sam_lora.engine.core.errors import StackError
+from napari_sam_lora.engine.core.memory import check_stack_fits
 from napari_sam_lora.engine.core.validation import check_image_size
 from napari_sam_lora.engine.tracking.features import BoundedStore
 
@@ -163,6 +164,8 @@ class NormalisedFrames:
     ) -> None:
         self.stack = stack
         self.num_frames, self.frame_shape, self.rgb = check_stack(stack)
+        channels = int(np.shape(stack)[-1]) if self.rgb else 1
+        check_stack_fits(self.num_frames, self.frame_shape, channels)  # before any read
         self.image_size = check_image_size(image_size)
         self.intensity = intensity or intensity_range(stack, self.num_frames)
         self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)

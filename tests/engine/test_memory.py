@@ -1,0 +1,38 @@
+"""A stack whose session cannot fit in memory is refused before anything is read (issue 19)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_sam_lora.engine.core import memory
+from napari_sam_lora.engine.core.errors import StackError
+
+
+def test_the_estimate_counts_labels_and_one_frames_working_copies():
+    assert memory.stack_bytes(3, (100, 200)) == 3 * 100 * 200 * 4 + 4 * 100 * 200 * 4
+    assert memory.stack_bytes(1, (10, 10), channels=3) == 400 + 4 * 1200
+    memory.check_stack_fits(3, (100, 200), available=10**9)  # fits: no error
+
+
+def test_a_huge_stack_is_refused_saying_what_would_fit():
+    with pytest.raises(StackError) as caught:
+        memory.check_stack_fits(3, (20000, 20000), available=4 * 10**9)
+    text = str(caught.value)
+    assert "3 frame(s) of 20000×20000 need about 11.2 GB" in text and "4.0 GB are free" in text
+    assert "no frame of this size" in text and "region of interest" in text
+    with pytest.raises(StackError, match=r"40 MB are free: what fits is 4 frame\(s\) of this"):
+        memory.check_stack_fits(40, (1000, 1000), available=40 * 10**6)
+
+
+def test_a_session_refuses_before_reading_a_frame(monkeypatch, tiny_model):
+    from napari_sam_lora.engine.tracking.session import Session
+
+    class Unreadable(np.ndarray):  # any frame read would fail the test
+        def __getitem__(self, key):
+            raise AssertionError("a frame was read")
+
+    stack = np.zeros((6, 64, 64), np.uint8).view(Unreadable)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 10_000)
+    with pytest.raises(StackError, match="need about"):
+        Session(stack, model=tiny_model)
