@@ -1,4 +1,5 @@
-"""A stack whose session cannot fit in memory is refused before anything is read (issue 19)."""
+"""Refused before anything is read or built: a stack that cannot fit in memory, a checkpoint
+that does not fit its model (issue 19)."""
 
 from __future__ import annotations
 
@@ -36,3 +37,31 @@ def test_a_session_refuses_before_reading_a_frame(monkeypatch, tiny_model):
     monkeypatch.setattr(memory, "available_bytes", lambda: 10_000)
     with pytest.raises(StackError, match="need about"):
         Session(stack, model=tiny_model)
+
+
+def test_a_checkpoint_that_does_not_fit_names_its_keys_and_shapes():
+    import torch
+
+    from napari_sam_lora.engine.tracking.predictor import state_dict_mismatch
+
+    expected = {"a.weight": torch.zeros(2, 3), "b.bias": torch.zeros(4)}
+    assert state_dict_mismatch(expected, dict(expected)) == ""
+    found = {"a.weight": torch.zeros(3, 3), "b.bias": torch.zeros(4), "extra.x": torch.zeros(1)}
+    text = state_dict_mismatch(expected, found)
+    assert "unexpected extra.x" in text
+    assert "a.weight is (3, 3), not (2, 3)" in text
+    assert "missing b.bias" in state_dict_mismatch(expected, {"a.weight": torch.zeros(2, 3)})
+
+
+def test_loading_a_checkpoint_with_an_extra_key_names_it(tmp_path, tiny_model):
+    import torch
+
+    from napari_sam_lora.engine.core.errors import CheckpointError
+    from napari_sam_lora.engine.tracking.predictor import load_model
+
+    state = {k: v.clone() for k, v in tiny_model.predictor.state_dict().items()}
+    state["surplus.weight"] = torch.zeros(3)
+    path = tmp_path / "sam2.1_hiera_tiny_plus.pt"
+    torch.save({"model": state}, path)
+    with pytest.raises(CheckpointError, match=r"unexpected surplus\.weight"):
+        load_model(str(path), "cpu", 256)
