@@ -97,12 +97,40 @@ def _load_weights(predictor: StackPredictor, spec: ModelSpec, path: Any) -> None
             f"{path} is a {found.name} checkpoint, not {spec.variant.name}; "
             f"choose {found.name} or the right file"
         )
+    problems = state_dict_mismatch(predictor.state_dict(), state)
+    if problems:
+        raise CheckpointError(f"{path} does not fit {spec.variant.name}: {problems}")
     try:
         predictor.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(
             f"{path} does not fit {spec.variant.name}: {str(exc).splitlines()[0]}"
         ) from exc
+
+
+def state_dict_mismatch(expected: dict[str, Any], found: dict[str, Any], most: int = 3) -> str:
+    """What keeps ``found`` from loading where ``expected`` is: keys it lacks, keys it has
+    too many, tensors of another shape (``""`` when it fits), naming up to ``most`` each."""
+
+    def names(keys: list[str]) -> str:
+        more = f" and {len(keys) - most} more" if len(keys) > most else ""
+        return ", ".join(keys[:most]) + more
+
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    shapes = [
+        f"{k} is {tuple(getattr(found[k], 'shape', ()))}, not {tuple(expected[k].shape)}"
+        for k in sorted(set(expected) & set(found))
+        if tuple(getattr(found[k], "shape", ())) != tuple(expected[k].shape)
+    ]
+    parts = []
+    if missing:
+        parts.append(f"missing {names(missing)}")
+    if extra:
+        parts.append(f"unexpected {names(extra)}")
+    if shapes:
+        parts.append(f"tensor shapes differ: {names(shapes)}")
+    return "; ".join(parts)
 
 
 def iter_load_model(
