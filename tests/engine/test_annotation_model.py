@@ -297,9 +297,19 @@ def test_a_damaged_session_file_is_refused_before_the_open_work_changes(disk, tm
         key = next(k for k in arrays if k.startswith("mask_"))
         arrays[key] = arrays[key][:-3]
 
+    def prompt_mask(arrays):  # a mask prompt whose bits are cut short
+        arrays["prompt_0_mask"] = np.packbits(truth[0])[:-5]
+
+    def as_mask_prompt(doc):
+        doc["prompts"][0]["kind"] = "mask"
+
     cases = {
         "out of range": {"edit_doc": record(frame=99)},
         "invalid": {"edit_doc": record(obj_id=2**40)},
+        "object id 0 is invalid": {"edit_doc": record(obj_id=0)},
+        "object id -5 is invalid": {"edit_doc": record(obj_id=-5)},
+        "beyond the largest object id": {"edit_arrays": labels(2**32 + 2)},
+        "mask of prompt 0": {"edit_doc": as_mask_prompt, "edit_arrays": prompt_mask},
         "unknown source": {"edit_doc": record(source="magic")},
         "fractional": {"edit_arrays": labels(1.5)},
         "negative": {"edit_arrays": labels(-7)},
@@ -312,6 +322,15 @@ def test_a_damaged_session_file_is_refused_before_the_open_work_changes(disk, tm
             session.restore_state(path)
         np.testing.assert_array_equal(session.labels, before)
         assert session.annotation.undo_names == names
+    deep = tmp_path / "deep.session.json"  # JSON nested too deep for the parser
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    (tmp_path / "deep.session.npz").write_bytes((tmp_path / "good.session.npz").read_bytes())
+    (tmp_path / "zip.session.json").write_text((tmp_path / "good.session.json").read_text())
+    (tmp_path / "zip.session.npz").write_bytes(b"PK\x03\x04 not a zip archive")
+    for path in (tmp_path / "deep", tmp_path / "zip"):
+        with pytest.raises(SessionFileError):
+            session.restore_state(path)
+        np.testing.assert_array_equal(session.labels, before)
     session.restore_state(tmp_path / "good")  # the intact file still restores
     assert session.annotations.source(5, 1) != "correction"
 
