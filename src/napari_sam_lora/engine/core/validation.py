@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numbers
 import reprlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,14 @@ __all__ = [
     "MIN_IMAGE_SIZE",
     "check_box",
     "check_frame",
+    "check_frames",
     "check_ids_fit",
     "check_image_size",
     "check_label_image",
     "check_mask",
     "check_object_id",
     "check_points",
+    "finite_number",
     "integer_value",
     "short_repr",
 ]
@@ -165,6 +168,39 @@ def check_frame(value: Any, num_frames: int) -> int:
             f"(0–{num_frames - 1})"
         )
     return frame
+
+
+def check_frames(values: Any, num_frames: int) -> list[int]:
+    """Frame indices (any iterable of them) as sorted distinct integers, each checked by
+    :func:`check_frame`; a single number or a string is not a list of frames.
+
+    Raises
+    ------
+    PromptError
+    """
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise PromptError(
+            f"frames must be a list of frame indices, got {_kind(values)}: {short_repr(values)}"
+        )
+    return sorted({check_frame(value, num_frames) for value in values})
+
+
+def finite_number(value: Any, what: str, error: type[SamLoraError] = ConfigError) -> float:
+    """``value`` as a finite ``float``: a real number, never a boolean, string or NaN/inf.
+
+    Raises
+    ------
+    ConfigError
+        (or ``error``) naming ``what`` and the value.
+    """
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        raise error(f"{what} must be a number, got {_kind(value)}: {short_repr(value)}")
+    number = float(value)
+    if not np.isfinite(number):
+        raise error(f"{what} must be a finite number, got {short_repr(value)}")
+    return number
 
 
 def _numbers(value: Any, what: str) -> np.ndarray:

@@ -98,6 +98,11 @@ class Learner:
         settings: str | Path | LoraSettings = "default",
         assist_margin: float = 0.1,
     ) -> None:
+        from napari_sam_lora.engine.core.validation import finite_number
+        from napari_sam_lora.engine.learning.lora_settings import SettingsError
+
+        # Checked before anything is loaded, claimed or created.
+        margin = finite_number(assist_margin, "assist_margin", SettingsError)
         self.session = session
         self.settings = settings if isinstance(settings, LoraSettings) else load_settings(settings)
         if not matching_modules(self.decoder, self.settings.target_modules):
@@ -107,7 +112,7 @@ class Learner:
                 f"target_modules {self.settings.target_modules[:80]!r} matches no module of "
                 "the mask decoder; fix the LoRA settings"
             )
-        self.assist_margin = float(assist_margin)
+        self.assist_margin = margin
         self.pools: dict[int, AdapterPool] = {}
         self.reports: list[TrainingReport] = []
         self.adapter_frames: dict[int, set[int]] = {}

@@ -10,8 +10,11 @@ cleared with :func:`clear_feature_cache`. Nothing here is pickled.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +22,19 @@ import torch
 
 from napari_sam_lora.engine.tracking.models import cache_dir
 
-__all__ = ["FeatureDisk", "clear_feature_cache", "default_feature_folder", "model_key"]
+__all__ = [
+    "FeatureDisk",
+    "clear_feature_cache",
+    "default_feature_folder",
+    "features_problem",
+    "model_key",
+]
 
 DEFAULT_BUDGET_MB = 4096.0
+#: The dtypes a feature file may hold when the caller names none.
+FLOAT_DTYPES = (torch.float32,)
+
+_log = logging.getLogger(__name__)
 
 
 def default_feature_folder() -> Path:
@@ -58,6 +71,7 @@ class FeatureDisk:
         self.budget_bytes = float(budget_mb) * 2**20
         self.hits = 0
         self.writes = 0
+        self._reported: set[Path] = set()  # damaged files already logged
 
     def key(self, image: torch.Tensor) -> str:
         """The file name stem for one normalised input frame."""
@@ -67,19 +81,54 @@ class FeatureDisk:
         digest.update(data.numpy().tobytes())
         return digest.hexdigest()
 
-    def get(self, key: str, device: torch.device) -> list[torch.Tensor] | None:
-        """The cached features (on ``device``), or ``None`` when absent or unreadable."""
+    def get(
+        self,
+        key: str,
+        device: torch.device,
+        shapes: Sequence[tuple[int, ...]] | None = None,
+        dtypes: Sequence[torch.dtype] = FLOAT_DTYPES,
+    ) -> list[torch.Tensor] | None:
+        """The cached features (on ``device``), or ``None`` on a miss.
+
+        A miss is a file that is absent, unreadable, or not what :meth:`put` writes for
+        ``shapes`` (one shape per level) and ``dtypes``, or holding NaN/inf: a damaged or
+        foreign file is removed and logged once, so the caller recomputes and puts them again.
+        """
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        path = self.folder / f"{key}.safetensors"
+        path = self._path(key)
+        if not path.is_file():
+            return None
         try:
             tensors = load_file(str(path))
-            os.utime(path)  # recently used
-        except (OSError, ValueError, RuntimeError):
+        except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+            self._discard(path, f"it cannot be read ({_first_line(exc)})")
             return None
-        levels = sorted(tensors, key=lambda name: int(name.split("_")[1]))
+        problem = features_problem(tensors, shapes, dtypes)
+        if problem is not None:
+            self._discard(path, problem)
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # recently used
         self.hits += 1
-        return [tensors[name].to(device) for name in levels]
+        return [tensors[f"level_{i}"].to(device) for i in range(len(tensors))]
+
+    def _path(self, key: str) -> Path:
+        return self.folder / f"{key}.safetensors"
+
+    def _discard(self, path: Path, reason: str) -> None:
+        """Remove a damaged or foreign file (best effort) and report it once."""
+        if path not in self._reported:
+            self._reported.add(path)
+            _log.warning(
+                "feature cache file %s is unusable: %s; its features are recomputed and the "
+                "file replaced",
+                path,
+                reason,
+            )
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
 
     def put(self, key: str, features: list[torch.Tensor]) -> None:
         """Store features (best effort: a full or read-only disk only skips caching)."""
@@ -93,7 +142,7 @@ class FeatureDisk:
         )
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            write_files({self.folder / f"{key}.safetensors": blob})
+            write_files({self._path(key): blob})
         except (OSError, WriteError):
             return
         self.writes += 1
@@ -111,6 +160,39 @@ class FeatureDisk:
             path.unlink(missing_ok=True)
             freed += size
         return freed
+
+
+def features_problem(
+    tensors: dict[str, torch.Tensor],
+    shapes: Sequence[tuple[int, ...]] | None,
+    dtypes: Sequence[torch.dtype] = FLOAT_DTYPES,
+) -> str | None:
+    """What makes ``tensors`` (read from a feature file) unusable, or ``None``.
+
+    They must be exactly ``level_0 … level_{n-1}`` (``n = len(shapes)`` when given, else at
+    least one), each of its expected shape and one of ``dtypes``, with finite values only.
+    """
+    count = len(shapes) if shapes is not None else len(tensors)
+    names = [f"level_{i}" for i in range(count)]
+    if not tensors or sorted(tensors) != sorted(names):
+        found = ", ".join(sorted(tensors)[:6]) or "none"
+        return f"it holds tensors {found}, not {', '.join(names) or 'level_0 …'}"
+    for i, name in enumerate(names):
+        tensor = tensors[name]
+        if shapes is not None and tuple(tensor.shape) != tuple(shapes[i]):
+            return f"{name} has shape {tuple(tensor.shape)}, not {tuple(shapes[i])}"
+        if tensor.dtype not in dtypes:
+            allowed = " or ".join(str(d).removeprefix("torch.") for d in dtypes)
+            return f"{name} has dtype {str(tensor.dtype).removeprefix('torch.')}, not {allowed}"
+        if not bool(torch.isfinite(tensor).all()):
+            return f"{name} holds NaN or infinite values"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return line if len(line) <= 120 else line[:119] + "…"
 
 
 def clear_feature_cache(folder: Path | None = None) -> int:

@@ -133,7 +133,7 @@ class StackPredictor(_svp.SAM2VideoPredictor):
         disk = inference_state.get("feature_disk")
         key = disk.key(image) if disk is not None else None
         if key is not None:
-            found = disk.get(key, device)
+            found = disk.get(key, device, feature_shapes(self), feature_dtypes(device))
             if found is not None:
                 inference_state.setdefault("shared_pos_enc", self._position_encoding(found))
                 return found
@@ -298,6 +298,30 @@ def video_masks(predictor: StackPredictor, state: dict, logits: torch.Tensor) ->
     with torch.inference_mode():
         _, masks = predictor._get_orig_video_res_output(state, logits)
     return masks.float().cpu().numpy()
+
+
+def feature_shapes(predictor: StackPredictor) -> list[tuple[int, ...]]:
+    """The shapes of one frame's backbone features as ``forward_image`` gives them (what a
+    disk cache file must hold): the neck's levels, the scalped lowest resolution dropped,
+    the two finest projected by the mask decoder's ``conv_s0``/``conv_s1``."""
+    encoder = predictor.image_encoder
+    levels = len(encoder.neck.backbone_channel_list) - encoder.scalp
+    side = predictor.image_size // predictor.backbone_stride  # of the coarsest level
+    channels = [encoder.neck.d_model] * levels
+    if predictor.use_high_res_features_in_sam:
+        channels[0] = predictor.sam_mask_decoder.conv_s0.out_channels
+        channels[1] = predictor.sam_mask_decoder.conv_s1.out_channels
+    sides = [side << (levels - 1 - i) for i in range(levels)]
+    return [(1, c, n, n) for c, n in zip(channels, sides, strict=True)]
+
+
+def feature_dtypes(device: torch.device) -> tuple[torch.dtype, ...]:
+    """The dtypes the image encoder's features may have on ``device`` now: float32, and the
+    autocast dtype while autocast is on (features written under autocast mix both)."""
+    dtypes: tuple[torch.dtype, ...] = (torch.float32,)
+    if torch.is_autocast_enabled(device.type):
+        dtypes += (torch.get_autocast_dtype(device.type),)
+    return dtypes
 
 
 def encode(predictor: StackPredictor, state: dict, frame: int) -> None:

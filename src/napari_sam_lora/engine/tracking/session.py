@@ -102,6 +102,15 @@ class Session:
         decoder_cache_mb: float = 1024.0,
         disk_cache: bool | str | os.PathLike[str] = False,
     ) -> None:
+        if not isinstance(model, str | os.PathLike | LoadedModel):
+            from napari_sam_lora.engine.core.errors import ModelError
+            from napari_sam_lora.engine.core.validation import short_repr
+
+            raise ModelError(
+                f"model must be a SAM2 variant name (e.g. {DEFAULT_MODEL!r}), "
+                "'untrained:<variant>', the path to a .pt checkpoint, or a model from "
+                f"load_model(); got a {type(model).__name__}: {short_repr(model)}"
+            )
         # The stack is checked before a model is loaded: bad input fails fast.
         frames = NormalisedFrames(stack, image_size or 1024)
         self.model = (
@@ -259,7 +268,10 @@ class Session:
         Stops after the first frame when the cache cannot hold every frame asked for
         (they are then encoded when tracked).
         """
-        wanted = range(self.num_frames) if frames is None else sorted(set(map(int, frames)))
+        from napari_sam_lora.engine.core.validation import check_frames
+
+        # Every frame is checked before the first is encoded.
+        wanted = range(self.num_frames) if frames is None else check_frames(frames, self.num_frames)
         total, store = len(wanted), self.feature_cache
         with self.exclusive():
             for done, frame in enumerate(wanted, start=1):
