@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_sam_lora.engine.core.atomic import write_files
 from napari_sam_lora.engine.learning import training
 from napari_sam_lora.engine.learning.adapters import adapter_state, decoder_device
 from napari_sam_lora.engine.learning.lora_settings import LoraSettings
@@ -139,10 +140,16 @@ def evaluate_set(
 
 
 def save_checkpoint(path: Path, **state: Any) -> None:
-    """Write ``state`` atomically with ``torch.save`` (tensors, numbers, strings, lists)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"version": CHECKPOINT_VERSION, **state}, tmp)
-    tmp.replace(path)
+    """Write ``state`` atomically with ``torch.save`` (tensors, numbers, strings, lists).
+
+    Raises
+    ------
+    WriteError
+        Naming ``path`` (disk full, read-only folder); the previous checkpoint stays and no
+        temporary file is left.
+    """
+    payload = {"version": CHECKPOINT_VERSION, **state}
+    write_files({path: lambda temp: torch.save(payload, temp)})
 
 
 def load_checkpoint(path: Path) -> dict[str, Any] | None:

@@ -17,11 +17,21 @@ removed once the whole set is in place; a process killed between those two renam
 the old folder under a temporary name (removed by :func:`remove_temps`) — or, with
 ``keep_previous=True``, as :func:`previous_path` — and no target.
 
-With ``keep_previous=True`` each existing target is first hard-linked to
-:func:`previous_path` and those links are removed once the whole new set is in place: a
-process killed *between* two renames leaves, for every file, either the new version or the
-old one beside it, so a reader that checks the set's consistency (the adapter loader checks
-the JSON's safetensors digest) can always fall back to the complete old set.
+With ``keep_previous=True`` — and always for a set of more than one file — each existing
+target file is first hard-linked to :func:`previous_path` and those links are removed once
+the whole new set is in place: a process killed *between* two renames leaves, for every
+file, either the new version or the old one beside it, so a reader that checks the set's
+consistency (the adapter loader checks the JSON's safetensors digest, the session reader
+the set id both files carry) can always fall back to the complete old set. When *every*
+existing target already has a previous version (a save killed between its renames), those
+are the last complete set and are kept as they are until this set is complete; a partial
+set of previous versions (a kill while linking or while removing them) is replaced, since
+the targets themselves are then complete. A save interrupted in-process (Ctrl-C) stops
+where a kill would but removes its temporary files, and every completed save removes the
+temporary files a killed save of the same targets left behind.
+
+A writer that fails with a ``RuntimeError`` (``torch.save`` reports a full disk that way)
+raises a :class:`~.errors.WriteError` that names the file — it is also a ``RuntimeError``.
 
 >>> write_files({out / "report.json": text, out / "report.png": lambda p: fig.savefig(p)})
 >>> with FileSet() as files:          # the same, for writers that need a path
@@ -32,6 +42,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Callable, Iterator, Mapping
@@ -44,6 +55,7 @@ from napari_sam_lora.engine.core.errors import WriteError
 __all__ = [
     "Content",
     "FileSet",
+    "WriterError",
     "atomic_files",
     "previous_path",
     "remove_temps",
@@ -56,6 +68,9 @@ __all__ = [
 Content = Union[bytes, str, Callable[[Path], object]]  # noqa: UP007 (runtime alias)
 
 _TEMP_MARK = ".tmp-"
+_TOKEN = 4  # bytes of a temporary name's random part
+#: Less free space than this when a writer fails: the disk is full.
+_FULL_BYTES = 1 << 20
 
 
 def previous_path(path: str | os.PathLike[str]) -> Path:
@@ -82,6 +97,32 @@ def remove_temps(folder: str | os.PathLike[str]) -> list[Path]:
     for path in found:
         _remove(path)
     return found
+
+
+class WriterError(WriteError, RuntimeError):
+    """A file's writer failed with a ``RuntimeError`` (``torch.save`` on a full disk)."""
+
+
+def writer_error(path: Path, exc: RuntimeError) -> WriterError:
+    """A :class:`WriterError` naming ``path``; says when its disk is full or read-only."""
+    folder = path.parent
+    try:
+        stats = os.statvfs(folder)
+        full = stats.f_bavail * stats.f_frsize < _FULL_BYTES
+    except (OSError, AttributeError):  # no statvfs on Windows
+        full = False
+    if full:
+        advice = (
+            f"the disk holding {folder} is full: free some space (or choose another output "
+            "folder) and run again"
+        )
+    elif not os.access(folder, os.W_OK):
+        advice = f"{folder} is not writable: choose another output folder or fix its permissions"
+    else:
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        advice = f"{text[:300]} (is the disk full or the folder not writable?)"
+    kept = " (the previous version is unchanged)" if path.exists() else ""
+    return WriterError(f"could not write {path}: {advice}{kept}")
 
 
 def write_error(path: Path, exc: OSError) -> WriteError:
@@ -140,7 +181,8 @@ class FileSet:
         except OSError as exc:
             self.discard()
             raise write_error(target, exc) from exc
-        temp = target.with_name(f".{target.stem}{_TEMP_MARK}{secrets.token_hex(4)}{target.suffix}")
+        token = secrets.token_hex(_TOKEN)
+        temp = target.with_name(f".{target.stem}{_TEMP_MARK}{token}{target.suffix}")
         self._staged[target] = temp
         return temp
 
@@ -170,6 +212,11 @@ class FileSet:
             if isinstance(exc, WriteError):
                 raise
             raise write_error(Path(target), exc) from exc
+        except RuntimeError as exc:
+            self.discard()
+            if isinstance(exc, (NotImplementedError, RecursionError)):
+                raise
+            raise writer_error(Path(target), exc) from exc
         except BaseException:
             self.discard()
             raise
@@ -177,7 +224,10 @@ class FileSet:
     def commit(self) -> list[Path]:
         """Rename every staged file (or folder) over its target; return the targets."""
         targets = list(self._staged)
+        # every multi-file set keeps its previous version until the new one is complete
+        keep = self.keep_previous or len(targets) > 1
         kept: dict[Path, Path] = {}  # target -> its old version, until the set is in place
+        held: list[Path] = []  # an interrupted save's previous versions: the last complete set
         replaced: list[Path] = []
         try:
             for target, temp in self._staged.items():
@@ -190,10 +240,14 @@ class FileSet:
                         "output; remove it or choose another path (nothing was replaced)"
                     )
                 _fsync_tree(temp)
+            if keep:
+                previous = [previous_path(t) for t in targets if t.is_file()]
+                if previous and all(p.is_file() for p in previous):
+                    held = previous
             for target in targets:
                 if _is_folder(target):  # a rename cannot replace a non-empty folder
                     kept[target] = self._move_aside(target)
-                elif self.keep_previous and target.is_file():
+                elif keep and target.is_file() and not held:
                     kept[target] = _link_previous(target)
             for target, temp in self._staged.items():
                 os.replace(temp, target)
@@ -214,10 +268,24 @@ class FileSet:
             if isinstance(exc, WriteError):
                 raise
             raise write_error(failed, exc) from exc
+        except BaseException:
+            # interrupted (Ctrl-C): stop where a kill would — the previous versions stay
+            # beside the targets — but leave no temporary file (a folder is left for
+            # remove_temps / previous_path, as a kill leaves it)
+            for target, temp in self._staged.items():
+                if target not in replaced and not temp.is_dir():
+                    with suppress(OSError):
+                        temp.unlink(missing_ok=True)
+            self._staged.clear()
+            raise
         for folder in {t.parent for t in targets}:
             _fsync_dir(folder)
-        for old in kept.values():
+        for old in [*kept.values(), *held]:
             _remove(old)
+        for target in targets:  # left by a killed save of the same targets
+            for stale in _stale_temps(target):
+                with suppress(OSError):
+                    _remove(stale)
         self._staged.clear()
         return targets
 
@@ -227,7 +295,7 @@ class FileSet:
             aside = previous_path(target)
             _remove(aside)
         else:
-            aside = target.with_name(f".{target.name}{_TEMP_MARK}old-{secrets.token_hex(4)}")
+            aside = target.with_name(f".{target.name}{_TEMP_MARK}old-{secrets.token_hex(_TOKEN)}")
         os.replace(target, aside)
         return aside
 
@@ -285,6 +353,16 @@ def _link_previous(target: Path) -> Path:
     except OSError:  # no hard links on this file system
         shutil.copy2(target, backup)
     return backup
+
+
+def _stale_temps(target: Path) -> list[Path]:
+    """Temporary files and folders of earlier writes of ``target`` (see :func:`temp_paths`)."""
+    token = f"[0-9a-f]{{{2 * _TOKEN}}}"
+    pattern = re.compile(
+        rf"\.{re.escape(target.stem)}{re.escape(_TEMP_MARK)}{token}{re.escape(target.suffix)}"
+        rf"|\.{re.escape(target.name)}{re.escape(_TEMP_MARK)}old-{token}"
+    )
+    return [p for p in temp_paths(target.parent) if pattern.fullmatch(p.name)]
 
 
 def _fsync_file(path: Path) -> None:

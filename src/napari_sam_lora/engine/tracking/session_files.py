@@ -5,6 +5,11 @@ the prompts and the source of every (frame, object); ``<path>.session.npz`` hold
 images, the prompts' arrays and the confirmed masks (bit-packed). Both are written as one
 atomic set; nothing is pickled (``allow_pickle=False`` on reading). Adapters are saved
 beside them by :meth:`Learner.save`.
+
+Both files carry the same random set id (``set_id`` in the JSON, ``session_set_id`` in the
+NPZ). The set is written with ``keep_previous``, so a save killed between its two renames
+leaves the previous pair as :func:`~..core.atomic.previous_path` of each file; reading picks
+the newest pair whose ids agree — the current pair, or the previous complete one.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
+import secrets
 import zipfile
 import zlib
 from pathlib import Path
@@ -29,8 +36,12 @@ from napari_sam_lora.engine.core.validation import check_label_image, unpack_mas
 if TYPE_CHECKING:
     from napari_sam_lora.engine.tracking.session import Session
 
+logger = logging.getLogger(__name__)
+
 FORMAT = "napari-sam-lora-session"
 VERSION = 1
+#: The NPZ array holding the set id that the JSON's ``set_id`` names.
+SET_KEY = "session_set_id"
 
 __all__ = [
     "SessionFileError",
@@ -80,7 +91,10 @@ def check_state(path: str | os.PathLike[str], stack: Any, pixels: bool = True) -
     SessionFileError
         Missing or unreadable files, another format, or another stack (geometry or pixels).
     """
-    json_path, npz_path = state_paths(path)
+    return _check(*_complete_pair(path), stack, pixels)
+
+
+def _check(json_path: Path, npz_path: Path, stack: Any, pixels: bool = True) -> dict[str, Any]:
     try:
         doc = json.loads(json_path.read_text("utf-8"))
     except FileNotFoundError as exc:
@@ -112,7 +126,8 @@ def write_state(session: Session, path: str | os.PathLike[str]) -> list[Path]:
     from napari_sam_lora.engine.core.atomic import write_files
 
     json_path, npz_path = state_paths(path)
-    arrays: dict[str, np.ndarray] = {"labels": session.labels}
+    set_id = secrets.token_hex(16)  # both files name the set they belong to
+    arrays: dict[str, np.ndarray] = {"labels": session.labels, SET_KEY: np.array(set_id)}
     prompts = []
     for i, prompt in enumerate(session.prompts):
         entry: dict[str, Any] = {"frame": int(prompt.frame), "obj_id": int(prompt.obj_id)}
@@ -140,10 +155,13 @@ def write_state(session: Session, path: str | os.PathLike[str]) -> list[Path]:
         "stack_sha256": stack_fingerprint(session.frames.stack),
         "prompts": prompts,
         "annotations": annotations,
+        "set_id": set_id,
     }
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
-    write_files({json_path: json.dumps(doc, indent=1), npz_path: buffer.getvalue()})
+    write_files(
+        {json_path: json.dumps(doc, indent=1), npz_path: buffer.getvalue()}, keep_previous=True
+    )
     return [json_path, npz_path]
 
 
@@ -157,8 +175,8 @@ def read_state(session: Session, path: str | os.PathLike[str]) -> None:
     SessionFileError
         Missing or damaged files, another format, or another stack.
     """
-    doc = check_state(path, session.frames.stack)
-    json_path, npz_path = state_paths(path)
+    json_path, npz_path = _complete_pair(path)
+    doc = _check(json_path, npz_path, session.frames.stack)
     try:
         with np.load(npz_path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
@@ -181,6 +199,63 @@ def read_state(session: Session, path: str | os.PathLike[str]) -> None:
     except (KeyError, TypeError, ValueError, SamLoraError) as exc:
         raise SessionFileError(f"{json_path.name} has invalid records: {exc}") from exc
     session.restore(prompts, state, labels.astype(np.int32))
+
+
+def _complete_pair(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """The newest (JSON, NPZ) pair at ``path`` whose set ids agree.
+
+    The current pair, or — after a save killed between its two renames — the previous
+    pair the save kept (or a mix of the two). A file without a set id (saved by an older
+    version) gives the current pair; when no pair agrees, the current pair too (reading
+    it then says what is wrong).
+    """
+    from napari_sam_lora.engine.core.atomic import previous_path
+
+    json_path, npz_path = state_paths(path)
+    json_ids = {p: _json_set_id(p) for p in (json_path, previous_path(json_path))}
+    if json_ids[json_path] == "":
+        return json_path, npz_path
+    npz_ids: dict[Path, str | None] = {}
+    for json_file in json_ids:
+        for npz_file in (npz_path, previous_path(npz_path)):
+            if json_ids[json_file] is None:
+                break
+            if npz_file not in npz_ids:
+                npz_ids[npz_file] = _npz_set_id(npz_file)
+            if npz_ids[npz_file] == json_ids[json_file]:
+                if (json_file, npz_file) != (json_path, npz_path):
+                    logger.warning(
+                        "%s: an interrupted save left the previous session; reading it",
+                        json_path,
+                    )
+                return json_file, npz_file
+    return json_path, npz_path
+
+
+def _json_set_id(path: Path) -> str | None:
+    """The set id a session JSON names; ``""`` when it names none; ``None`` if unreadable."""
+    try:
+        doc = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        return None
+    set_id = doc.get("set_id", "")
+    return set_id if isinstance(set_id, str) else None
+
+
+def _npz_set_id(path: Path) -> str | None:
+    """The set id a session NPZ holds; ``None`` when it holds none or cannot be read."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if SET_KEY not in npz.files:
+                return None
+            value = npz[SET_KEY]
+    except (OSError, ValueError, zipfile.BadZipFile, zlib.error, EOFError):
+        return None
+    return str(value.item()) if value.ndim == 0 and value.dtype.kind == "U" else None
 
 
 def _prompt(entry: dict, i: int, arrays: dict[str, np.ndarray], shape: tuple[int, int]) -> Prompt:
