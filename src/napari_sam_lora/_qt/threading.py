@@ -4,10 +4,19 @@ Jobs are generator functions: each ``yield`` reports progress to the main thread
 ``on_yield``) and is the point where a cancel takes effect. Errors become napari
 notifications: a :class:`SamLoraError` shows its message (it already says what to fix),
 anything else shows its type and message and logs the traceback. Nothing is printed.
+
+Workers never emit to what is gone: a running job (and so its worker and the worker's
+signals) is kept alive until it has ended; the callbacks connected to its signals do nothing
+once their job ended, and an error in one (e.g. a deleted widget) is logged, not raised into
+Qt. A worker whose signals' Qt object is deleted (the process is exiting) emits nothing
+instead of raising in its thread (which aborts the process); at exit every running job is
+cancelled and the workers get a few seconds to end (:func:`wait_for_jobs`).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Generator
@@ -15,17 +24,107 @@ from typing import Any
 
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error
+from qtpy.QtCore import QThreadPool
 from superqt.utils import GeneratorWorker
 
 from napari_sam_lora.engine.core.errors import SamLoraError
 
-__all__ = ["Job", "describe_error", "notify_error", "start_job"]
+__all__ = ["Job", "describe_error", "notify_error", "running_jobs", "start_job", "wait_for_jobs"]
 
 logger = logging.getLogger(__name__)
 
 FINISHED = "finished"
 CANCELLED = "cancelled"
 FAILED = "failed"
+
+#: Seconds the workers get to end when the process exits.
+EXIT_WAIT_S = 10.0
+
+#: Jobs that have not ended: they keep their worker (and its signals) alive until then.
+_RUNNING: set[Job] = set()
+
+
+class _SilentSignal:
+    """What a worker emits to once its signals' Qt object is deleted: nothing."""
+
+    def emit(self, *_: Any) -> None:
+        pass
+
+    def connect(self, *_: Any) -> None:
+        pass
+
+    def disconnect(self, *_: Any) -> None:
+        pass
+
+
+_SILENT = _SilentSignal()
+
+
+class _Worker(GeneratorWorker):
+    """superqt's GeneratorWorker whose signals fall silent once their Qt object is deleted.
+
+    superqt emits through ``worker.<signal>``; when the process exits while the worker runs,
+    Qt deletes the signals object and that emit raises ``RuntimeError: wrapped C/C++ object
+    ... has been deleted`` in the worker thread, which aborts the process.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except RuntimeError:  # the signals' C++ object is gone: nobody is listening
+            return _SILENT
+
+
+def running_jobs() -> list[Job]:
+    """The jobs started by :func:`start_job` that have not ended (main-thread view)."""
+    return [job for job in list(_RUNNING) if job.is_running]
+
+
+def wait_for_jobs(timeout_s: float = EXIT_WAIT_S) -> bool:
+    """Cancel every running job and wait up to ``timeout_s`` for the worker threads to end.
+
+    Blocks the calling thread (no events are processed: the jobs' results are dropped).
+    Run at exit, so no worker is still running, and emitting, while Qt and Python tear
+    down. Returns whether every worker ended in time.
+    """
+    jobs = list(_RUNNING)
+    for job in jobs:
+        job.cancel()
+    if not jobs:
+        return True
+    try:
+        return bool(QThreadPool.globalInstance().waitForDone(int(timeout_s * 1000)))
+    except RuntimeError:  # the pool is gone already
+        return True
+
+
+def _at_exit() -> None:
+    if _RUNNING and not wait_for_jobs():
+        logger.warning("napari-sam-lora: a worker was still running at exit")
+
+
+# atexit runs the last registered first: this one (Qt was imported before) runs before
+# Qt's and Python's teardown
+atexit.register(_at_exit)
+
+
+def _guard(job: Job, callback: Callable[..., Any], what: str) -> Callable[..., Any]:
+    """``callback`` for a Qt signal of ``job``'s worker: an exception is never raised into
+    Qt (PyQt6 may abort on it), e.g. a dock widget deleted under a late callback; the
+    job's first such error is shown (:func:`notify_error`), every one logged."""
+
+    def guarded(*args: Any) -> None:
+        try:
+            callback(*args)
+        except Exception as exc:
+            if job._callback_failed:
+                logger.error("napari-sam-lora: error in a job's %s callback: %r", what, exc)
+                return
+            job._callback_failed = True
+            with contextlib.suppress(Exception):  # no notification manager any more
+                notify_error(exc)
+
+    return guarded
 
 
 def describe_error(exc: BaseException) -> str:
@@ -80,6 +179,7 @@ class Job:
         self._cancel = threading.Event()
         self._inner: Generator | None = None
         self._when_done: list[Callable[[str], Any]] = []
+        self._callback_failed = False
         self.worker: Any = None
 
     def when_done(self, callback: Callable[[str], Any]) -> None:
@@ -178,7 +278,7 @@ def start_job(
     worker = thread_worker(
         _guarded,
         progress=progress,
-        worker_class=GeneratorWorker,
+        worker_class=_Worker,
         ignore_errors=True,
         start_thread=False,
     )(*args)
@@ -189,6 +289,8 @@ def start_job(
             on_yield(value)
 
     def _errored(exc: BaseException) -> None:
+        if job.state is not None:
+            return
         exc = exc.original if isinstance(exc, _Relayed) else exc
         job.error = exc
         notify_error(exc)
@@ -206,19 +308,21 @@ def start_job(
             job.state = CANCELLED
         else:
             job.state = FINISHED
+        _RUNNING.discard(job)  # the worker emits nothing more that anyone needs
         if on_done is not None:
-            on_done(job.state)
+            _guard(job, on_done, "done")(job.state)
         callbacks, job._when_done = job._when_done, []
         for callback in callbacks:
-            callback(job.state)
+            _guard(job, callback, "when-done")(job.state)
 
     def _warned(args: tuple) -> None:
         message, category = args[0], args[1]
         logger.warning("%s: %s", getattr(category, "__name__", category), message)
 
-    worker.yielded.connect(_yielded)
-    worker.warned.connect(_warned)
-    worker.errored.connect(_errored)
-    worker.finished.connect(_finished)
+    worker.yielded.connect(_guard(job, _yielded, "yield"))
+    worker.warned.connect(_guard(job, _warned, "warning"))
+    worker.errored.connect(_guard(job, _errored, "error"))
+    worker.finished.connect(_guard(job, _finished, "done"))
+    _RUNNING.add(job)
     worker.start()
     return job

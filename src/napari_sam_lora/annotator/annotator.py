@@ -203,9 +203,14 @@ class Annotator:
         Raises
         ------
         StackError, PromptError
-            With a message naming the layer and what to fix.
+            With a message naming the layer and what to fix; e.g. an object id that the
+            image's existing masks layer cannot hold (id 300 in a uint8 layer).
         """
         chosen = self.selection
+        source = self.try_source()
+        masks = None
+        if source is not None:
+            masks = find_output_layer(self.viewer, chosen.image, source)
         return build_request(
             chosen.image,
             stack_axis=chosen.stack_axis,
@@ -220,6 +225,7 @@ class Annotator:
             direction=chosen.direction,
             frame_range=self.frame_range(),
             assist=chosen.assist,
+            masks_layer=masks,
         )
 
     def frame_range(self) -> tuple[int, int] | None:

@@ -12,6 +12,7 @@ from napari_sam_lora.annotator.imports import prepare_engine, prepare_learning, 
 from napari_sam_lora.engine.annotation.prompts import Prompt
 from napari_sam_lora.engine.core.errors import PromptError, StackError
 from napari_sam_lora.engine.core.jobs import relay
+from napari_sam_lora.engine.core.validation import check_ids_fit
 from napari_sam_lora.layers import (
     StackSource,
     box_prompts,
@@ -103,8 +104,13 @@ def build_request(
     direction: str,
     frame_range: tuple[int, int] | None,
     assist: bool = True,
+    masks_layer: Any = None,
 ) -> PropagateRequest:
     """Read the stack and the prompts from the selected layers (main thread).
+
+    ``masks_layer`` is the image's existing masks layer, if any: every prompt's object id
+    must fit its dtype (id 300 does not fit a user's uint8 "<image> masks" layer), checked
+    here, before any job starts.
 
     Raises
     ------
@@ -128,6 +134,12 @@ def build_request(
             f"{head}: click points, draw a box or paint a mask on a frame of "
             f"'{image_layer.name}' first ('Add prompt layers' makes the layers)"
         )
+    if masks_layer is not None:
+        dtype = getattr(masks_layer.data, "dtype", None)
+        if dtype is not None:
+            check_ids_fit(
+                max(int(p.obj_id) for p in prompts), dtype, where=f"of layer '{masks_layer.name}'"
+            )
     if frame_range is not None and frame_range == (0, source.num_frames - 1):
         frame_range = None
     return PropagateRequest(

@@ -19,6 +19,7 @@ the user did:
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 from napari.layers import Labels
 
+from napari_sam_lora.engine.core.errors import PromptError
 from napari_sam_lora.layers.output import plane_index, write_frame
 from napari_sam_lora.layers.stack import StackSource
 
@@ -33,6 +35,8 @@ __all__ = ["MasksView", "Stroke", "forget_layer_history"]
 
 #: ``(frame, rows, cols, values)`` of one stroke on one frame.
 Stroke = tuple[int, np.ndarray, np.ndarray, np.ndarray]
+
+logger = logging.getLogger(__name__)
 
 
 class MasksView:
@@ -115,7 +119,12 @@ class MasksView:
     def show(self, frame: int, labels: np.ndarray | None = None) -> bool:
         """Write ``labels`` (default: the model's) as ``frame`` of the layer; says whether
         a pixel changed. Not an edit: only the changed pixels are written (napari refreshes
-        just those), no paint event reaches the model, napari's own history stays empty."""
+        just those), no paint event reaches the model, napari's own history stays empty.
+
+        Never raises for labels the layer cannot hold (id 300 in a user's uint8 masks
+        layer; it runs inside Qt callbacks): the frame is not written, and the first such
+        refusal of this view is reported (log and napari notification), not every frame's.
+        """
         if self._closed:
             return False
         frame = int(frame)
@@ -128,6 +137,16 @@ class MasksView:
         self._writing = True
         try:
             write_frame(self.layer, self.source, frame, new)
+        except PromptError as exc:  # ids the layer's dtype cannot hold: nothing was written
+            self._shown.pop(frame, None)  # shown once the layer can hold them
+            if not getattr(self, "_refusal_reported", False):
+                self._refusal_reported = True
+                logger.warning("masks layer '%s' not updated: %s", self.layer.name, exc)
+                with contextlib.suppress(Exception):  # no notification manager: logged
+                    from napari.utils.notifications import show_error
+
+                    show_error(f"masks layer '{self.layer.name}' not updated: {exc}")
+            return False
         finally:
             self._writing = False
             forget_layer_history(self.layer)

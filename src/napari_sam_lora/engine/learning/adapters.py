@@ -8,6 +8,10 @@ Adapters are injected *in place* into ``sam_mask_decoder`` with
 active adapter. Each adapter has a name per object and slot (``obj1_a0``); one is active
 at a time, or none (the base model). Injecting, proposing and training never change which
 adapter is active for the caller: they switch temporarily and switch back.
+
+peft's warnings about what these operations do on purpose ("Adapter obj2_a0 was active which
+is now deleted...") never reach the user's console: every peft call here runs inside
+:func:`library_warnings_to_log`, which turns them into ``logging`` records of this module.
 """
 
 from __future__ import annotations
@@ -51,6 +55,26 @@ class AdapterError(SamLoraError, ValueError):
 
 class AdapterFileError(SamLoraError):
     """An adapter file is missing, damaged, or was trained on another base model."""
+
+
+@contextmanager
+def library_warnings_to_log(action: str) -> Iterator[None]:
+    """Route the warnings raised inside the block (peft's, torch's) to this module's logger
+    (level INFO, naming ``action``) instead of the console; the block's outcome is kept.
+
+    Parameters
+    ----------
+    action : str
+        What the block does, e.g. ``"delete adapter obj2_a0"``.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for warning in caught:
+                category = getattr(warning.category, "__name__", "Warning")
+                logger.info("%s: %s: %s", action, category, warning.message)
 
 
 # --------------------------------------------------------------------------- injection
@@ -163,8 +187,7 @@ def inject_config(decoder: nn.Module, config: LoraConfig, name: str) -> None:
     previous = active_adapter(decoder)
     trainable = {p for other in adapter_names(decoder) for p in adapter_parameters(decoder, other)}
     trainable = {p for p in trainable if p.requires_grad}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*peft_config.*")
+    with library_warnings_to_log(f"inject adapter {name}"):
         inject_adapter_in_model(config, decoder, adapter_name=name)
     activate(decoder, previous)
     for p in decoder.parameters():
@@ -175,7 +198,8 @@ def delete_adapter(decoder: nn.Module, name: str) -> None:
     """Remove adapter ``name`` from ``decoder`` (the active adapter is kept when another)."""
     require_adapter(decoder, name)
     previous = active_adapter(decoder)
-    _peft_delete_adapter(decoder, name, prefix="lora_")
+    with library_warnings_to_log(f"delete adapter {name}"):
+        _peft_delete_adapter(decoder, name, prefix="lora_")
     decoder.peft_config.pop(name, None)
     activate(decoder, None if previous == name else previous)
 
@@ -204,17 +228,18 @@ def activate(decoder: nn.Module, name: str | None) -> None:
     """
     if name is not None:
         require_adapter(decoder, name)
-    for layer in lora_layers(decoder):
-        if _layer_state(layer) == name:
-            continue
-        flags = [(p, p.requires_grad) for p in layer.parameters()]
-        if name is None:
-            layer.enable_adapters(False)
-        else:
-            layer.enable_adapters(True)
-            layer.set_adapter(name, inference_mode=True)
-        for p, flag in flags:  # peft's switching touches requires_grad; keep the caller's
-            p.requires_grad_(flag)
+    with library_warnings_to_log(f"activate adapter {name}"):
+        for layer in lora_layers(decoder):
+            if _layer_state(layer) == name:
+                continue
+            flags = [(p, p.requires_grad) for p in layer.parameters()]
+            if name is None:
+                layer.enable_adapters(False)
+            else:
+                layer.enable_adapters(True)
+                layer.set_adapter(name, inference_mode=True)
+            for p, flag in flags:  # peft's switching touches requires_grad; keep the caller's
+                p.requires_grad_(flag)
 
 
 def _layer_state(layer: BaseTunerLayer) -> str | None:
