@@ -44,6 +44,7 @@ from napari_sam_lora.engine.learning.adapters import (
     adapter_names,
     decoder_device,
     inject_config,
+    library_warnings_to_log,
     matching_modules,
     require_adapter,
 )
@@ -412,7 +413,8 @@ def _inject_loaded(
                 raise AdapterFileError(f"Unexpected tensors for {new}: {result.unexpected_keys}")
     except Exception as exc:
         for name in done:
-            _peft_delete_adapter(decoder, name, prefix="lora_")
+            with library_warnings_to_log(f"undo a failed load of {name}"):
+                _peft_delete_adapter(decoder, name, prefix="lora_")
             decoder.peft_config.pop(name, None)
         activate(decoder, previous)
         if isinstance(exc, AdapterFileError):
