@@ -4,9 +4,12 @@
 generator for workers: one :class:`BatchStep` per finished stack, cancellable at every
 yield) are the same job:
 
-1. **Check** (nothing has run yet): options, inputs (paths and globs), the model name,
-   adapter files against the model variant, the prompts (every stack's seed file found,
-   or the points table with every bad row listed). Any problem raises one error.
+1. **Check** (nothing has run yet, no cluster is started): options, the output folder
+   (creatable and writable), inputs (paths and globs; the output folder and what it holds
+   are never inputs), the model name, adapter files (against the model variant, then in
+   full — every tensor's shape — against the model's decoder loaded here), the prompts
+   (every stack's seed file found, or the points table with every bad row listed). Any
+   problem raises one error.
 2. **Plan**: a fingerprint per stack (input file names/sizes/mtimes, its prompts, the job
    settings). With ``resume=True`` (the default) stacks the manifest lists as done with the
    same fingerprint and an existing output are skipped; temporary outputs of an interrupted
@@ -27,10 +30,13 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import sys
+import tempfile
+import threading
 import uuid
 from collections.abc import Generator, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -118,19 +124,61 @@ class _Plan:
 # --------------------------------------------------------------------------- checks
 
 
-def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+def _is_output(path: Path, output_dir: Path, searched: Path | None = None) -> bool:
+    """Whether ``path`` is the output folder or something in it (so never an input).
+
+    When the input pattern itself searches the output folder (``searched``, the pattern's
+    folder, is the output folder or inside it: ``'data/*.tif' -o data``), only what the job
+    writes there — labels outputs, ``summary.csv``, ``manifest.json``, temporary entries —
+    is left out, not the stacks the user keeps beside them.
+    """
+    if path == output_dir:
+        return True
+    if output_dir not in path.parents:
+        return False
+    if searched is None or not (searched == output_dir or output_dir in searched.parents):
+        return True
+    relative = path.relative_to(output_dir)
+    name = relative.parts[0]
+    written = (outputs.SUMMARY_NAME, outputs.MANIFEST_NAME)
+    return (
+        name.startswith(".")
+        or name in written
+        or any(name.endswith(f"_labels{s}") for s in outputs.FORMATS.values())
+    )
+
+
+def _pattern_folder(pattern: str) -> Path:
+    """The folder a glob pattern searches in: its parts before the first wildcard."""
+    parts = Path(os.path.expanduser(pattern)).parts
+    plain = []
+    for part in parts[:-1]:
+        if glob.has_magic(part):
+            break
+        plain.append(part)
+    return Path(*plain).resolve() if plain else Path.cwd().resolve()
+
+
+def expand_inputs(
+    inputs: Sequence[str | os.PathLike[str]], exclude: str | os.PathLike[str] | None = None
+) -> list[Path]:
     """Paths and glob patterns → stack paths, in order, without duplicates.
 
     A folder is one stack (zarr / OME-Zarr or a folder of frames); to segment every stack
-    in a folder, give a pattern (``"data/*.tif"``).
+    in a folder, give a pattern (``"data/*.tif"``). ``exclude`` is the job's output folder:
+    it and what it holds are never inputs (a pattern that matches them on a rerun skips
+    them); where a pattern searches the output folder itself, only the job's own outputs
+    are skipped.
 
     Raises
     ------
     ConfigError
-        Listing every path that does not exist and every pattern that matched nothing.
+        Listing every path that does not exist and every pattern that matched nothing, or
+        an input given by name that is (inside) the output folder.
     """
     if isinstance(inputs, str | os.PathLike):
         inputs = [inputs]
+    out = Path(exclude).expanduser().resolve() if exclude is not None else None
     found: list[Path] = []
     missing: list[str] = []
     for item in inputs:
@@ -138,11 +186,18 @@ def expand_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
         if glob.has_magic(text):
             matches = sorted(glob.glob(os.path.expanduser(text)))
             matches = [m for m in matches if not Path(m).name.startswith(".")]
+            if out is not None:
+                searched = _pattern_folder(text)
+                matches = [m for m in matches if not _is_output(Path(m).resolve(), out, searched)]
             if not matches:
                 missing.append(f"{text} (matched nothing)")
             found.extend(Path(m) for m in matches)
         elif Path(text).expanduser().exists():
-            found.append(Path(text).expanduser())
+            path = Path(text).expanduser()
+            if out is not None and _is_output(path.resolve(), out, path.resolve().parent):
+                missing.append(f"{text} (the output folder or an output in it, not a stack)")
+                continue
+            found.append(path)
         else:
             missing.append(f"{text} (no such file or folder)")
     if missing:
@@ -196,6 +251,35 @@ def _check_options(
     return check_image_size(image_size)
 
 
+def _check_output(out: Path) -> None:
+    """The output folder exists or can be created, and files can be written in it.
+
+    Nothing is created: the probe is a temporary file in the folder (or in its nearest
+    existing parent), removed at once.
+
+    Raises
+    ------
+    ConfigError
+        Naming the folder and what is wrong with it.
+    """
+    hint = "choose another output folder (-o) or fix its permissions"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output folder {out} is a file, not a folder; {hint}")
+    existing = next(p for p in [out, *out.parents] if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(
+            f"output folder {out} cannot be created: {existing} is a file, not a folder; {hint}"
+        )
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".napari-sam-lora-probe-", dir=existing)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        what = "is not writable" if existing == out else f"cannot be created in {existing}"
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"output folder {out} {what} ({reason}); {hint}") from exc
+
+
 def _check_adapters(adapters: Sequence[str | os.PathLike[str]], model: str) -> list[str]:
     """Adapter files exist and were trained on this model variant (the decoder checksum is
     checked on the workers, against the loaded model, before any stack runs)."""
@@ -230,6 +314,48 @@ def _check_adapters(adapters: Sequence[str | os.PathLike[str]], model: str) -> l
             "adapter file(s) refused; nothing was run:\n  " + "\n  ".join(problems)
         )
     return paths
+
+
+def _check_adapter_files(paths: Sequence[str], model: str, image_size: int | None) -> None:
+    """Validate every adapter file in full against the model's decoder, here on the driver.
+
+    The engine's own check (``engine.adapter_files.check_adapters``: decoder checksum,
+    modules, every tensor's shape, dtype and finiteness) on the model loaded on the CPU,
+    before any cluster starts, so a bad file is one error naming it, not a worker plugin's
+    traceback. The workers check again against the model they load.
+
+    Raises
+    ------
+    AdapterFileError
+        Listing every refused file with the reason.
+    """
+    if not paths:
+        return
+    import gc
+
+    from napari_sam_lora.engine.learning.adapter_files import adapter_paths, check_adapters
+    from napari_sam_lora.engine.learning.adapters import AdapterFileError
+    from napari_sam_lora.engine.tracking.predictor import load_model
+
+    loaded = load_model(model, "cpu", image_size)
+    problems = []
+    try:
+        decoder = loaded.predictor.sam_mask_decoder
+        for path in paths:
+            try:
+                check_adapters(path, decoder)
+            except AdapterFileError as exc:
+                st_path = adapter_paths(path)[0]
+                text = " ".join(str(exc).split())
+                named = str(st_path.with_suffix("")) in text
+                problems.append(text if named else f"{st_path}: {text}")
+    finally:
+        del loaded
+        gc.collect()
+    if problems:
+        raise AdapterFileError(
+            "adapter file(s) refused; nothing was run:\n  " + "\n  ".join(problems)
+        )
 
 
 def _geometry(paths: Sequence[Path], names: Sequence[str]) -> dict[str, Any]:
@@ -270,7 +396,8 @@ def _plan(
     from napari_sam_lora.engine.tracking.models import parse_model
 
     size = _check_options(direction, start, output_format, axis, image_size)
-    paths = expand_inputs(inputs)
+    _check_output(output_dir)
+    paths = expand_inputs(inputs, exclude=output_dir)
     names = _check_names(paths)
     spec = parse_model(model)
     adapter_paths = _check_adapters(adapters, model)
@@ -328,6 +455,8 @@ def _plan(
                 attrs=attrs,
             )
         )
+    if tasks:  # before any cluster starts: one error naming the file, no worker traceback
+        _check_adapter_files(adapter_paths, model, size)
     plan = _Plan(tasks, skipped, names, job, manifest["stacks"])
     return plan, tuple(adapter_paths), size
 
@@ -393,6 +522,44 @@ def _spawn_environment() -> Iterator[None]:
 
 
 @contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore Ctrl-C (SIGINT) in this process for the block (main thread only).
+
+    Around spawning a LocalCluster's worker processes: a process started with SIGINT
+    ignored keeps it ignored (Python installs its ``KeyboardInterrupt`` handler only where
+    SIGINT has its default action), so a Ctrl-C in the terminal interrupts the driver
+    alone — which cancels the stacks and shuts the cluster down — instead of printing a
+    ``KeyboardInterrupt`` traceback from every worker, killed in the middle of a stack
+    (and leaking its semaphores). Around the shutdown: a second Ctrl-C does not cut it
+    short.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except (ValueError, OSError):  # no signals here (an embedded interpreter)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextmanager
+def _quiet_logs(name: str = "distributed") -> Iterator[None]:
+    """Silence dask's loggers for the block (a shutdown after an interruption)."""
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+@contextmanager
 def _client(
     client: Any,
     scheduler: str | None,
@@ -418,7 +585,7 @@ def _client(
             own.close()
         return
     n_workers, threads = local_cluster_size(n_tasks, workers, device)
-    with _spawn_environment():
+    with _spawn_environment(), _sigint_ignored():
         cluster = LocalCluster(
             n_workers=n_workers,
             threads_per_worker=1,
@@ -434,11 +601,16 @@ def _client(
             },
         )
     own = Client(cluster)
+    interrupted = False
     try:
         yield own, threads
+    except BaseException:  # Ctrl-C, a cancelled job, an error: stop the cluster quietly
+        interrupted = True
+        raise
     finally:
-        own.close()
-        cluster.close()
+        with _sigint_ignored(), _quiet_logs() if interrupted else nullcontext():
+            own.close()
+            cluster.close()
 
 
 # --------------------------------------------------------------------------- the job

@@ -225,9 +225,16 @@ def check_adapter(path: str, model: Any) -> None:
     AdapterFileError
         Damaged file, another base model (decoder checksum), tensors that do not fit.
     """
-    from napari_sam_lora.engine.learning.adapter_files import check_adapters
+    from napari_sam_lora.engine.learning.adapter_files import adapter_paths, check_adapters
+    from napari_sam_lora.engine.learning.adapters import AdapterFileError
 
-    check_adapters(path, model.predictor.sam_mask_decoder)
+    try:
+        check_adapters(path, model.predictor.sam_mask_decoder)
+    except AdapterFileError as exc:  # name the file: the engine's message may not
+        st_path = adapter_paths(path)[0]
+        if str(st_path.with_suffix("")) in str(exc):
+            raise
+        raise AdapterFileError(f"{st_path}: {exc}") from exc
 
 
 def _plugin() -> ModelPlugin:

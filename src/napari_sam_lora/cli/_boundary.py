@@ -5,14 +5,17 @@
 this package raises on purpose), operating-system
 errors on a file, torch's out-of-memory and tensor-shape ``RuntimeError``\\ s, a
 ``MemoryError`` — print ``napari-sam-lora <command>: error: <what and what to do>`` on one
-line. Anything else is a bug: the traceback is printed, followed by a line saying so.
-``--debug`` re-raises everything.
+line. A message too long for one line (a points table's every bad row, say) is written in
+full to a file, and its first lines are printed with the file's path: no listed problem is
+cut. Ctrl-C is one line too (``interrupted…``, exit code 130). Anything else is a bug: the
+traceback is printed, followed by a line saying so. ``--debug`` re-raises everything.
 """
 
 from __future__ import annotations
 
 import errno
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +35,13 @@ _MEMORY = ("out of memory", "can't allocate memory", "not enough memory", "faile
 _SHAPE = ("must match the size of tensor", "size mismatch", "shapes cannot be multiplied")
 
 
-def _one_line(text: str, limit: int = 400) -> str:
+#: Messages longer than this (as one line) are printed as lines and written to a file.
+ONE_LINE = 400
+#: How many lines of a long message are printed (the file holds all of them).
+PRINTED_LINES = 20
+
+
+def _one_line(text: str, limit: int = ONE_LINE) -> str:
     line = " ".join(text.split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
@@ -75,9 +84,27 @@ def _raised_by_us(exc: BaseException) -> bool:
 
 def describe(exc: BaseException) -> str | None:
     """The one-line message for an expected failure, or ``None`` for a bug."""
+    return _describe(exc, full=False)
+
+
+def _describe(exc: BaseException, full: bool) -> str | None:
+    """The message for an expected failure (``full``: the whole text, lines kept)."""
+    text = _text(exc, full)
+    if text is not None:
+        return text
+    return _describe_other(exc)
+
+
+def _text(exc: BaseException, full: bool) -> str | None:
+    """The message of an error whose own text is the message, or ``None``."""
     errors = sys.modules.get("napari_sam_lora.engine.core.errors")
-    if isinstance(exc, CliError) or (errors is not None and isinstance(exc, errors.SamLoraError)):
-        return _one_line(str(exc))
+    own = isinstance(exc, CliError) or (errors is not None and isinstance(exc, errors.SamLoraError))
+    if own or (isinstance(exc, ValueError) and not isinstance(exc, OSError) and _raised_by_us(exc)):
+        return str(exc).strip() if full else _one_line(str(exc))
+    return None
+
+
+def _describe_other(exc: BaseException) -> str | None:
     if isinstance(exc, OSError):
         return _os_error(exc)
     if isinstance(exc, MemoryError):
@@ -100,8 +127,6 @@ def describe(exc: BaseException) -> str | None:
                 "--image-size must be a multiple of 32 (e.g. 256, 512, 1024) and checkpoints "
                 "and adapters must belong to the chosen model"
             )
-    if isinstance(exc, ValueError) and _raised_by_us(exc):
-        return _one_line(str(exc))
     import pickle
 
     if isinstance(exc, pickle.UnpicklingError):
@@ -119,14 +144,16 @@ def run_command(
     try:
         return int(handler(args) or 0)
     except KeyboardInterrupt:
-        print(f"{PROG} {command}: interrupted", file=sys.stderr)
+        if debug:
+            raise
+        print(f"{PROG} {command}: interrupted (Ctrl-C)", file=sys.stderr)
         return 130
     except Exception as exc:
         if debug:
             raise
-        message = describe(exc)
+        message = _describe(exc, full=True)
         if message is not None:
-            print(f"{PROG} {command}: error: {message}", file=sys.stderr)
+            _print_error(command, message)
             return 1
         traceback.print_exc()
         from napari_sam_lora import __version__
@@ -138,3 +165,39 @@ def run_command(
             file=sys.stderr,
         )
         return 1
+
+
+def _print_error(command: str, message: str) -> None:
+    """Print an expected failure: one line, or — when long — its first lines and the file
+    that holds all of it (nothing is ever cut without saying where the rest is)."""
+    head = f"{PROG} {command}: error: "
+    if len(_one_line(message, 10**9)) <= ONE_LINE:
+        print(head + _one_line(message), file=sys.stderr)
+        return
+    lines = [line.rstrip() for line in message.splitlines() if line.strip()]
+    if len(lines) == 1:  # one long line: printed whole, still one line
+        print(head + lines[0].strip(), file=sys.stderr)
+        return
+    where = _write_full_message(command, message)
+    shown = lines[:PRINTED_LINES]
+    print(head + shown[0], file=sys.stderr)
+    for line in shown[1:]:
+        print(line, file=sys.stderr)
+    rest = len(lines) - len(shown)
+    more = f"{rest} more line(s); " if rest > 0 else ""
+    if where is not None:
+        print(f"({more}the full message is in {where})", file=sys.stderr)
+    elif rest > 0:  # no file could be written: print everything rather than cut it
+        for line in lines[PRINTED_LINES:]:
+            print(line, file=sys.stderr)
+
+
+def _write_full_message(command: str, message: str) -> Path | None:
+    """Write ``message`` to a new file in the temporary folder; its path, or ``None``."""
+    try:
+        handle, name = tempfile.mkstemp(prefix=f"{PROG}-{command}-message-", suffix=".txt")
+        with open(handle, "w", encoding="utf-8") as stream:
+            stream.write(message.rstrip() + "\n")
+    except OSError:
+        return None
+    return Path(name)

@@ -16,7 +16,9 @@ opened; frames are read when SAM2 asks for them.
   shape and dtype.
 
 :func:`open_stack` picks the reader from the path; :func:`read_labels` reads a labels file
-fully (seed masks are small) as integers. Errors are :class:`StackError` naming the file.
+fully (seed masks are small) as integers. Errors are :class:`StackError` naming the file;
+a truncated or damaged TIFF is found when it is opened (its image data must lie inside the
+file) and says so in plain words, and a TIFF frame that cannot be read later names the file.
 """
 
 from __future__ import annotations
@@ -114,6 +116,11 @@ def open_stack(path: str | os.PathLike[str]) -> Any:
             f"{path}: reading this format needs {exc.name!r}; install napari-sam-lora[batch]"
         ) from exc
     except Exception as exc:
+        if type(exc).__name__ == "TiffFileError" or isinstance(exc, EOFError):
+            raise StackError(
+                f"{path}: cannot read the stack: the TIFF file is truncated or damaged ({exc}); "
+                "copy or export it again"
+            ) from exc
         raise StackError(f"{path}: cannot read the stack ({type(exc).__name__}: {exc})") from exc
     raise StackError(
         f"{path}: unknown stack format {path.suffix!r}; use TIFF, zarr / OME-Zarr, .npy or "
@@ -146,17 +153,38 @@ def read_labels(path: str | os.PathLike[str]) -> np.ndarray:
 # --------------------------------------------------------------------------- TIFF
 
 
+def _tiff_data_end(series: Any) -> int:
+    """Where the image data of a TIFF series ends in the file (from its page headers)."""
+    end = 0
+    for page in series.pages:
+        if page is None:
+            continue
+        offsets = getattr(page, "dataoffsets", ()) or ()
+        counts = getattr(page, "databytecounts", ()) or ()
+        for offset, count in zip(offsets, counts, strict=False):
+            if count:
+                end = max(end, int(offset) + int(count))
+    return end
+
+
 def _open_tiff(path: Path) -> Any:
     import tifffile
 
-    try:
-        return _squeezed(tifffile.memmap(path, mode="r"))
-    except Exception:  # compressed, tiled or non-contiguous: read through zarr
-        pass
     with tifffile.TiffFile(path) as tif:
         if not tif.series:
             raise StackError(f"{path}: the TIFF holds no image")
         shape = tif.series[0].shape
+        end, size = _tiff_data_end(tif.series[0]), path.stat().st_size
+    if end > size:
+        raise StackError(
+            f"{path}: the TIFF file is truncated or damaged: its image data ends at byte {end} "
+            f"but the file has only {size} bytes (an interrupted copy or export?); copy or "
+            "export it again"
+        )
+    try:
+        return _squeezed(tifffile.memmap(path, mode="r"))
+    except Exception:  # compressed, tiled or non-contiguous: read through zarr
+        pass
     try:
         import zarr
 
@@ -168,7 +196,9 @@ def _open_tiff(path: Path) -> Any:
         array = tifffile.imread(path, series=0)
     if tuple(array.shape) != tuple(shape):
         array = tifffile.imread(path, series=0)
-    return _squeezed(array)
+    if isinstance(array, np.ndarray):
+        return _squeezed(array)
+    return _squeezed(_NamedReads(array, path))
 
 
 # --------------------------------------------------------------------------- zarr / OME-Zarr
@@ -300,6 +330,33 @@ class FrameStack:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+class _NamedReads:
+    """A lazy array whose read errors are :class:`StackError`\\ s naming its file."""
+
+    def __init__(self, array: Any, path: Path) -> None:
+        self.array = array
+        self.path = path
+        self.shape = tuple(int(s) for s in array.shape)
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return np.asarray(self.array[key])
+        except Exception as exc:
+            raise StackError(
+                f"{self.path}: the file is truncated or damaged, a frame cannot be read "
+                f"({type(exc).__name__}: {exc}); copy or export it again"
+            ) from exc
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        data = self[...]
+        return data if dtype is None else data.astype(dtype)
 
 
 class _Squeezed:
