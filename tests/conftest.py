@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-TEST_MODEL = "untrained:sam2.1_hiera_tiny"
-TEST_IMAGE_SIZE = 256
+from untrained import TEST_IMAGE_SIZE, TEST_MODEL
 
 
 @pytest.fixture(autouse=True)

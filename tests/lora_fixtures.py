@@ -120,3 +120,21 @@ def decoder() -> Iterator[nn.Module]:
 def disk_example() -> tuple[DecoderInputs, np.ndarray]:
     """Recorded inputs and target for the standard disk image."""
     return example()
+
+
+def identity_adapter_file(model, path):
+    """An (untrained, identity) adapter for object 1 saved from ``model`` at ``path``;
+    returns its JSON file (the safetensors file is beside it)."""
+    from napari_sam_lora.engine.learning.adapter_files import save_adapters
+    from napari_sam_lora.engine.learning.adapters import delete_adapter, inject_adapter
+    from napari_sam_lora.engine.learning.lora_settings import load_settings
+
+    decoder = model.predictor.sam_mask_decoder
+    inject_adapter(decoder, "obj1_a0", load_settings("default"))
+    try:
+        save_adapters(
+            path, decoder, ["obj1_a0"], variant="sam2.1_hiera_tiny", object_ids={"obj1_a0": 1}
+        )
+    finally:
+        delete_adapter(decoder, "obj1_a0")
+    return path.parent / f"{path.name}.json"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import TEST_IMAGE_SIZE, TEST_MODEL
+from untrained import TEST_IMAGE_SIZE, TEST_MODEL
 
 pytest.importorskip("distributed")
 pytest.importorskip("qtpy")

@@ -13,7 +13,8 @@ import logging
 import numpy as np
 import pytest
 
-from conftest import TEST_IMAGE_SIZE, TEST_MODEL
+from lora_fixtures import identity_adapter_file
+from untrained import TEST_IMAGE_SIZE, TEST_MODEL
 
 distributed = pytest.importorskip("distributed")
 tifffile = pytest.importorskip("tifffile")
@@ -219,19 +220,7 @@ def test_resume_after_an_interrupted_run(client, tmp_path):
 
 def _adapter_file(model, path):
     """An (untrained, identity) adapter for object 1 saved from ``model``."""
-    from napari_sam_lora.engine.learning.adapter_files import save_adapters
-    from napari_sam_lora.engine.learning.adapters import delete_adapter, inject_adapter
-    from napari_sam_lora.engine.learning.lora_settings import load_settings
-
-    decoder = model.predictor.sam_mask_decoder
-    inject_adapter(decoder, "obj1_a0", load_settings("default"))
-    try:
-        save_adapters(
-            path, decoder, ["obj1_a0"], variant="sam2.1_hiera_tiny", object_ids={"obj1_a0": 1}
-        )
-    finally:
-        delete_adapter(decoder, "obj1_a0")
-    return path.parent / f"{path.name}.json"
+    return identity_adapter_file(model, path)
 
 
 def _tamper(json_path, **base):

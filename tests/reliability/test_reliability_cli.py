@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TEST_IMAGE_SIZE, TEST_MODEL
+from lora_fixtures import identity_adapter_file
+from untrained import TEST_IMAGE_SIZE, TEST_MODEL
 
 distributed = pytest.importorskip("distributed")
 tifffile = pytest.importorskip("tifffile")
@@ -220,18 +221,7 @@ def _misshaped_adapter(model, path: Path) -> Path:
     import safetensors.torch
     import torch
 
-    from napari_sam_lora.engine.learning.adapter_files import save_adapters
-    from napari_sam_lora.engine.learning.adapters import delete_adapter, inject_adapter
-    from napari_sam_lora.engine.learning.lora_settings import load_settings
-
-    decoder = model.predictor.sam_mask_decoder
-    inject_adapter(decoder, "obj1_a0", load_settings("default"))
-    try:
-        save_adapters(
-            path, decoder, ["obj1_a0"], variant="sam2.1_hiera_tiny", object_ids={"obj1_a0": 1}
-        )
-    finally:
-        delete_adapter(decoder, "obj1_a0")
+    identity_adapter_file(model, path)
     st_path = path.parent / f"{path.name}.safetensors"
     json_path = path.parent / f"{path.name}.json"
     tensors = safetensors.torch.load_file(st_path)
