@@ -155,14 +155,18 @@ class Annotator:
 
     def session(self) -> Any:
         """The session of the chosen stack (``None`` before its first propagation)."""
-        source = self.try_source()
+        return self._session_of(self.try_source())
+
+    def output(self) -> Any:
+        """The chosen image's masks layer, or ``None``."""
+        return self._output_of(self.try_source())
+
+    def _session_of(self, source: StackSource | None) -> Any:
         if source is None:
             return None
         return self.sessions.session_matching(self.selection.image, source)
 
-    def output(self) -> Any:
-        """The chosen image's masks layer, or ``None``."""
-        source = self.try_source()
+    def _output_of(self, source: StackSource | None) -> Any:
         if source is None:
             return None
         return find_output_layer(self.viewer, self.selection.image, source)
@@ -207,10 +211,6 @@ class Annotator:
             image's existing masks layer cannot hold (id 300 in a uint8 layer).
         """
         chosen = self.selection
-        source = self.try_source()
-        masks = None
-        if source is not None:
-            masks = find_output_layer(self.viewer, chosen.image, source)
         return build_request(
             chosen.image,
             stack_axis=chosen.stack_axis,
@@ -225,7 +225,7 @@ class Annotator:
             direction=chosen.direction,
             frame_range=self.frame_range(),
             assist=chosen.assist,
-            masks_layer=masks,
+            masks_layer=self.output(),
         )
 
     def frame_range(self) -> tuple[int, int] | None:
@@ -247,15 +247,11 @@ class Annotator:
         self.events.emit(PromptLayersChosen(points, shapes, mask))
 
     # -- the masks layer as a view --------------------------------------------------------
-    @property
-    def view(self) -> MasksView | None:
-        """The binding of the masks layer to the session's annotation (or ``None``)."""
-        return self._view
-
     def bind(self) -> MasksView | None:
         """Bind the masks layer to the session's annotation model (a new binding when the
         session or the layer changed). Main thread."""
-        session, output, source = self.session(), self.output(), self.try_source()
+        source = self.try_source()
+        session, output = self._session_of(source), self._output_of(source)
         view = self._view
         if session is None or output is None or source is None:
             return view if view is not None and not view.closed else None

@@ -64,15 +64,12 @@ class Change:
         Frames whose label image changed, ascending.
     objects : tuple of int
         Objects whose entries or prompts changed, ascending.
-    revision : int
-        The model's revision after the change.
     """
 
     kind: str
     name: str
     frames: tuple[int, ...]
     objects: tuple[int, ...]
-    revision: int
 
 
 class Signal:
@@ -167,8 +164,8 @@ class AnnotationModel:
     ----------
     events : Signal
         Emits a :class:`Change` after each finished action, undo, redo and rollback.
-    revision : int
-        Increases with every change (views compare it to know they are current).
+    frame_versions : np.ndarray
+        Per frame, how many times its labels changed (a view skips a frame it showed).
     """
 
     def __init__(
@@ -179,18 +176,15 @@ class AnnotationModel:
         history_mb: float = 512.0,
     ) -> None:
         self.labels = np.zeros((int(num_frames), *map(int, frame_shape)), dtype=np.int32)
-        #: per frame, how many times its labels changed (views skip frames they showed)
         self.frame_versions = np.zeros(int(num_frames), dtype=np.int64)
         self.entries = AnnotationState()
         self._prompts: list[Prompt] = []
         self.events = Signal()
-        self.revision = 0
         self.history_limit = int(history_limit)
         self.history_bytes = int(history_mb * 2**20)
         self._undo: list[Action] = []
         self._redo: list[Action] = []
         self._open: Action | None = None
-        self._depth = 0
         self._owner: int | None = None
         self._lock = threading.RLock()
 
@@ -304,7 +298,6 @@ class AnnotationModel:
             outer = self._open is None
             if outer:
                 self._open, self._owner = Action(name), me
-            self._depth += 1
         action = self._open
         try:
             yield action
@@ -315,9 +308,6 @@ class AnnotationModel:
         else:
             if outer:
                 self._finish(action, rollback=False)
-        finally:
-            with self._lock:
-                self._depth -= 1
 
     def _finish(self, action: Action, rollback: bool) -> None:
         with self._lock:
@@ -333,16 +323,14 @@ class AnnotationModel:
             self._trim()
             kind = "do"
         if not action.empty:
-            self.revision += 1
-            self.events.emit(
-                Change(kind, action.name, action.frames, action.objects, self.revision)
-            )
+            self.events.emit(Change(kind, action.name, action.frames, action.objects))
 
     def _trim(self) -> None:
         while len(self._undo) > max(self.history_limit, 1):
             self._undo.pop(0)
-        while len(self._undo) > 1 and sum(a.nbytes for a in self._undo) > self.history_bytes:
-            self._undo.pop(0)
+        held = sum(a.nbytes for a in self._undo)
+        while len(self._undo) > 1 and held > self.history_bytes:
+            held -= self._undo.pop(0).nbytes
 
     def _current(self) -> Action:
         action = self._open
@@ -382,15 +370,9 @@ class AnnotationModel:
             action = source.pop()
             self._apply(action, undoing=kind == "undo")
             target.append(action)
-            self.revision += 1
-        change = Change(kind, action.name, action.frames, action.objects, self.revision)
+        change = Change(kind, action.name, action.frames, action.objects)
         self.events.emit(change)
         return change
-
-    def clear_history(self) -> None:
-        """Forget every undo and redo step (the annotation itself is kept)."""
-        self._undo.clear()
-        self._redo.clear()
 
     def _apply(self, action: Action, undoing: bool) -> None:
         flat = self.labels.reshape(self.num_frames, -1)
@@ -474,12 +456,6 @@ class AnnotationModel:
         labels[labels == key[1]] = 0
         labels[entry.mask] = key[1]
         self.write_frame(key[0], labels)
-
-    def forget(self, frame: int, obj_id: int) -> None:
-        """Drop the entry of one (frame, object) (its pixels stay until rewritten)."""
-        key = (int(frame), int(obj_id))
-        if self.entries.entry(*key) is not None:
-            self._put(key, None)
 
     def demote(self, frame: int, obj_id: int) -> None:
         """Make a confirmed (frame, object) model-made again (``sam2``): the next

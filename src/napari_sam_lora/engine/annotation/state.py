@@ -97,20 +97,6 @@ class AnnotationState:
         self._entries[key] = Entry(source, None, adapter)
         return True
 
-    def forget_object(self, obj_id: int) -> None:
-        """Drop everything recorded for ``obj_id``."""
-        for key in [k for k in self._entries if k[1] == int(obj_id)]:
-            del self._entries[key]
-
-    def forget_source(self, source: str) -> None:
-        """Drop every entry with ``source`` (e.g. all prompts, before they are re-sent)."""
-        for key in [k for k, e in self._entries.items() if e.source == source]:
-            del self._entries[key]
-
-    def clear(self) -> None:
-        """Drop everything."""
-        self._entries.clear()
-
     # -- reading ---------------------------------------------------------------------------
     def keys_in_order(self) -> list[tuple[int, int]]:
         """Every ``(frame, obj_id)`` with an entry, in the order the entries were made."""

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from napari_sam_lora.engine.annotation.corrections import Correction, merge_object
 from napari_sam_lora.engine.core.errors import PromptError, SamLoraError
 from napari_sam_lora.engine.core.jobs import drain, relay
+from napari_sam_lora.engine.core.validation import finite_number
 from napari_sam_lora.engine.learning.adapter_files import (
     decoder_checksum,
     load_adapters,
@@ -52,7 +53,11 @@ from napari_sam_lora.engine.learning.adapters import (
     use_adapter,
 )
 from napari_sam_lora.engine.learning.candidates import AcceptReport, Candidate
-from napari_sam_lora.engine.learning.lora_settings import LoraSettings, load_settings
+from napari_sam_lora.engine.learning.lora_settings import (
+    LoraSettings,
+    SettingsError,
+    load_settings,
+)
 from napari_sam_lora.engine.learning.namespaces import (
     claim_namespace,
     content_digest,
@@ -98,9 +103,6 @@ class Learner:
         settings: str | Path | LoraSettings = "default",
         assist_margin: float = 0.1,
     ) -> None:
-        from napari_sam_lora.engine.core.validation import finite_number
-        from napari_sam_lora.engine.learning.lora_settings import SettingsError
-
         # Checked before anything is loaded, claimed or created.
         margin = finite_number(assist_margin, "assist_margin", SettingsError)
         self.session = session

@@ -33,9 +33,9 @@ from napari_sam_lora.engine.annotation.corrections import Correction, diff_corre
 from napari_sam_lora.engine.annotation.model import AnnotationModel
 from napari_sam_lora.engine.annotation.prompts import BoxPrompt, MaskPrompt, PointPrompt, Prompt
 from napari_sam_lora.engine.annotation.state import AnnotationState, overlay_confirmed
-from napari_sam_lora.engine.core.errors import PromptError, SamLoraError
+from napari_sam_lora.engine.core.errors import ModelError, PromptError, SamLoraError
 from napari_sam_lora.engine.core.jobs import drain
-from napari_sam_lora.engine.core.validation import check_object_id
+from napari_sam_lora.engine.core.validation import check_frames, check_object_id, short_repr
 from napari_sam_lora.engine.tracking import sam2_bridge as bridge
 from napari_sam_lora.engine.tracking.features import BoundedStore, DecoderInputs
 from napari_sam_lora.engine.tracking.frames import NormalisedFrames, new_inference_state
@@ -103,9 +103,6 @@ class Session:
         disk_cache: bool | str | os.PathLike[str] = False,
     ) -> None:
         if not isinstance(model, str | os.PathLike | LoadedModel):
-            from napari_sam_lora.engine.core.errors import ModelError
-            from napari_sam_lora.engine.core.validation import short_repr
-
             raise ModelError(
                 f"model must be a SAM2 variant name (e.g. {DEFAULT_MODEL!r}), "
                 "'untrained:<variant>', the path to a .pt checkpoint, or a model from "
@@ -268,8 +265,6 @@ class Session:
         Stops after the first frame when the cache cannot hold every frame asked for
         (they are then encoded when tracked).
         """
-        from napari_sam_lora.engine.core.validation import check_frames
-
         # Every frame is checked before the first is encoded.
         wanted = range(self.num_frames) if frames is None else check_frames(frames, self.num_frames)
         total, store = len(wanted), self.feature_cache
