@@ -106,3 +106,14 @@ def _set_ids(prompt: Any) -> None:
 
 
 Prompt = PointPrompt | BoxPrompt | MaskPrompt
+
+
+def prompt_key(prompt: Prompt) -> tuple:
+    """What makes two prompts the same prompt (kind, place and content)."""
+    if isinstance(prompt, PointPrompt):
+        content = (prompt.points.tobytes(), prompt.labels.tobytes())
+    elif isinstance(prompt, BoxPrompt):
+        content = (prompt.box.tobytes(),)
+    else:
+        content = (np.packbits(np.asarray(prompt.mask, bool)).tobytes(),)
+    return (type(prompt).__name__, int(prompt.frame), int(prompt.obj_id), *content)

@@ -18,12 +18,10 @@ Example
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +29,19 @@ import numpy as np
 
 from napari_sam_lora.engine.annotation.corrections import Correction, diff_corrections
 from napari_sam_lora.engine.annotation.model import AnnotationModel
-from napari_sam_lora.engine.annotation.prompts import BoxPrompt, MaskPrompt, PointPrompt, Prompt
+from napari_sam_lora.engine.annotation.prompts import (
+    BoxPrompt,
+    MaskPrompt,
+    PointPrompt,
+    Prompt,
+    prompt_key,
+)
 from napari_sam_lora.engine.annotation.state import AnnotationState, overlay_confirmed
 from napari_sam_lora.engine.core.errors import ModelError, PromptError, SamLoraError
 from napari_sam_lora.engine.core.jobs import drain
 from napari_sam_lora.engine.core.validation import check_frames, check_object_id, short_repr
 from napari_sam_lora.engine.tracking import sam2_bridge as bridge
+from napari_sam_lora.engine.tracking.conditioning import Conditioning
 from napari_sam_lora.engine.tracking.features import BoundedStore, DecoderInputs
 from napari_sam_lora.engine.tracking.frames import NormalisedFrames, new_inference_state
 from napari_sam_lora.engine.tracking.models import DEFAULT_MODEL
@@ -131,7 +136,7 @@ class Session:
             folder = default_feature_folder() if disk_cache is True else Path(disk_cache)
             self.state["feature_disk"] = FeatureDisk(folder, model_key(self.model))
         self.annotation = AnnotationModel(self.num_frames, self.frame_shape)
-        self._held = _Held()  # what SAM2 is conditioned on (it follows the annotation)
+        self._conditioning = Conditioning(self.model.predictor, self.state)  # follows it
         self._assisted: dict[tuple[int, int], str] = {}
         self._busy = threading.Lock()
 
@@ -334,8 +339,8 @@ class Session:
         held; SAM2 already follows the annotation)."""
         with self.model.precision():
             send_prompts(self.model.predictor, self.state, prompts)
-        self._held.prompts.extend(_prompt_key(p) for p in prompts)
         self.annotation.set_prompts([*self.annotation.prompts, *prompts])
+        answered = {}
         for frame, obj_id in sorted({(int(p.frame), int(p.obj_id)) for p in prompts}):
             group = [p for p in prompts if (int(p.frame), int(p.obj_id)) == (frame, obj_id)]
             if all(isinstance(p, MaskPrompt) for p in group):
@@ -343,8 +348,9 @@ class Session:
             else:
                 mask = self._model_mask(frame, obj_id)
             self.annotation.confirm(frame, obj_id, "prompt", mask, paint=False)
-            self._held.conds[(frame, obj_id)] = _digest(mask)
+            answered[(frame, obj_id)] = self.annotations.entry(frame, obj_id)
             self._assisted.pop((frame, obj_id), None)
+        self._conditioning.sent(prompts, answered)
         for frame in prompted_frames(prompts):
             self.annotation.write_frame(frame, self._frame_labels(frame))
 
@@ -378,8 +384,8 @@ class Session:
         prompts = list(prompts)
         if prompts:
             self.validate_prompts(prompts)
-        old = [_prompt_key(p) for p in self.annotation.prompts]
-        new = [_prompt_key(p) for p in prompts]
+        old = [prompt_key(p) for p in self.annotation.prompts]
+        new = [prompt_key(p) for p in prompts]
         if new == old:
             return False
         if new[: len(old)] == old:
@@ -394,7 +400,7 @@ class Session:
                 else:
                     kept.append((frame, obj_id, entry))
             self.annotation.set_prompts([])
-            self._restart_sam2()
+            self._conditioning.restart()
             if prompts:
                 self._send(prompts)
             for frame, obj_id, entry in kept:
@@ -404,43 +410,11 @@ class Session:
         return True
 
     # -- SAM2 follows the annotation -------------------------------------------------------
-    def _restart_sam2(self) -> None:
-        """Empty SAM2's tracking state (job held); :meth:`_follow_annotation` refills it."""
-        self.model.predictor.reset_state(self.state)
-        self._held = _Held()
-
     def _follow_annotation(self) -> None:
-        """Make SAM2's conditioning equal to the annotation model (job held).
-
-        SAM2 holds the model's prompts (in order) and every confirmed mask as a
-        conditioning frame. Additions are sent as they are; anything SAM2 holds that the
-        model no longer has (an undo, a reset, another prompt) restarts SAM2's state and
-        sends everything again — cached image features are kept.
-        """
-        wanted = [_prompt_key(p) for p in self.annotation.prompts]
-        confirmed = {key: self.annotations.entry(*key) for key in self.annotations.confirmed()}
-        held = self._held
-        stale = wanted[: len(held.prompts)] != held.prompts or any(
-            key not in confirmed for key in held.conds
-        )
-        if stale:
-            self._restart_sam2()
-            held = self._held
-        missing = self.annotation.prompts[len(held.prompts) :]
+        """Make SAM2's conditioning equal to the annotation model (job held); see
+        :mod:`.conditioning`."""
         with self.model.precision():
-            if missing:
-                send_prompts(self.model.predictor, self.state, missing)
-                held.prompts.extend(_prompt_key(p) for p in missing)
-                for frame, obj_id in sorted({(int(p.frame), int(p.obj_id)) for p in missing}):
-                    held.conds[(frame, obj_id)] = _digest(self._model_mask(frame, obj_id))
-            for key, entry in confirmed.items():
-                digest = _digest(entry.mask)
-                if held.conds.get(key) != digest:
-                    frame, obj_id = key
-                    self.model.predictor.add_new_mask(
-                        self.state, frame_idx=frame, obj_id=obj_id, mask=entry.mask
-                    )
-                    held.conds[key] = digest
+            self._conditioning.follow(self.annotation, self._model_mask)
 
     # -- corrections -----------------------------------------------------------------------
     def diff(self, frame: int, user_labels: np.ndarray) -> list[Correction]:
@@ -527,7 +501,7 @@ class Session:
             self.validate_prompts(prompts)
         with self.exclusive(), self.annotation.action("restore session"):
             self.annotation.replace_all(prompts, state, labels)
-            self._restart_sam2()
+            self._conditioning.restart()
             self._assisted.clear()
 
     # -- tracking single frames (learning, evaluation, fine-tuning) ------------------------
@@ -757,32 +731,7 @@ class Session:
             yield from self.propagate_steps(direction, frame_range)
 
 
-@dataclass
-class _Held:
-    """What SAM2's tracking state is conditioned on: the prompts sent (their keys, in
-    order) and, per (frame, object), a digest of the conditioning mask."""
-
-    prompts: list[tuple] = field(default_factory=list)
-    conds: dict[tuple[int, int], bytes] = field(default_factory=dict)
-
-
-def _digest(mask: Any) -> bytes:
-    bits = np.packbits(np.asarray(mask, bool))
-    return hashlib.blake2b(bits.tobytes(), digest_size=16).digest()
-
-
 def _describe(prompts: Sequence[Prompt]) -> str:
     objects = sorted({int(p.obj_id) for p in prompts})
     frames = sorted({int(p.frame) for p in prompts})
     return f"prompt object(s) {objects} on frame(s) {frames}"
-
-
-def _prompt_key(prompt: Prompt) -> tuple:
-    """What makes two prompts the same prompt (kind, place and content)."""
-    if isinstance(prompt, PointPrompt):
-        content = (prompt.points.tobytes(), prompt.labels.tobytes())
-    elif isinstance(prompt, BoxPrompt):
-        content = (prompt.box.tobytes(),)
-    else:
-        content = (np.packbits(np.asarray(prompt.mask, bool)).tobytes(),)
-    return (type(prompt).__name__, int(prompt.frame), int(prompt.obj_id), *content)
