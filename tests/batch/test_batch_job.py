@@ -334,7 +334,7 @@ def test_workers_allocate_like_the_direct_loop(client):
     left it in this process's environment; on any other cluster the plugin relaxes malloc
     at setup.
     """
-    from napari_sam_lora.batch import job
+    from napari_sam_lora.batch import cluster
     from napari_sam_lora.batch.worker import PLUGIN_NAME, ModelPlugin
 
     plugin = ModelPlugin(TEST_MODEL, TEST_IMAGE_SIZE, "cpu", torch_threads=1)
@@ -343,8 +343,8 @@ def test_workers_allocate_like_the_direct_loop(client):
         assert trim == "65536"  # dask's pre-spawn environment, on a cluster not ours
         assert relaxed is True
 
-    with job._client(None, None, 1, 1, None, "cpu", None) as (own, threads):
-        assert threads == max(1, job._cores())
+    with cluster.client(None, None, 1, 1, None, "cpu", None) as (own, threads):
+        assert threads == max(1, cluster.cores())
         own.register_plugin(ModelPlugin(TEST_MODEL, TEST_IMAGE_SIZE, "cpu", (), threads))
         for trim, relaxed in own.run(_worker_state).values():
             assert trim is None  # spawned without it: glibc's own dynamic thresholds
@@ -352,16 +352,16 @@ def test_workers_allocate_like_the_direct_loop(client):
 
 
 def test_local_cluster_sized_to_the_machine(monkeypatch):
-    from napari_sam_lora.batch import job
+    from napari_sam_lora.batch import cluster
 
-    monkeypatch.setattr(job, "_cores", lambda: 16)
-    monkeypatch.setattr(job, "_gpus", lambda: 0)
-    assert job.local_cluster_size(100) == (16, 1)
-    assert job.local_cluster_size(3) == (3, 5)  # never more workers than stacks
-    assert job.local_cluster_size(100, workers=4) == (4, 4)
-    monkeypatch.setattr(job, "_gpus", lambda: 2)
-    assert job.local_cluster_size(100) == (2, 8)  # one worker per GPU
-    assert job.local_cluster_size(100, device="cpu") == (16, 1)
+    monkeypatch.setattr(cluster, "cores", lambda: 16)
+    monkeypatch.setattr(cluster, "gpus", lambda: 0)
+    assert cluster.local_cluster_size(100) == (16, 1)
+    assert cluster.local_cluster_size(3) == (3, 5)  # never more workers than stacks
+    assert cluster.local_cluster_size(100, workers=4) == (4, 4)
+    monkeypatch.setattr(cluster, "gpus", lambda: 2)
+    assert cluster.local_cluster_size(100) == (2, 8)  # one worker per GPU
+    assert cluster.local_cluster_size(100, device="cpu") == (16, 1)
 
 
 def test_bad_options_and_missing_inputs_fail_before_anything(tmp_path):

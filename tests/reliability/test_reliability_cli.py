@@ -23,7 +23,7 @@ distributed = pytest.importorskip("distributed")
 tifffile = pytest.importorskip("tifffile")
 pytest.importorskip("zarr")
 
-from napari_sam_lora.batch import job  # noqa: E402
+from napari_sam_lora.batch import cluster, job  # noqa: E402
 from napari_sam_lora.cli import main  # noqa: E402
 from napari_sam_lora.cli._boundary import PRINTED_LINES, run_command  # noqa: E402
 from napari_sam_lora.data.readers import open_stack  # noqa: E402
@@ -40,7 +40,7 @@ def no_cluster(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a cluster was started before the inputs were checked")
 
-    monkeypatch.setattr(job, "_client", refuse)
+    monkeypatch.setattr(cluster, "client", refuse)
 
 
 def _stacks(folder: Path, names=("s0",), n_frames=3) -> Path:
@@ -280,13 +280,13 @@ def test_workers_of_the_jobs_cluster_ignore_ctrl_c(monkeypatch):
 
     monkeypatch.setattr(distributed, "LocalCluster", local)
     before = signal.getsignal(signal.SIGINT)
-    start = job._client(None, None, 1, 1, None, "cpu", None)
+    start = cluster.client(None, None, 1, 1, None, "cpu", None)
     with pytest.raises(KeyboardInterrupt), start as (own, _):
         assert signal.getsignal(signal.SIGINT) is before  # the driver still gets Ctrl-C
         assert list(own.run(_ignores_sigint).values()) == [True]
-        cluster = own.cluster
+        local_cluster = own.cluster
         raise KeyboardInterrupt  # as a Ctrl-C while the stacks run
-    assert own.status == "closed" and cluster.status.name == "closed"
+    assert own.status == "closed" and local_cluster.status.name == "closed"
     assert signal.getsignal(signal.SIGINT) is before
     assert logging.getLogger("distributed").level != logging.CRITICAL + 1  # restored
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from napari_sam_lora.annotator.learning import LearningControl
 from napari_sam_lora.annotator.sessions import PropagateRequest, SessionCache, build_request
-from napari_sam_lora.engine.annotation.model import Signal
+from napari_sam_lora.engine.annotation.history import Signal
 from napari_sam_lora.engine.core.errors import PromptError, StackError
 from napari_sam_lora.layers import (
     MasksView,
