@@ -51,20 +51,15 @@ from napari_sam_lora.annotator import (
 )
 from napari_sam_lora.annotator import imports as _imports
 from napari_sam_lora.annotator.jobs import propagation_job
-from napari_sam_lora.engine.core.errors import PromptError
 from napari_sam_lora.engine.tracking.plans import PropagationStep
 from napari_sam_lora.layers import (
     find_output_layer,
-    frame_labels,
     install_click_labels,
     make_prompt_layers,
     object_color,
-    prompt_layer_state,
     same_layer,
-    set_prompt_layer_state,
     stack_from_image_layer,
     style_prompt_layers,
-    write_frame,
 )
 
 if TYPE_CHECKING:
@@ -540,7 +535,7 @@ class SamLoraWidget(QWidget):
 
     def new_object(self) -> int:
         """Select the next free object id (one above every id in use); returns it."""
-        used = {r.obj_id for r in self.objects.rows} | set(self._prompt_ids())
+        used = {r.obj_id for r in self.objects.rows} | set(self.annotator.prompt_ids())
         session = self._session()
         if session is not None:
             used |= {int(i) for i in session.object_ids}
@@ -556,27 +551,15 @@ class SamLoraWidget(QWidget):
     def clear_prompts(self, obj_id: int | None = None) -> int:
         """Remove the object's clicks and boxes on the current frame; returns how many."""
         obj_id = self.obj_spin.value() if obj_id is None else int(obj_id)
-        image = self.image_combo.layer
-        if image is None:
-            self.report_error("no image layer: open an image or a stack first")
+        self.update_selection()
+        try:
+            removed = self.annotator.clear_prompts(obj_id)
+        except Exception as exc:
+            self.report_error(exc)
             return 0
-        source = self._source(image)
-        removed = 0
-        for layer in (self.points_combo.layer, self.shapes_combo.layer):
-            if layer is None or not len(layer.data):
-                continue
-            drop = [
-                i
-                for i, (obj, frame) in enumerate(self._prompt_items(layer, image, source))
-                if obj == obj_id and frame == source.current_frame
-            ]
-            if drop:
-                _remove_items(layer, drop)
-                removed += len(drop)
         self.refresh_objects()
-        self.status.setText(
-            f"removed {removed} prompt(s) of object {obj_id} on frame {source.current_frame}"
-        )
+        frame = self.annotator.current_frame()
+        self.status.setText(f"removed {removed} prompt(s) of object {obj_id} on frame {frame}")
         return removed
 
     def reset_object(self, obj_id: int | None = None) -> bool:
@@ -603,7 +586,7 @@ class SamLoraWidget(QWidget):
             return
         output = self._output()
         session = self._session()
-        ids = set(self._prompt_ids()) | {self.obj_spin.value()}
+        ids = set(self.annotator.prompt_ids()) | {self.obj_spin.value()}
         if session is not None:
             ids |= {int(i) for i in session.object_ids}
         learner = self.annotator.learning.learner_of(session) if session is not None else None
@@ -790,87 +773,16 @@ class SamLoraWidget(QWidget):
         self.cancel_button.setEnabled(running and kind == "propagate")
 
     def _reset(self, obj_ids: list[int] | None) -> bool:
-        """Reset objects (all with ``None``): their clicks and boxes, their annotation and
-        SAM2's memory of them — ONE undo step that brings all of it back."""
-        what = "everything" if obj_ids is None else f"object {obj_ids[0]}"
-        if self.busy:
-            self.report_error(PromptError(f"a job is running: cancel it before resetting {what}"))
+        """Reset objects (all with ``None``): one undo step (:meth:`Annotator.reset`)."""
+        self.update_selection()
+        try:
+            what = self.annotator.reset(obj_ids)
+        except Exception as exc:
+            self.report_error(exc)
             return False
-        image = self.image_combo.layer
-        if image is None:
-            self.report_error("no image layer: open an image or a stack first")
-            return False
-        source = self._source(image)
-        session = self.annotator.session()
-        if session is not None:  # ONE annotation action, the prompt layers' clicks with it
-            with session.annotation.action(f"reset {what}") as action:
-                layers = self._clear_prompt_items(image, source, obj_ids)
-                if obj_ids is None:
-                    session.reset()
-                else:
-                    for obj in obj_ids:
-                        session.reset_object(obj)
-                action.also(*layers)
-            self.annotator.flush(f"reset {what}")
-        else:
-            self._clear_prompt_items(image, source, obj_ids)
-            output = find_output_layer(self.viewer, image, source)
-            if output is not None:  # no annotation yet: the layer is all there is
-                with output.block_history():
-                    for t in range(source.num_frames):
-                        plane = frame_labels(output, source, t)
-                        keep = obj_ids is not None
-                        new = np.where(np.isin(plane, obj_ids), 0, plane) if keep else 0 * plane
-                        write_frame(output, source, t, new)
         self.refresh_objects()
         self.status.setText(f"reset {what} (Undo or Ctrl+Z in the masks layer brings it back)")
         return True
-
-    def _clear_prompt_items(
-        self, image: Any, source: Any, obj_ids: list[int] | None
-    ) -> tuple[Any, Any]:
-        """Remove the objects' clicks and boxes (all with ``None``); returns ``(undo,
-        redo)`` that put the prompt layers back as they were and as they are now."""
-        before, after = [], []
-        for layer in (self.points_combo.layer, self.shapes_combo.layer):
-            if layer is None or not len(layer.data):
-                continue
-            items = self._prompt_items(layer, image, source)
-            drop = [i for i, (obj, _) in enumerate(items) if obj_ids is None or obj in obj_ids]
-            if drop:
-                before.append((layer, prompt_layer_state(layer)))
-                _remove_items(layer, drop)
-                after.append((layer, prompt_layer_state(layer)))
-
-        def put(states: list) -> Any:
-            return lambda: [set_prompt_layer_state(layer, state) for layer, state in states]
-
-        return put(before), put(after)
-
-    def _prompt_items(self, layer: Any, image: Any, source: Any) -> list[tuple[int, int]]:
-        """``(obj_id, frame)`` of each point or shape of a prompt layer."""
-        n = len(layer.data)
-        features = getattr(layer, "features", None)
-        default = self.obj_spin.value()
-        if features is not None and "obj_id" in features.columns and len(features) == n:
-            ids = [int(v) if v == v else default for v in features["obj_id"]]
-        else:
-            ids = [default] * n
-        frames = []
-        for item in layer.data:
-            coords = np.asarray(item, float).reshape(-1, layer.ndim)[0]
-            world = layer.data_to_world(coords)
-            data = np.asarray(image.world_to_data(world), float)
-            frames.append(source.to_frame_coords(data)[0] if data.size == image.ndim else 0)
-        return list(zip(ids, frames, strict=True))
-
-    def _prompt_ids(self) -> list[int]:
-        ids: list[int] = []
-        for layer in (self.points_combo.layer, self.shapes_combo.layer):
-            features = getattr(layer, "features", None)
-            if features is not None and "obj_id" in features.columns:
-                ids += [int(v) for v in features["obj_id"] if v == v and v >= 1]
-        return ids
 
     def _in_viewer(self, layer: Any) -> bool:
         return any(same_layer(layer, x) for x in self.viewer.layers)
@@ -1047,10 +959,3 @@ def _release(life: Lifecycle, owned: _Owned) -> Any:
             _release_after_job(owned.slot, owned.annotator)
 
     return release
-
-
-def _remove_items(layer: Any, indices: list[int]) -> None:
-    """Remove points or shapes by index."""
-    if indices:
-        layer.selected_data = set(indices)
-        layer.remove_selected()

@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from napari_sam_lora.annotator.learning import LearningControl
 from napari_sam_lora.annotator.sessions import PropagateRequest, SessionCache, build_request
 from napari_sam_lora.engine.annotation.history import Signal
@@ -28,10 +30,17 @@ from napari_sam_lora.layers import (
     MasksView,
     StackSource,
     find_output_layer,
+    frame_labels,
     output_labels_layer,
+    prompt_items,
+    prompt_layer_state,
+    prompt_object_ids,
+    remove_prompt_items,
     same_layer,
+    set_prompt_layer_state,
     stack_from_image_layer,
     style_prompt_layers,
+    write_frame,
 )
 from napari_sam_lora.layers.masks_view import Stroke
 
@@ -282,6 +291,95 @@ class Annotator:
         """Show one frame a running job just made (before its action is finished)."""
         view = self.bind()
         return view.show(frame, labels) if view is not None else False
+
+    # -- resets --------------------------------------------------------------------------
+    def prompt_ids(self) -> list[int]:
+        """Object ids in the chosen prompt layers."""
+        return prompt_object_ids(self.selection.points, self.selection.shapes)
+
+    def clear_prompts(self, obj_id: int) -> int:
+        """Remove ``obj_id``'s clicks and boxes on the current frame; returns how many.
+
+        Raises
+        ------
+        StackError
+            No image chosen.
+        """
+        source = self.source()
+        removed = 0
+        for layer in self._prompt_layers():
+            drop = [
+                i
+                for i, (obj, frame) in enumerate(self._items(layer, source))
+                if obj == int(obj_id) and frame == source.current_frame
+            ]
+            remove_prompt_items(layer, drop)
+            removed += len(drop)
+        return removed
+
+    def reset(self, obj_ids: list[int] | None) -> str:
+        """Start objects over (all with ``None``): their clicks and boxes, their annotation
+        and SAM2's memory of them — ONE undo step that brings all of it back. Returns what
+        was reset.
+
+        Raises
+        ------
+        PromptError
+            A job is running.
+        StackError
+            No image chosen.
+        """
+        what = "everything" if obj_ids is None else f"object {obj_ids[0]}"
+        if self.is_busy():
+            raise PromptError(f"a job is running: cancel it before resetting {what}")
+        source = self.source()
+        session = self._session_of(source)
+        if session is None:  # no annotation yet: the layers are all there is
+            self._clear_prompt_items(source, obj_ids)
+            output = self._output_of(source)
+            if output is not None:
+                with output.block_history():
+                    for t in range(source.num_frames):
+                        plane = frame_labels(output, source, t)
+                        keep = obj_ids is not None
+                        new = np.where(np.isin(plane, obj_ids), 0, plane) if keep else 0 * plane
+                        write_frame(output, source, t, new)
+            return what
+        with session.annotation.action(f"reset {what}") as action:
+            action.also(*self._clear_prompt_items(source, obj_ids))
+            if obj_ids is None:
+                session.reset()
+            else:
+                for obj in obj_ids:
+                    session.reset_object(obj)
+        self.flush(f"reset {what}")
+        return what
+
+    def _prompt_layers(self) -> list[Any]:
+        chosen = self.selection
+        return [x for x in (chosen.points, chosen.shapes) if x is not None and len(x.data)]
+
+    def _items(self, layer: Any, source: StackSource) -> list[tuple[int, int]]:
+        return prompt_items(layer, self.selection.image, source, self.selection.obj_id)
+
+    def _clear_prompt_items(
+        self, source: StackSource, obj_ids: list[int] | None
+    ) -> tuple[Any, Any]:
+        """Remove the objects' clicks and boxes (all with ``None``); returns ``(undo,
+        redo)`` that put the prompt layers back as they were and as they are now."""
+        before, after = [], []
+        for layer in self._prompt_layers():
+            items = self._items(layer, source)
+            drop = [i for i, (obj, _) in enumerate(items) if obj_ids is None or obj in obj_ids]
+            if drop:
+                before.append((layer, prompt_layer_state(layer)))
+                remove_prompt_items(layer, drop)
+                after.append((layer, prompt_layer_state(layer)))
+
+        def put(states: list) -> Any:
+            return lambda: [set_prompt_layer_state(layer, state) for layer, state in states]
+
+        return put(before), put(after)
 
     # -- the user's edits and history -----------------------------------------------------
     def on_strokes(self, strokes: list[Stroke]) -> None:

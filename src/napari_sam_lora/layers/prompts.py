@@ -466,3 +466,39 @@ def set_prompt_layer_state(layer: Points | Shapes, state: tuple) -> None:
     else:
         layer.data = data
     layer.features = features.copy()
+
+
+def prompt_items(
+    layer: Points | Shapes, image: Image, source: StackSource, default_obj_id: int
+) -> list[tuple[int, int]]:
+    """``(obj_id, frame)`` of each point or shape of a prompt layer (``default_obj_id``
+    where the layer has no ``obj_id`` feature)."""
+    n = len(layer.data)
+    features = getattr(layer, "features", None)
+    if features is not None and "obj_id" in features.columns and len(features) == n:
+        ids = [int(v) if v == v else default_obj_id for v in features["obj_id"]]
+    else:
+        ids = [default_obj_id] * n
+    frames = []
+    for item in layer.data:
+        coords = np.asarray(item, float).reshape(-1, layer.ndim)[0]
+        data = np.asarray(image.world_to_data(layer.data_to_world(coords)), float)
+        frames.append(source.to_frame_coords(data)[0] if data.size == image.ndim else 0)
+    return list(zip(ids, frames, strict=True))
+
+
+def prompt_object_ids(*layers: Points | Shapes | None) -> list[int]:
+    """The object ids the ``obj_id`` features of prompt layers name."""
+    ids: list[int] = []
+    for layer in layers:
+        features = getattr(layer, "features", None)
+        if features is not None and "obj_id" in features.columns:
+            ids += [int(v) for v in features["obj_id"] if v == v and v >= 1]
+    return ids
+
+
+def remove_prompt_items(layer: Points | Shapes, indices: list[int]) -> None:
+    """Remove points or shapes by index."""
+    if indices:
+        layer.selected_data = set(indices)
+        layer.remove_selected()
