@@ -99,7 +99,6 @@ class LearningPanel(PanelJobs, QWidget):
         self._pending: int | None = None
         self._proposing: tuple = ()
         self._candidates: list[Any] = []
-        self._bar = AUTO_ACCEPT_BAR
         self._activity: Activity | None = None
         self._build_ui()
         self._connect()
@@ -292,7 +291,6 @@ class LearningPanel(PanelJobs, QWidget):
             self._error(exc)
             return False
         self._proposing = (ctx.image, ctx.source)
-        self._skipped = plan.skipped
         self.status.setText(f"accepting object {plan.candidate.obj_id} on frame(s) {plan.frames}…")
         self._start("accept", accept_job, plan, self._options())
         return True
@@ -471,8 +469,7 @@ class LearningPanel(PanelJobs, QWidget):
             image, source = self._proposing
             self.control.drop_accepted(image, source, [(item.candidate, item.report)])
             self._select_after_accept()
-            skipped = getattr(self, "_skipped", [])
-            note = f"; kept your frame(s) {skipped}" if skipped else ""
+            note = f"; kept your frame(s) {item.skipped}" if item.skipped else ""
             self.status.setText(
                 f"accepted object {item.candidate.obj_id} on frame(s) {item.report.frames} "
                 f"(Undo brings it back){note}"

@@ -145,10 +145,12 @@ def propose_job(learner: Any, first: int, last: int) -> Generator:
 
 @dataclass(frozen=True)
 class Accepted:
-    """Yielded by :func:`accept_job`: the candidate and what was accepted."""
+    """Yielded by :func:`accept_job`: the candidate, what was accepted, and the frames
+    left alone because the user had confirmed them."""
 
     candidate: Any
     report: Any
+    skipped: list[int]
 
 
 def accept_job(plan: Any, options: LearnOptions) -> Generator:
@@ -162,7 +164,7 @@ def accept_job(plan: Any, options: LearnOptions) -> Generator:
         frame_range=options.frame_range,
         assist=options.assist,
     )
-    yield Accepted(plan.candidate, report)
+    yield Accepted(plan.candidate, report, list(plan.skipped))
 
 
 @dataclass(frozen=True)
