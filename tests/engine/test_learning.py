@@ -81,7 +81,7 @@ def test_training_uses_the_corrected_frames_own_inputs(disk, monkeypatch):
     learner.learn(2, corrected(session, 2, truth[2]))
     learner.learn(4, corrected(session, 4, truth[4]))
     assert seen[0][0] == 2 and seen[1][0] == 4  # newest example first
-    assert session.decoder_inputs(4, 1) is b_inputs
+    assert session.decoder_inputs(4, 1).image_embeddings is b_inputs.image_embeddings
 
 
 def test_untracked_frame_is_tracked_first(tiny_model):

@@ -10,9 +10,13 @@ from napari_sam_lora.engine.core import memory
 from napari_sam_lora.engine.core.errors import StackError
 
 
-def test_the_estimate_counts_labels_and_one_frames_working_copies():
-    assert memory.stack_bytes(3, (100, 200)) == 3 * 100 * 200 * 4 + 4 * 100 * 200 * 4
-    assert memory.stack_bytes(1, (10, 10), channels=3) == 400 + 4 * 1200
+def test_the_estimate_counts_compressed_labels_and_one_frames_working_copies():
+    # labels compressed (0.05 B/px over the stack); 8 decoded int32 frames and 4 float32
+    # copies of one frame at work
+    assert memory.stack_bytes(3, (100, 200)) == int(0.05 * 3 * 100 * 200) + (8 + 4) * 4 * 20000
+    assert memory.stack_bytes(1, (10, 10), channels=3) == 5 + 8 * 400 + 4 * 1200
+    # a long stack costs little more than a short one
+    assert memory.stack_bytes(300, (1024, 1024)) < 1.5 * memory.stack_bytes(20, (1024, 1024))
     memory.check_stack_fits(3, (100, 200), available=10**9)  # fits: no error
 
 
@@ -20,10 +24,12 @@ def test_a_huge_stack_is_refused_saying_what_would_fit():
     with pytest.raises(StackError) as caught:
         memory.check_stack_fits(3, (20000, 20000), available=4 * 10**9)
     text = str(caught.value)
-    assert "3 frame(s) of 20000×20000 need about 11.2 GB" in text and "4.0 GB are free" in text
+    assert "3 frame(s) of 20000×20000 need about 19.3 GB" in text and "4.0 GB are free" in text
     assert "no frame of this size" in text and "region of interest" in text
-    with pytest.raises(StackError, match=r"40 MB are free: what fits is 4 frame\(s\) of this"):
+    with pytest.raises(StackError, match=r"40 MB are free: what fits is no frame of this size"):
         memory.check_stack_fits(40, (1000, 1000), available=40 * 10**6)
+    with pytest.raises(StackError, match=r"what fits is 5040 frame\(s\) of this size"):
+        memory.check_stack_fits(10**5, (1000, 1000), available=int(300e6 / 0.8))
 
 
 def test_a_session_refuses_before_reading_a_frame(monkeypatch, tiny_model):

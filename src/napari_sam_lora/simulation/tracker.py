@@ -2,10 +2,12 @@
 :class:`~napari_sam_lora.engine.Session`, used by ``evaluate`` and by fine-tuning's
 example recording.
 
-With a ``learner`` (a learning run), corrections train the object's adapter and candidates
-are the learner's proposals; without one (the baseline, or recording), corrections only
-condition SAM2 and there are no candidates. With ``on_record``, the decoder inputs of
-every tracked frame and every prompt are handed over as they are recorded.
+With a ``learner`` (a learning run), corrections train the adapters serving the object (its
+own, or with a class-scope learner the ones every object shares, kept across objects) and
+candidates are the learner's proposals for the object; without one (the baseline, or
+recording), corrections only condition SAM2 and there are no candidates. With
+``on_record``, the decoder inputs of every tracked frame and every prompt are handed over
+as they are recorded.
 """
 
 from __future__ import annotations
@@ -111,7 +113,9 @@ class SessionTracker:
                 self.session.add_mask(frame, self.obj_id, mask)
             return
         # The correction is the user's final mask against what SAM2 tracked on the frame.
-        self.session.labels[frame] = self._tracked[frame]
+        model = self.session.annotation
+        with model.action(f"tracked frame {frame}"):
+            model.write_frame(frame, self._tracked[frame])
         user = np.where(mask, self.obj_id, 0).astype(np.int32)
         with self.phase("train"):
             try:
@@ -123,7 +127,8 @@ class SessionTracker:
         self.trainings.extend(report.trained)
 
     def candidates(self, frame: int) -> list[CandidateMask]:
-        """The learner's proposals for ``frame`` (none without a learner)."""
+        """The learner's proposals for ``frame`` (none without a learner or while no adapter
+        serves the object; a class-scope learner's shared adapters serve every object)."""
         if self.learner is None or not self.learner.adapter_names(self.obj_id):
             return []
         with self.phase("propose"):

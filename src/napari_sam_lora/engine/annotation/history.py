@@ -73,7 +73,8 @@ class Action:
 
     ``pixels`` holds ``(frame, flat indices, old values, new values)``; ``entries``
     ``((frame, obj_id), old entry, new entry)`` (``None``: no entry); ``prompts``
-    ``(old list, new list)``; ``effects`` ``(undo, redo)`` callables a view attached with
+    ``(old list, new list)``; ``lineage`` ``(old, new)`` daughter → ``(parent, division
+    frame)`` mappings; ``effects`` ``(undo, redo)`` callables a view attached with
     :meth:`also` (e.g. the prompt layers a reset emptied).
     """
 
@@ -81,6 +82,9 @@ class Action:
     pixels: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
     entries: list[tuple[Key, Entry | None, Entry | None]] = field(default_factory=list)
     prompts: list[tuple[list[Prompt], list[Prompt]]] = field(default_factory=list)
+    lineage: list[tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]]]] = field(
+        default_factory=list
+    )
     effects: list[tuple[Callable[[], Any], Callable[[], Any]]] = field(default_factory=list)
 
     def also(self, undo: Callable[[], Any], redo: Callable[[], Any]) -> None:
@@ -91,7 +95,7 @@ class Action:
     @property
     def empty(self) -> bool:
         """Whether the action changed nothing."""
-        return not (self.pixels or self.entries or self.prompts or self.effects)
+        return not (self.pixels or self.entries or self.prompts or self.lineage or self.effects)
 
     @property
     def frames(self) -> tuple[int, ...]:

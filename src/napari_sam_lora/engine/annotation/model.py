@@ -36,6 +36,7 @@ from dataclasses import replace
 import numpy as np
 
 from napari_sam_lora.engine.annotation.history import Action, Change, Key, Signal
+from napari_sam_lora.engine.annotation.label_frames import LabelFrames
 from napari_sam_lora.engine.annotation.prompts import Prompt
 from napari_sam_lora.engine.annotation.state import (
     CONFIRMED_SOURCES,
@@ -77,10 +78,11 @@ class AnnotationModel:
         history_limit: int = 200,
         history_mb: float = 512.0,
     ) -> None:
-        self.labels = np.zeros((int(num_frames), *map(int, frame_shape)), dtype=np.int32)
+        self.labels = LabelFrames(int(num_frames), (int(frame_shape[0]), int(frame_shape[1])))
         self.frame_versions = np.zeros(int(num_frames), dtype=np.int64)
         self.entries = AnnotationState()
         self._prompts: list[Prompt] = []
+        self._lineage: dict[int, tuple[int, int]] = {}  # daughter -> (parent, frame)
         self.events = Signal()
         self.history_limit = int(history_limit)
         self.history_bytes = int(history_mb * 2**20)
@@ -105,6 +107,25 @@ class AnnotationModel:
     def prompts(self) -> list[Prompt]:
         """The user's prompts, in the order given (a copy)."""
         return list(self._prompts)
+
+    @property
+    def lineage(self) -> dict[int, tuple[int, int]]:
+        """Divisions: daughter id → ``(parent id, frame the daughter begins on)`` (a copy)."""
+        return dict(self._lineage)
+
+    def parents(self) -> dict[int, int]:
+        """Daughter id → parent id."""
+        return {daughter: parent for daughter, (parent, _) in self._lineage.items()}
+
+    def alive(self, obj_id: int, frame: int) -> bool:
+        """Whether ``obj_id`` exists on ``frame`` as far as divisions say: a daughter from
+        its division frame on, a parent until its first daughter's division frame."""
+        obj_id, frame = int(obj_id), int(frame)
+        born = self._lineage.get(obj_id)
+        if born is not None and frame < born[1]:
+            return False
+        ends = [f for parent, f in self._lineage.values() if parent == obj_id]
+        return not ends or frame < min(ends)
 
     @property
     def object_ids(self) -> list[int]:
@@ -277,17 +298,24 @@ class AnnotationModel:
         return change
 
     def _apply(self, action: Action, undoing: bool) -> None:
-        flat = self.labels.reshape(self.num_frames, -1)
+        planes: dict[int, np.ndarray] = {}  # frames being changed, written once each
         pixels = reversed(action.pixels) if undoing else action.pixels
         for frame, index, old, new in pixels:
-            flat[frame, index] = old if undoing else new
+            if frame not in planes:
+                planes[frame] = self.labels.frame(frame).reshape(-1).copy()
+            planes[frame][index] = old if undoing else new
             self.frame_versions[frame] += 1
+        for frame, plane in planes.items():
+            self.labels.write(frame, plane.reshape(self.frame_shape))
         entries = reversed(action.entries) if undoing else action.entries
         for key, old_entry, new_entry in entries:
             self.entries.put(key, old_entry if undoing else new_entry)
         prompts = reversed(action.prompts) if undoing else action.prompts
         for old_list, new_list in prompts:
             self._prompts = list(old_list if undoing else new_list)
+        lineage = reversed(action.lineage) if undoing else action.lineage
+        for old_map, new_map in lineage:
+            self._lineage = dict(old_map if undoing else new_map)
         effects = reversed(action.effects) if undoing else action.effects
         for undo, redo in effects:
             (undo if undoing else redo)()
@@ -297,7 +325,7 @@ class AnnotationModel:
         """Make ``labels`` the label image of ``frame``; says whether a pixel changed."""
         frame = int(frame)
         new = np.asarray(labels, dtype=np.int32).reshape(-1)
-        old = self.labels[frame].reshape(-1)
+        old = self.labels.frame(frame).reshape(-1)
         index = np.flatnonzero(old != new)
         if index.size == 0:
             return False
@@ -306,9 +334,15 @@ class AnnotationModel:
         values = np.min_scalar_type(max(int(before.max()), int(after.max()), 0))  # compact
         index = index.astype(np.int32 if old.size < 2**31 else np.int64)
         action.pixels.append((frame, index, before.astype(values), after.astype(values)))
-        old[index] = after
+        self.labels.write(frame, new.reshape(self.frame_shape))
         self.frame_versions[frame] += 1
         return True
+
+    def erase_entry(self, frame: int, obj_id: int) -> None:
+        """Forget who made ``obj_id``'s mask on ``frame`` (its pixels stay until written)."""
+        key = (int(frame), int(obj_id))
+        if self.entries.entry(*key) is not None:
+            self._put(key, None)
 
     def _put(self, key: Key, entry: Entry | None) -> None:
         action = self._current()
@@ -384,23 +418,33 @@ class AnnotationModel:
         self._current().prompts.append((list(self._prompts), new))
         self._prompts = new
 
+    def set_lineage(self, lineage: dict[int, tuple[int, int]]) -> None:
+        """Make the divisions ``lineage`` (daughter → ``(parent, frame)``)."""
+        new = {int(d): (int(p), int(f)) for d, (p, f) in lineage.items()}
+        if new != self._lineage:
+            self._current().lineage.append((dict(self._lineage), new))
+            self._lineage = new
+
     def erase_object(self, obj_id: int) -> None:
-        """Remove one object: its prompts, its entries and its pixels on every frame."""
+        """Remove one object: its prompts, its entries, its pixels on every frame and the
+        divisions it takes part in."""
         obj_id = int(obj_id)
+        self.set_lineage({d: (p, f) for d, (p, f) in self._lineage.items() if obj_id not in (d, p)})
         self.set_prompts([p for p in self._prompts if int(p.obj_id) != obj_id])
         for key in [k for k in self.entries.keys_in_order() if k[1] == obj_id]:
             self._put(key, None)
-        for frame in np.flatnonzero((self.labels == obj_id).any(axis=(1, 2))):
+        for frame in self.labels.frames_with(obj_id):
             labels = self.labels[frame].copy()
             labels[labels == obj_id] = 0
             self.write_frame(int(frame), labels)
 
     def erase_all(self) -> None:
-        """Remove every prompt, entry and pixel."""
+        """Remove every prompt, entry, pixel and division."""
+        self.set_lineage({})
         self.set_prompts([])
         for key in list(self.entries.keys_in_order()):
             self._put(key, None)
-        for frame in np.flatnonzero(self.labels.any(axis=(1, 2))):
+        for frame in self.labels.nonempty_frames():
             self.write_frame(int(frame), np.zeros(self.frame_shape, np.int32))
 
     def paint(self, frame: int, index: np.ndarray, values: np.ndarray) -> list[int]:
@@ -429,7 +473,7 @@ class AnnotationModel:
         values = np.broadcast_to(np.asarray(values), flat.shape)
         if values.size and (values.min() < 0 or values.max() > np.iinfo(np.int32).max):
             raise PromptError(f"the stroke on frame {frame} holds a value that is no object id")
-        before = self.labels[frame].reshape(-1)
+        before = self.labels.frame(frame).reshape(-1)
         after = before.copy()
         after[flat] = values.astype(np.int32)
         touched = np.flatnonzero(before != after)
@@ -444,12 +488,17 @@ class AnnotationModel:
         return [int(o) for o in changed]
 
     def replace_all(
-        self, prompts: Sequence[Prompt], entries: AnnotationState, labels: np.ndarray
+        self,
+        prompts: Sequence[Prompt],
+        entries: AnnotationState,
+        labels: np.ndarray,
+        lineage: dict[int, tuple[int, int]] | None = None,
     ) -> None:
-        """Make prompts, entries and labels those given (a restored session)."""
+        """Make prompts, entries, labels and divisions those given (a restored session)."""
         labels = np.asarray(labels, dtype=np.int32)
         if labels.shape != self.labels.shape:
             raise PromptError(f"labels of shape {labels.shape}, not {self.labels.shape}")
+        self.set_lineage(lineage or {})
         self.set_prompts(prompts)
         for key in list(self.entries.keys_in_order()):
             if entries.entry(*key) is None:

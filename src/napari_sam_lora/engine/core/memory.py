@@ -6,7 +6,7 @@ import os
 
 from napari_sam_lora.engine.core.errors import StackError
 
-__all__ = ["available_bytes", "check_stack_fits", "stack_bytes"]
+__all__ = ["available_bytes", "check_stack_fits", "frame_bytes", "stack_bytes"]
 
 #: Share of the free memory one stack may plan to use.
 USABLE_SHARE = 0.8
@@ -27,13 +27,32 @@ def available_bytes() -> int | None:
         return None
 
 
-def stack_bytes(num_frames: int, frame_shape: tuple[int, int], channels: int = 1) -> int:
-    """Bytes a session over the stack needs besides the model: the label images (int32,
-    one per frame) and the working copies of one frame while it is normalised (float32)."""
+#: Label images are kept compressed (``engine.annotation.label_frames``): a budget of
+#: bytes per pixel for them, generous for masks (typically well under 0.02).
+COMPRESSED_LABEL_BYTES = 0.05
+#: Decoded ``(H, W)`` int32 label frames alive at once: the kept ones and the working
+#: copies of a write (old, new, the stroke's or the composition's).
+DECODED_LABEL_FRAMES = 8
+#: Float32 copies of one frame while it is normalised for SAM2.
+NORMALISING_COPIES = 4
+
+
+def frame_bytes(frame_shape: tuple[int, int], channels: int = 1) -> int:
+    """Working memory of one frame: its decoded label frames (int32) and the float32
+    copies made while it is normalised."""
     height, width = (int(s) for s in frame_shape)
-    labels = int(num_frames) * height * width * 4
-    frame = height * width * max(int(channels), 1) * 4
-    return labels + 4 * frame
+    labels = DECODED_LABEL_FRAMES * height * width * 4
+    normalising = NORMALISING_COPIES * height * width * max(int(channels), 1) * 4
+    return labels + normalising
+
+
+def stack_bytes(num_frames: int, frame_shape: tuple[int, int], channels: int = 1) -> int:
+    """Bytes a session over the stack needs besides the model and its bounded caches: the
+    compressed label images of every frame and one frame's working memory
+    (:func:`frame_bytes`)."""
+    height, width = (int(s) for s in frame_shape)
+    labels = int(COMPRESSED_LABEL_BYTES * int(num_frames) * height * width)
+    return labels + frame_bytes(frame_shape, channels)
 
 
 def _size(nbytes: float) -> str:
@@ -46,7 +65,8 @@ def check_stack_fits(
     channels: int = 1,
     available: int | None = None,
 ) -> None:
-    """Refuse a stack whose session cannot fit in the free memory, saying what would.
+    """Refuse a stack whose session cannot fit in the free memory, saying what would
+    (:func:`stack_bytes`: the caches have budgets of their own).
 
     Raises
     ------
@@ -62,9 +82,14 @@ def check_stack_fits(
     if needed <= usable:
         return
     height, width = (int(s) for s in frame_shape)
-    per_frame = height * width * 4
-    fit_frames = int((usable - 4 * height * width * max(channels, 1) * 4) // per_frame)
-    side = int((usable / (4 * (num_frames + 4 * max(channels, 1)))) ** 0.5)
+    per_frame = COMPRESSED_LABEL_BYTES * height * width
+    fit_frames = int((usable - frame_bytes(frame_shape, channels)) // per_frame)
+    per_pixel = (
+        COMPRESSED_LABEL_BYTES * num_frames
+        + DECODED_LABEL_FRAMES * 4
+        + NORMALISING_COPIES * max(channels, 1) * 4
+    )
+    side = int((usable / per_pixel) ** 0.5)
     frames_hint = (
         f"{fit_frames} frame(s) of this size (a frame range)"
         if fit_frames >= 1

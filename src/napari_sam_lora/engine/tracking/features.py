@@ -1,9 +1,17 @@
-"""Feature stores: the backbone feature cache and the decoder-input record.
+"""Feature stores: the backbone feature cache and the decoder-input records.
 
-``BackboneCache`` keeps SAM2's image-encoder output for every visited frame, bounded by a
-memory budget, so re-propagation never re-encodes a cached frame. ``DecoderInputs`` is
-what SAM2's mask decoder received while *tracking* one object on one frame: the
-memory-conditioned pixel features and friends that LoRA training needs ("fresh features").
+A :class:`BoundedStore` keeps SAM2's image-encoder output for visited frames, bounded by a
+memory budget, so re-propagation makes no image-encoder call for a cached frame (an evicted
+frame comes back from the disk cache or is encoded again). ``DecoderInputs`` is what SAM2's
+mask decoder received while *tracking* one object on one frame: the memory-conditioned
+pixel features and friends that LoRA training needs ("fresh features").
+
+What is *stored* per (frame, object) is a :class:`RecordedInputs`: only what is particular
+to that (frame, object) — the memory-conditioned embeddings and the prompt tokens. The
+high-resolution features are the frame's backbone features (read from the feature cache
+when the record is used, so a record never keeps evicted features alive) and the dense
+positional encoding is one tensor shared by every record. Records are counted at the bytes
+they really hold.
 """
 
 from __future__ import annotations
@@ -18,9 +26,12 @@ if TYPE_CHECKING:
 
 
 def tensor_bytes(value: Any) -> int:
-    """Bytes held by the tensors in ``value`` (nested lists/tuples/dicts allowed)."""
+    """Bytes held by the tensors in ``value`` (nested lists/tuples/dicts allowed; an object
+    with an ``nbytes`` attribute, as :class:`RecordedInputs`, counts that)."""
     import torch
 
+    if isinstance(value, RecordedInputs):
+        return value.nbytes
     if isinstance(value, torch.Tensor):
         return value.element_size() * value.nelement()
     if isinstance(value, dict):
@@ -146,4 +157,53 @@ class DecoderInputs:
             high_res_features=tuple(f.to(device) for f in self.high_res_features),
             multimask_output=self.multimask_output,
             extra=dict(self.extra),
+        )
+
+
+def storage_bytes(tensor: torch.Tensor | None) -> int:
+    """Bytes of the memory ``tensor`` views (an expanded tensor holds only its source)."""
+    return 0 if tensor is None else int(tensor.untyped_storage().nbytes())
+
+
+@dataclass
+class RecordedInputs:
+    """What is stored of one (frame, object)'s decoder inputs (see the module docstring).
+
+    Attributes
+    ----------
+    frame, obj_id : int
+        Where they were recorded.
+    image_embeddings : torch.Tensor
+        ``(1, 256, h, w)`` memory-conditioned pixel features.
+    sparse_prompt_embeddings, dense_prompt_embeddings : torch.Tensor
+        The prompt encoder's output (while tracking: no prompt; the dense one is the
+        no-mask embedding expanded, a few bytes).
+    image_pe : torch.Tensor
+        The dense positional encoding: the tensor shared by every record of the session.
+    multimask_output : bool
+        Whether SAM2 asked for three masks.
+    nbytes : int
+        Bytes this record holds of its own (the shared encoding excluded).
+    """
+
+    frame: int
+    obj_id: int
+    image_embeddings: torch.Tensor
+    sparse_prompt_embeddings: torch.Tensor
+    dense_prompt_embeddings: torch.Tensor
+    image_pe: torch.Tensor
+    multimask_output: bool
+    nbytes: int = 0
+
+    def inputs(self, high_res_features: tuple[torch.Tensor, ...]) -> DecoderInputs:
+        """The full :class:`DecoderInputs`, given the frame's high-resolution features."""
+        return DecoderInputs(
+            frame=self.frame,
+            obj_id=self.obj_id,
+            image_embeddings=self.image_embeddings,
+            image_pe=self.image_pe,
+            sparse_prompt_embeddings=self.sparse_prompt_embeddings,
+            dense_prompt_embeddings=self.dense_prompt_embeddings,
+            high_res_features=tuple(high_res_features),
+            multimask_output=self.multimask_output,
         )

@@ -174,13 +174,25 @@ class NormalisedFrames:
     def __len__(self) -> int:
         return self.num_frames
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def scaled(self, index: int) -> np.ndarray:
+        """Frame ``index`` at the stack's resolution, intensities scaled to ``[0, 1]``
+        (float32; ``(H, W)`` or ``(H, W, C)``)."""
         raw = np.asarray(frame_at(self.stack, int(index), self.num_frames))
         values = raw.astype(np.float32, copy=False)
         if not np.all(np.isfinite(values)):
             raise StackError(f"frame {index} contains NaN or infinite values")
         low, high = self.intensity
-        scaled = np.clip((values - low) / (high - low), 0.0, 1.0)
+        return np.clip((values - low) / (high - low), 0.0, 1.0)
+
+    def rgb8(self, index: int) -> np.ndarray:
+        """Frame ``index`` as an ``(H, W, 3)`` uint8 RGB image, scaled like SAM2's input
+        (what sam2's image tools take)."""
+        scaled = self.scaled(index)
+        rgb = scaled[..., :3] if self.rgb else np.repeat(scaled[..., None], 3, axis=-1)
+        return np.round(rgb * 255).astype(np.uint8)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        scaled = self.scaled(index)
         tensor = torch.from_numpy(np.ascontiguousarray(scaled))
         tensor = tensor[..., :3].permute(2, 0, 1) if self.rgb else tensor[None].expand(3, -1, -1)
         resized = F.interpolate(

@@ -31,7 +31,12 @@ import torch
 from sam2 import sam2_video_predictor as _svp
 
 from napari_sam_lora.engine.core.errors import SamLoraError
-from napari_sam_lora.engine.tracking.features import BoundedStore, DecoderInputs
+from napari_sam_lora.engine.tracking.features import (
+    BoundedStore,
+    DecoderInputs,
+    RecordedInputs,
+    storage_bytes,
+)
 
 # sam2 wraps propagation in a tqdm bar printed to stderr; our callers show their own.
 _svp.tqdm = lambda iterable, **_: iterable
@@ -56,6 +61,17 @@ _PRIVATE_API: dict[str, tuple[str, ...]] = {
     "_run_memory_encoder": ("inference_state", "frame_idx", "batch_size", "high_res_masks"),
     "_get_orig_video_res_output": ("inference_state", "any_res_masks"),
     "remove_object": ("inference_state", "obj_id"),
+}
+#: SAM2Base methods the instant preview calls.
+_BASE_API: dict[str, tuple[str, ...]] = {
+    "_forward_sam_heads": (
+        "backbone_features",
+        "point_inputs",
+        "mask_inputs",
+        "high_res_features",
+        "multimask_output",
+    ),
+    "_use_multimask": ("is_init_cond_frame", "point_inputs"),
 }
 #: Inference-state keys read here.
 _STATE_KEYS = (
@@ -83,7 +99,7 @@ def check_private_api(state: dict | None = None) -> None:
         An inference state to check the keys of as well.
     """
     problems = []
-    for name, params in _PRIVATE_API.items():
+    for name, params in {**_PRIVATE_API, **_BASE_API}.items():
         method = getattr(_svp.SAM2VideoPredictor, name, None)
         if method is None:
             problems.append(f"SAM2VideoPredictor.{name} is gone")
@@ -111,11 +127,7 @@ class StackPredictor(_svp.SAM2VideoPredictor):
     encoder_seconds: float = 0.0
 
     def _get_image_feature(self, inference_state: dict, frame_idx: int, batch_size: int):
-        store: BoundedStore = inference_state["feature_store"]
-        cached = store.get(frame_idx)
-        if cached is None:
-            cached = self._encode(inference_state, frame_idx)
-            store.put(frame_idx, cached)
+        cached = self.frame_features(inference_state, frame_idx)
         shared_pos = inference_state["shared_pos_enc"]
         backbone_out = {
             "vision_features": cached[-1],
@@ -125,6 +137,16 @@ class StackPredictor(_svp.SAM2VideoPredictor):
         placeholder = inference_state["image_placeholder"]
         inference_state["cached_features"] = {frame_idx: (placeholder, backbone_out)}
         return super()._get_image_feature(inference_state, frame_idx, batch_size)
+
+    def frame_features(self, inference_state: dict, frame_idx: int) -> list[torch.Tensor]:
+        """Backbone features of one frame: from the feature cache, else the disk cache or
+        the image encoder (then cached)."""
+        store: BoundedStore = inference_state["feature_store"]
+        cached = store.get(frame_idx)
+        if cached is None:
+            cached = self._encode(inference_state, frame_idx)
+            store.put(frame_idx, cached)
+        return cached
 
     def _encode(self, inference_state: dict, frame_idx: int) -> list[torch.Tensor]:
         """Backbone features of one frame: from the disk cache, or the image encoder."""
@@ -158,7 +180,10 @@ class StackPredictor(_svp.SAM2VideoPredictor):
         frame_idx = kwargs["frame_idx"]
         tracking = kwargs.get("point_inputs") is None and kwargs.get("mask_inputs") is None
         obj_id = _obj_id_of(inference_state, output_dict)
-        capture = tracking and obj_id is not None and not kwargs.get("is_init_cond_frame")
+        wanted = inference_state.get("record_inputs", True) or id(inference_state) in _ASSIST
+        capture = (
+            wanted and tracking and obj_id is not None and not kwargs.get("is_init_cond_frame")
+        )
         with recording(self, inference_state, frame_idx, obj_id) if capture else nullcontext():
             out, masks = super()._run_single_frame_inference(
                 inference_state=inference_state, output_dict=output_dict, **kwargs
@@ -205,16 +230,27 @@ def recording(predictor: StackPredictor, state: dict, frame: int, obj_id: int) -
     decoder = predictor.sam_mask_decoder
 
     def hook(_module: torch.nn.Module, _args: tuple, kwargs: dict) -> None:
-        record = DecoderInputs(
+        high_res = kwargs["high_res_features"]
+        if high_res is None or len(high_res) != 2:
+            raise Sam2ApiError("SAM2's mask decoder was called without two high-res features")
+        image_pe = _shared(state, "decoder_image_pe", kwargs["image_pe"].detach())
+        record = RecordedInputs(
             frame=frame,
             obj_id=obj_id,
             image_embeddings=kwargs["image_embeddings"].detach(),
-            image_pe=kwargs["image_pe"].detach(),
             sparse_prompt_embeddings=kwargs["sparse_prompt_embeddings"].detach(),
             dense_prompt_embeddings=kwargs["dense_prompt_embeddings"].detach(),
-            high_res_features=tuple(f.detach() for f in kwargs["high_res_features"]),
+            image_pe=image_pe,
             multimask_output=bool(kwargs["multimask_output"]),
         )
+        record.nbytes = sum(
+            storage_bytes(t)
+            for t in (
+                record.image_embeddings,
+                record.sparse_prompt_embeddings,
+                record.dense_prompt_embeddings,
+            )
+        ) + (0 if image_pe is state["decoder_image_pe"] else storage_bytes(image_pe))
         store.put((frame, obj_id), record)
 
     handles = [decoder.register_forward_pre_hook(hook, with_kwargs=True)]
@@ -226,6 +262,31 @@ def recording(predictor: StackPredictor, state: dict, frame: int, obj_id: int) -
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _shared(state: dict, key: str, tensor: torch.Tensor) -> torch.Tensor:
+    """``state[key]`` when it holds the same values as ``tensor`` (one copy for every
+    record), else ``tensor``; the first tensor seen becomes the shared one."""
+    shared = state.get(key)
+    if shared is None:
+        state[key] = tensor
+        return tensor
+    same = shared.shape == tensor.shape and shared.dtype == tensor.dtype
+    return shared if same and torch.equal(shared, tensor) else tensor
+
+
+def decoder_inputs(
+    predictor: StackPredictor, state: dict, frame: int, obj_id: int
+) -> DecoderInputs | None:
+    """The decoder inputs recorded for ``(frame, obj_id)``, with the frame's high-resolution
+    features read from the feature cache (or the disk cache, or encoded again); ``None``
+    when nothing was recorded there (or the record budget evicted it)."""
+    record: RecordedInputs | None = state["decoder_store"].get((int(frame), int(obj_id)))
+    if record is None:
+        return None
+    with torch.inference_mode():
+        features = predictor.frame_features(state, int(frame))
+    return record.inputs((features[0], features[1]))
 
 
 def _assist_hook(decoder: torch.nn.Module, assist: AssistHook, frame: int, obj_id: int) -> Any:
@@ -383,3 +444,79 @@ def forget_tracking(state: dict, frames: Iterable[int]) -> None:
                 continue
             outputs["non_cond_frame_outputs"].pop(frame, None)
             tracked.pop(frame, None)
+
+
+def memory_reach(predictor: StackPredictor) -> int:
+    """How many frames back SAM2 reads a tracked frame's outputs while tracking: its memory
+    bank (``num_maskmem``, 7) and its object pointers (``max_obj_ptrs_in_encoder``, 16),
+    times the memory stride (1 when tracking)."""
+    stride = int(getattr(predictor, "memory_temporal_stride_for_eval", 1))
+    reach = max(memory_frames(predictor), int(getattr(predictor, "max_obj_ptrs_in_encoder", 16)))
+    return reach * max(stride, 1)
+
+
+def prune_tracking(state: dict, frame: int, reverse: bool, reach: int) -> None:
+    """Drop SAM2's non-conditioning outputs that tracking from ``frame`` on (in the pass's
+    direction) can no longer read: those more than ``reach`` frames behind it. Tracking
+    gives the same masks as with everything kept; what SAM2 keeps per object stays within
+    its conditioning frames and the last ``reach`` tracked frames, whatever the stack's
+    length."""
+    frame = int(frame)
+    for outputs in state["output_dict_per_obj"].values():
+        tracked = outputs["non_cond_frame_outputs"]
+        stale = [f for f in tracked if (f - frame if reverse else frame - f) > reach]
+        for old in stale:
+            del tracked[old]
+
+
+def preview_logits(
+    predictor: StackPredictor,
+    state: dict,
+    frame: int,
+    points: np.ndarray | None,
+    labels: np.ndarray | None,
+    box: np.ndarray | None,
+) -> torch.Tensor:
+    """SAM2's low-resolution mask logits ``(1, 1, h, w)`` for clicks ``(N, 2)`` in ``(x, y)``
+    stack pixels (labels 1/0) and/or a box ``(x0, y0, x1, y1)`` on ``frame``, as SAM2 answers
+    a first prompt there: the frame's cached features (encoded once if needed), the prompt
+    encoder and the mask decoder — no memory, and nothing in SAM2's state changes."""
+    device = predictor.device
+    height, width = state["video_height"], state["video_width"]
+    scale = torch.tensor([predictor.image_size / width, predictor.image_size / height])
+    coords, codes = [], []
+    if box is not None:
+        coords.append(torch.as_tensor(box, dtype=torch.float32).reshape(2, 2) * scale)
+        codes.append(torch.tensor([2, 3], dtype=torch.int32))
+    if points is not None and len(points):
+        coords.append(torch.as_tensor(points, dtype=torch.float32).reshape(-1, 2) * scale)
+        codes.append(torch.as_tensor(labels, dtype=torch.int32).reshape(-1))
+    point_inputs = {
+        "point_coords": torch.cat(coords)[None].to(device),
+        "point_labels": torch.cat(codes)[None].to(device),
+    }
+    with torch.inference_mode():
+        features = predictor.frame_features(state, int(frame))
+        top = features[-1]
+        pixels = top + predictor.no_mem_embed.reshape(1, -1, 1, 1).to(top.dtype)
+        multimask = predictor._use_multimask(True, point_inputs)
+        _, _, _, low_res, _, _, _ = predictor._forward_sam_heads(
+            backbone_features=pixels,
+            point_inputs=point_inputs,
+            mask_inputs=None,
+            high_res_features=[features[0], features[1]],
+            multimask_output=multimask,
+        )
+    return low_res
+
+
+def mask_generator(predictor: StackPredictor, **options: Any) -> Any:
+    """sam2's own automatic mask generator (``SAM2AutomaticMaskGenerator``) on the session's
+    model, with its image predictor's feature sizes set for the model's image size (sam2
+    hard-codes those of 1024)."""
+    from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+
+    generator = SAM2AutomaticMaskGenerator(predictor, **options)
+    side = int(predictor.image_size)
+    generator.predictor._bb_feat_sizes = [(side // k, side // k) for k in (4, 8, 16)]
+    return generator

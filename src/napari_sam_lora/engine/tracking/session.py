@@ -39,7 +39,14 @@ from napari_sam_lora.engine.annotation.prompts import (
 from napari_sam_lora.engine.annotation.state import AnnotationState, overlay_confirmed
 from napari_sam_lora.engine.core.errors import ModelError, PromptError, SamLoraError
 from napari_sam_lora.engine.core.jobs import drain
-from napari_sam_lora.engine.core.validation import check_frames, check_object_id, short_repr
+from napari_sam_lora.engine.core.validation import (
+    check_frame,
+    check_frames,
+    check_label_image,
+    check_mask,
+    check_object_id,
+    short_repr,
+)
 from napari_sam_lora.engine.tracking import sam2_bridge as bridge
 from napari_sam_lora.engine.tracking.conditioning import Conditioning
 from napari_sam_lora.engine.tracking.features import BoundedStore, DecoderInputs
@@ -62,6 +69,10 @@ from napari_sam_lora.engine.tracking.repropagation import (
 )
 
 _MB = 2**20
+#: Default budget for cached image features: 32 frames at 1024, 128 at 512.
+DEFAULT_FEATURE_CACHE_MB = 512.0
+#: Default budget for recorded decoder inputs: 64 (frame, object)s at 1024, 256 at 512.
+DEFAULT_DECODER_CACHE_MB = 256.0
 
 
 class Session:
@@ -81,12 +92,25 @@ class Session:
     image_size : int, optional
         SAM2 input size; default the model's own (1024). Smaller is faster, coarser.
     feature_cache_mb : float
-        Memory budget for cached image features (≈16 MB per frame at 1024 in float32).
+        Memory budget for cached image features (≈16 MB per frame at 1024 in float32,
+        4 MB at 512, 1 MB at 256). Evicted frames come back from the disk cache or are
+        encoded again.
     decoder_cache_mb : float
-        Memory budget for recorded decoder inputs (used to learn from corrections).
+        Memory budget for recorded decoder inputs (what learning from corrections and
+        candidates use; ≈4 MB per tracked (frame, object) at 1024, 1 MB at 512).
     disk_cache : bool or path
         Also keep image features on disk (``True``: the user cache's ``features`` folder;
         or a folder), so reopening the stack tomorrow makes no image-encoder call.
+    record_decoder_inputs : bool
+        Record decoder inputs while tracking (default). ``False`` where nothing will learn
+        from this session (batch segmentation): no record is kept.
+
+    Notes
+    -----
+    Memory does not grow with the stack's length beyond the label images (kept compressed):
+    the two budgets above bound the features and records, and SAM2 keeps its outputs only
+    for conditioning frames and the frames its memory can still read (see
+    :func:`~napari_sam_lora.engine.tracking.sam2_bridge.prune_tracking`).
 
     Raises
     ------
@@ -103,9 +127,10 @@ class Session:
         *,
         device: str | None = None,
         image_size: int | None = None,
-        feature_cache_mb: float = 2048.0,
-        decoder_cache_mb: float = 1024.0,
+        feature_cache_mb: float = DEFAULT_FEATURE_CACHE_MB,
+        decoder_cache_mb: float = DEFAULT_DECODER_CACHE_MB,
         disk_cache: bool | str | os.PathLike[str] = False,
+        record_decoder_inputs: bool = True,
     ) -> None:
         if not isinstance(model, str | os.PathLike | LoadedModel):
             raise ModelError(
@@ -126,6 +151,7 @@ class Session:
         self.state = new_inference_state(
             self.frames, self.model.device, feature_cache_mb * _MB, decoder_cache_mb * _MB
         )
+        self.state["record_inputs"] = bool(record_decoder_inputs)
         if disk_cache:
             from napari_sam_lora.engine.tracking.feature_disk import (
                 FeatureDisk,
@@ -232,8 +258,13 @@ class Session:
         return self.state["feature_store"]
 
     def decoder_inputs(self, frame: int, obj_id: int) -> DecoderInputs | None:
-        """What the mask decoder saw while tracking ``obj_id`` on ``frame`` (or ``None``)."""
-        return self.state["decoder_store"].get((int(frame), int(obj_id)))
+        """What the mask decoder saw while tracking ``obj_id`` on ``frame`` (or ``None``:
+        never tracked there, not recorded, or evicted by ``decoder_cache_mb``).
+
+        The frame's high-resolution features come from the feature cache (or the disk
+        cache, or the image encoder once more when the feature budget evicted them)."""
+        with self.model.precision():
+            return bridge.decoder_inputs(self.model.predictor, self.state, frame, obj_id)
 
     def clear_records(self, obj_id: int | None = None) -> None:
         """Forget recorded decoder inputs (of one object, or all)."""
@@ -372,6 +403,162 @@ class Session:
         self.add_prompts([MaskPrompt(frame, obj_id, mask)])
         return self.labels[frame]
 
+    def add_label_image(self, frame: int, label_image: Any) -> list[int]:
+        """Seed objects from a label image: every non-zero id on ``frame`` becomes an object
+        (its id kept) with its mask as prompt — one undo step.
+
+        Returns
+        -------
+        list of int
+            The ids seeded, ascending.
+
+        Raises
+        ------
+        PromptError
+            Frame out of range, a label image of another shape, no object in it, or values
+            that are no object ids (fractions, negatives, beyond 2³¹ − 1).
+        """
+        frame = check_frame(frame, self.num_frames)
+        labels = check_label_image(label_image, "the seed labels")
+        if labels.shape != self.frame_shape:
+            raise PromptError(
+                f"the seed labels have shape {labels.shape}; frames are {self.frame_shape}"
+            )
+        ids = np.unique(labels)
+        ids = [int(i) for i in ids[ids != 0]]
+        if not ids:
+            raise PromptError(f"the seed labels of frame {frame} hold no object (all 0)")
+        prompts = [MaskPrompt(frame, obj_id, labels == obj_id) for obj_id in ids]
+        with self.annotation.action(f"seed {len(ids)} object(s) on frame {frame}"):
+            self.add_prompts(prompts)
+        return ids
+
+    def segment_all(self, frame: int, options: Any = None) -> list[int]:
+        """*Segment all* on ``frame``: sam2's automatic mask generator, its masks made
+        objects with new ids (:meth:`add_label_image`; one undo step). The user's objects on
+        the frame keep their pixels.
+
+        Parameters
+        ----------
+        options : AutomaticOptions, optional
+            Minimum area, overlap and the generator's settings
+            (:class:`~napari_sam_lora.engine.tracking.automatic.AutomaticOptions`).
+
+        Returns
+        -------
+        list of int
+            The new objects' ids (empty when the generator found nothing to keep).
+        """
+        from napari_sam_lora.engine.tracking.automatic import AutomaticOptions, automatic_labels
+
+        frame = check_frame(frame, self.num_frames)
+        options = AutomaticOptions() if options is None else options
+        if not isinstance(options, AutomaticOptions):
+            raise PromptError(f"options must be AutomaticOptions, not {type(options).__name__}")
+        with self.exclusive():
+            labels = automatic_labels(self, frame, options)
+        if not labels.any():
+            return []
+        return self.add_label_image(frame, labels)
+
+    def preview(self, frame: int, obj_id: int, prompts: Sequence[Prompt]) -> np.ndarray:
+        """SAM2's mask for ``prompts`` (points and/or a box of one object on ``frame``) as a
+        first prompt there, at once: the frame's cached features (encoded once if needed)
+        and the mask decoder only. Nothing changes — no object, no undo step; what the
+        user sees while clicking, before any propagation.
+
+        Returns
+        -------
+        np.ndarray
+            ``(H, W)`` bool mask (a mask prompt is its own preview).
+
+        Raises
+        ------
+        PromptError
+            A prompt SAM2 cannot use, of another frame or object, or no prompt.
+        """
+        prompts = list(prompts)
+        frame, obj_id = check_frame(frame, self.num_frames), int(obj_id)
+        if not prompts:
+            raise PromptError("nothing to preview: click on the object or draw a box")
+        if any((int(p.frame), int(p.obj_id)) != (frame, obj_id) for p in prompts):
+            raise PromptError(f"a preview is of one object on one frame ({obj_id}, {frame})")
+        validate_prompts(prompts, self.num_frames, self.frame_shape, [*self.object_ids, obj_id])
+        masks = [p for p in prompts if isinstance(p, MaskPrompt)]
+        if masks:
+            return np.asarray(masks[-1].mask, bool).copy()
+        points = [p for p in prompts if isinstance(p, PointPrompt)]
+        boxes = [p for p in prompts if isinstance(p, BoxPrompt)]
+        xy = np.concatenate([p.points[:, ::-1] for p in points]) if points else None
+        codes = np.concatenate([p.labels for p in points]) if points else None
+        box = None
+        if boxes:
+            r0, c0, r1, c1 = boxes[-1].box
+            box = np.array([c0, r0, c1, r1], dtype=np.float32)
+        with self.model.precision():
+            logits = bridge.preview_logits(self.model.predictor, self.state, frame, xy, codes, box)
+            return bridge.video_masks(self.model.predictor, self.state, logits)[0, 0] > 0
+
+    def split_object(self, frame: int, obj_id: int, daughter_masks: Sequence[Any]) -> list[int]:
+        """A division: from ``frame`` on, ``obj_id`` is gone and its two daughters — new
+        ids, masks ``daughter_masks`` (the user's) as their prompts — go on; the lineage
+        (daughter → parent, frame) is part of the annotation. One undo step.
+
+        The parent keeps its masks before ``frame``; its masks from ``frame`` on are
+        removed, and propagation writes it only before ``frame`` and the daughters only from
+        ``frame`` on.
+
+        Returns
+        -------
+        list of int
+            The daughters' ids.
+
+        Raises
+        ------
+        PromptError
+            Not an object, not two non-empty, non-overlapping masks of the frame's shape, or
+            ``obj_id`` already divided.
+        """
+        frame = check_frame(frame, self.num_frames)
+        obj_id = check_object_id(obj_id, where="split_object")
+        if obj_id not in self.object_ids:
+            raise PromptError(f"object {obj_id} does not exist (objects: {self.object_ids})")
+        if obj_id in self.annotation.parents().values():
+            raise PromptError(f"object {obj_id} has already divided")
+        masks = [check_mask(m) for m in daughter_masks]
+        if len(masks) != 2:
+            raise PromptError(f"a division makes two daughters; got {len(masks)} mask(s)")
+        for k, mask in enumerate(masks):
+            if mask.shape != self.frame_shape:
+                raise PromptError(
+                    f"daughter mask {k + 1} has shape {mask.shape}; frames are {self.frame_shape}"
+                )
+            if not mask.any():
+                raise PromptError(f"daughter mask {k + 1} is empty: paint each daughter")
+        if (masks[0] & masks[1]).any():
+            raise PromptError("the two daughter masks overlap: each pixel belongs to one")
+        first = max([*self.object_ids, int(self.labels.max())]) + 1
+        daughters = [first, first + 1]
+        with self.annotation.action(f"split object {obj_id} on frame {frame}"):
+            self.annotation.set_lineage(
+                {**self.annotation.lineage, **{d: (obj_id, frame) for d in daughters}}
+            )
+            kept = [p for p in self.annotation.prompts if not _after(p, obj_id, frame)]
+            if len(kept) != len(self.annotation.prompts):
+                self.set_prompts(kept)
+            for t, o in self.annotations.keys_in_order():
+                if o == obj_id and t >= frame:
+                    self.annotation.erase_entry(t, o)
+            for t in self.labels.frames_with(obj_id):
+                if t >= frame:
+                    plane = self.labels[t].copy()
+                    plane[plane == obj_id] = 0
+                    self.annotation.write_frame(t, plane)
+            self.add_prompts(
+                [MaskPrompt(frame, d, m) for d, m in zip(daughters, masks, strict=True)]
+            )
+        return daughters
+
     def set_prompts(self, prompts: Sequence[Prompt]) -> bool:
         """Make the prompts equal to ``prompts``, keeping corrections and accepts (one undo
         step).
@@ -492,15 +679,21 @@ class Session:
 
         read_state(self, path)
 
-    def restore(self, prompts: Sequence[Prompt], state: AnnotationState, labels: Any) -> None:
-        """Start over from saved prompts, annotation state and labels (see
+    def restore(
+        self,
+        prompts: Sequence[Prompt],
+        state: AnnotationState,
+        labels: Any,
+        lineage: dict[int, tuple[int, int]] | None = None,
+    ) -> None:
+        """Start over from saved prompts, annotation state, labels and divisions (see
         :meth:`restore_state`; one undo step). SAM2 is given the prompts, then every other
         confirmed mask, at the next job."""
         prompts = list(prompts)
         if prompts:
             self.validate_prompts(prompts)
         with self.exclusive(), self.annotation.action("restore session"):
-            self.annotation.replace_all(prompts, state, labels)
+            self.annotation.replace_all(prompts, state, labels, lineage)
             self._conditioning.restart()
             self._assisted.clear()
 
@@ -649,6 +842,7 @@ class Session:
     def _run_pass(self, sam_pass: Pass, compare: bool = False) -> Iterator[Any]:
         """Track one pass; yields each frame (with per-object IoUs vs before if ``compare``)."""
         predictor = self.model.predictor
+        reach = bridge.memory_reach(predictor)
         steps = predictor.propagate_in_video(
             self.state,
             start_frame_idx=sam_pass.start,
@@ -662,6 +856,7 @@ class Session:
                         frame, obj_ids, logits = next(steps)
                     except StopIteration:
                         return
+                bridge.prune_tracking(self.state, frame, sam_pass.reverse, reach)
                 before = self.labels[frame].copy() if compare else None
                 self.annotation.write_frame(frame, self._compose(frame, obj_ids, logits))
                 if compare:
@@ -678,6 +873,8 @@ class Session:
         model_made = []
         for k, obj_id in enumerate(obj_ids):
             adapter = self._assisted.pop((frame, obj_id), None)  # set by the assist hook
+            if not self.annotation.alive(obj_id, frame):
+                continue  # a parent after its division, a daughter before it
             source = "adapter" if adapter else "sam2"
             if self.annotation.model_made(frame, obj_id, source, adapter):
                 model_made.append(k)
@@ -698,16 +895,25 @@ class Session:
         """Current label image of ``frame`` from SAM2's outputs and the confirmed masks."""
         import torch
 
-        ids, logits = [], []
+        ids, logits, kept = [], [], []
+        current = self.labels[frame]
         for obj_id in self.object_ids:
+            if self.annotations.is_confirmed(frame, obj_id) or not self.annotation.alive(
+                obj_id, frame
+            ):
+                continue
             out = bridge.frame_output(self.state, obj_id, frame)
-            if out is not None and not self.annotations.is_confirmed(frame, obj_id):
+            if out is not None:
                 ids.append(obj_id)
                 logits.append(out["pred_masks"])
+            else:  # SAM2 no longer holds this frame (see prune_tracking): keep its mask
+                kept.append(obj_id)
         labels = np.zeros(self.frame_shape, dtype=np.int32)
         if ids:
             masks = bridge.video_masks(self.model.predictor, self.state, torch.cat(logits, dim=0))
             labels = compose_labels(ids, masks)
+        for obj_id in kept:
+            labels[(current == obj_id) & (labels == 0)] = obj_id
         return overlay_confirmed(labels, self.annotations, frame)
 
     def segment(
@@ -729,6 +935,10 @@ class Session:
             self.reset()
             self.add_prompts(prompts)
             yield from self.propagate_steps(direction, frame_range)
+
+
+def _after(prompt: Prompt, obj_id: int, frame: int) -> bool:
+    return int(prompt.obj_id) == obj_id and int(prompt.frame) >= frame
 
 
 def _describe(prompts: Sequence[Prompt]) -> str:

@@ -31,7 +31,12 @@ from napari_sam_lora.engine.annotation.prompts import BoxPrompt, MaskPrompt, Poi
 from napari_sam_lora.engine.annotation.state import AnnotationState
 from napari_sam_lora.engine.core.errors import PromptError, SamLoraError
 from napari_sam_lora.engine.core.file_paths import state_paths
-from napari_sam_lora.engine.core.validation import check_label_image, unpack_mask
+from napari_sam_lora.engine.core.validation import (
+    check_frame,
+    check_label_image,
+    check_object_id,
+    unpack_mask,
+)
 
 if TYPE_CHECKING:
     from napari_sam_lora.engine.tracking.session import Session
@@ -155,6 +160,10 @@ def write_state(session: Session, path: str | os.PathLike[str]) -> list[Path]:
         "stack_sha256": stack_fingerprint(session.frames.stack),
         "prompts": prompts,
         "annotations": annotations,
+        # divisions: daughter -> parent (what tracking formats call the lineage), and the
+        # frame each daughter begins on
+        "lineage": {str(d): p for d, p in session.annotation.parents().items()},
+        "division_frames": {str(d): f for d, (_, f) in session.annotation.lineage.items()},
         "set_id": set_id,
     }
     buffer = io.BytesIO()
@@ -196,9 +205,28 @@ def read_state(session: Session, path: str | os.PathLike[str]) -> None:
         unknown = sorted(set(np.unique(labels).tolist()) - known - {0})
         if unknown:
             raise PromptError(f"labels hold object(s) {unknown[:5]} that no record names")
+        lineage = _lineage(doc, known, frames)
     except (KeyError, TypeError, ValueError, SamLoraError) as exc:
         raise SessionFileError(f"{json_path.name} has invalid records: {exc}") from exc
-    session.restore(prompts, state, labels.astype(np.int32))
+    session.restore(prompts, state, labels.astype(np.int32), lineage)
+
+
+def _lineage(doc: dict, known: set[int], frames: int) -> dict[int, tuple[int, int]]:
+    """The divisions a session file records (none in files of older versions), checked."""
+    parents, begins = doc.get("lineage", {}), doc.get("division_frames", {})
+    if not isinstance(parents, dict) or not isinstance(begins, dict):
+        raise PromptError("'lineage' and 'division_frames' must be mappings")
+    if set(parents) != set(begins):
+        raise PromptError("'lineage' and 'division_frames' name different daughters")
+    lineage = {}
+    for key, parent in parents.items():
+        daughter = check_object_id(int(key) if str(key).isdigit() else key, where="lineage")
+        parent = check_object_id(parent, where="lineage")
+        frame = check_frame(begins[key], frames)
+        if daughter not in known or parent not in known:
+            raise PromptError(f"the division {parent} → {daughter} names an unknown object")
+        lineage[daughter] = (parent, frame)
+    return lineage
 
 
 def _complete_pair(path: str | os.PathLike[str]) -> tuple[Path, Path]:
