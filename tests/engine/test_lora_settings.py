@@ -31,7 +31,7 @@ def test_presets_load_and_lit_matches_the_paper():
     assert (lit.focal_weight, lit.dice_weight, lit.loss_resolution) == (20.0, 1.0, "full")
     default = load_settings("default")
     assert (default.target_iou, default.patience, default.loss_resolution) == (0.95, 3, "low")
-    assert default.max_seconds is not None
+    assert default.max_seconds is None  # learning never depends on the machine's load
     assert load_settings("strong").rank == 16
 
 

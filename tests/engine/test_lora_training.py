@@ -97,7 +97,9 @@ def test_stop_rules():
     assert _stop(lit, [0.1] * 5 + [0.7] + [0.69] * 20) == (16, "plateau")
     assert _stop(lit, [0.3] * 30 + [0.5] * 30, max_steps=100) is None  # never > 0.6
     assert _stop(lit, [0.3] * 20, max_steps=20) == (20, "max_steps")
-    assert _stop(DEFAULT, [0.5, 0.6], seconds=100.0) == (1, "max_seconds")
+    assert _stop(DEFAULT, [0.5, 0.6], seconds=1e6) is None  # no time cap by default
+    capped = DEFAULT.replace(max_seconds=20.0)
+    assert _stop(capped, [0.5, 0.6], seconds=100.0) == (1, "max_seconds")
     plateau = DEFAULT.replace(target_iou=None, fail_iou=None)
     assert _stop(plateau, [0.5, 0.502, 0.503, *[0.504] * 8]) == (11, "plateau")
 

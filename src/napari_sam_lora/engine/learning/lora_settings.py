@@ -71,7 +71,10 @@ class LoraSettings:
     max_steps_new, max_steps_finetune : int
         Step caps (one step = one optimisation step over the correction + replay batch).
     max_seconds : float or None
-        Cap on training compute time per correction (``None``: no cap).
+        Cap on training wall time per correction (``None``, the default: no cap). What is
+        learned is then decided by the steps and the data alone, never by the machine's
+        load; a cap makes a busy machine learn less, and the report says so
+        (``stop_reason == "max_seconds"``). Meant for interactive waits only.
     target_iou, patience : float or None, int
         Stop once the chosen mask's IoU is ``>= target_iou`` for ``patience`` steps in a row.
     plateau_patience, plateau_min_iou, min_improvement : int or None, float, float
@@ -108,7 +111,7 @@ class LoraSettings:
     weight_decay: float = 0.01
     max_steps_new: int = 60
     max_steps_finetune: int = 30
-    max_seconds: float | None = 20.0
+    max_seconds: float | None = None
     target_iou: float | None = 0.95
     patience: int = 3
     plateau_patience: int | None = 10
