@@ -11,7 +11,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
-__all__ = ["client", "cores", "gpus", "local_cluster_size", "quiet_logs", "sigint_ignored"]
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "DASHBOARD_ADDRESS",
+    "client",
+    "cores",
+    "gpus",
+    "local_cluster_size",
+    "quiet_logs",
+    "sigint_ignored",
+]
+
+#: Seconds to wait for a ``--scheduler`` (or dask's ``scheduler-address``) to answer.
+CONNECT_TIMEOUT = 5.0
+#: Where a LocalCluster started here serves its dashboard: this machine only (another free
+#: port when 8787 is taken). ``":8787"`` or ``"0.0.0.0:8787"`` serve it on every interface.
+DASHBOARD_ADDRESS = "127.0.0.1:8787"
 
 
 def cores() -> int:
@@ -111,6 +126,39 @@ def quiet_logs(name: str = "distributed") -> Iterator[None]:
         log.setLevel(level)
 
 
+def connect(address: str, timeout: float | None = None, from_config: bool = False) -> Any:
+    """A ``distributed.Client`` connected to the scheduler at ``address``.
+
+    Parameters
+    ----------
+    address : str
+        The scheduler's address (``tcp://host:8786``).
+    timeout : float, optional
+        Seconds to wait for it (default :data:`CONNECT_TIMEOUT`).
+    from_config : bool
+        Whether the address came from dask's ``scheduler-address`` config (for the hint).
+
+    Raises
+    ------
+    ConfigError
+        Nothing answers at ``address`` within the timeout.
+    """
+    from distributed import Client
+
+    from napari_sam_lora.engine.core.errors import ConfigError
+
+    wait = CONNECT_TIMEOUT if timeout is None else float(timeout)
+    try:
+        with quiet_logs():  # dask logs every failed try; the error below says it once
+            return Client(address, timeout=wait)
+    except (OSError, TimeoutError) as exc:
+        where = "unset dask's scheduler-address config" if from_config else "leave out --scheduler"
+        raise ConfigError(
+            f"no dask scheduler answers at {address} (waited {wait:g} s): start one with "
+            f"`dask scheduler` or {where}"
+        ) from exc
+
+
 @contextmanager
 def client(
     client: Any,
@@ -120,8 +168,21 @@ def client(
     memory_limit: str | float | None,
     device: str | None,
     env: dict[str, str] | None,
+    dashboard_address: str | None = None,
 ) -> Iterator[tuple[Any, int | None]]:
-    """A dask client (and torch threads per worker, for clusters started here)."""
+    """A dask client (and torch threads per worker, for clusters started here).
+
+    The client given; else a connection to ``scheduler`` (or dask's ``scheduler-address``
+    config), refused within :data:`CONNECT_TIMEOUT` seconds when nothing answers there;
+    else a new ``LocalCluster`` whose scheduler, workers and dashboard listen on
+    127.0.0.1 only (the dashboard on ``dashboard_address``, default
+    :data:`DASHBOARD_ADDRESS`).
+
+    Raises
+    ------
+    ConfigError
+        No scheduler answers at the address.
+    """
     if client is not None:
         yield client, None
         return
@@ -130,7 +191,7 @@ def client(
 
     address = scheduler or dask.config.get("scheduler-address", None)
     if address:
-        own = Client(address)
+        own = connect(address, from_config=not scheduler)
         try:
             yield own, None
         finally:
@@ -142,6 +203,8 @@ def client(
             n_workers=n_workers,
             threads_per_worker=1,
             processes=True,
+            host="127.0.0.1",
+            dashboard_address=dashboard_address or DASHBOARD_ADDRESS,
             memory_limit=memory_limit or "auto",
             silence_logs=logging.ERROR,
             # dask's nanny sets OMP/MKL threads to 1 in workers; give each worker its share

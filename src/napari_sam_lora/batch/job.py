@@ -25,6 +25,7 @@ yield) are the same job:
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -43,7 +44,8 @@ from napari_sam_lora import __version__
 from napari_sam_lora.batch import cluster, outputs
 from napari_sam_lora.batch.cluster import local_cluster_size
 from napari_sam_lora.batch.stack import START_CHOICES, PointRow
-from napari_sam_lora.engine.core.errors import ConfigError, PromptError, SamLoraError
+from napari_sam_lora.engine.core import memory
+from napari_sam_lora.engine.core.errors import ConfigError, PromptError
 
 __all__ = [
     "DIRECTIONS",
@@ -65,7 +67,10 @@ class BatchStep:
     """Progress of a batch: ``done`` of ``total`` stacks to run; the row just finished.
 
     The first step (``done == 0``) carries ``message`` (the dashboard address, how many
-    stacks are skipped) and no row.
+    stacks are skipped) and no row. While stacks run, a step follows every frame a worker
+    tracks (``stack`` names it, ``row`` is ``None``): ``frames_done`` of ``frames_total``
+    frames of the stacks submitted (a finished stack counts all its frames; a stack's total
+    is its frame count until its worker reports how many frames it tracks).
     """
 
     done: int
@@ -73,6 +78,9 @@ class BatchStep:
     row: dict[str, Any] | None = None
     message: str | None = None
     dashboard: str | None = None
+    frames_done: int = 0
+    frames_total: int = 0
+    stack: str | None = None
 
 
 @dataclass
@@ -110,6 +118,24 @@ class BatchResult:
         return all(r.get("status") in ("done", "skipped") for r in self.rows)
 
 
+@dataclass(frozen=True)
+class _Size:
+    """What a stack holds: frames, frame shape, channels, and its pixel data's bytes."""
+
+    frames: int
+    shape: tuple[int, int]
+    channels: int
+    pixels: int
+
+    def needs(self, model_bytes: int) -> int:
+        """Bytes one worker needs for this stack: its pixels as read, the session's label
+        images and working frames (:func:`~napari_sam_lora.engine.core.memory.stack_bytes`),
+        and the model."""
+        from napari_sam_lora.engine.core.memory import stack_bytes
+
+        return stack_bytes(self.frames, self.shape, self.channels) + self.pixels + model_bytes
+
+
 @dataclass
 class _Plan:
     tasks: list[Any]
@@ -117,6 +143,9 @@ class _Plan:
     order: list[str]
     job: dict[str, Any]
     manifest: dict[str, Any] = field(default_factory=dict)
+    sizes: dict[str, _Size | None] = field(default_factory=dict)
+    model_bytes: int = 0
+    model: str = DEFAULT_MODEL
 
 
 # --------------------------------------------------------------------------- checks
@@ -356,18 +385,134 @@ def _check_adapter_files(paths: Sequence[str], model: str, image_size: int | Non
         )
 
 
-def _geometry(paths: Sequence[Path], names: Sequence[str]) -> dict[str, Any]:
+def _sizes(paths: Sequence[Path], names: Sequence[str]) -> dict[str, _Size | None]:
+    """Each stack's geometry and pixel bytes, read lazily (no pixel is read)."""
+    import numpy as np
+
     from napari_sam_lora.data.readers import open_stack
     from napari_sam_lora.engine.tracking.frames import stack_geometry
 
-    found: dict[str, Any] = {}
+    found: dict[str, _Size | None] = {}
     for name, path in zip(names, paths, strict=True):
         try:
-            num_frames, frame_shape, _ = stack_geometry(open_stack(path))
-            found[name] = (num_frames, frame_shape)
-        except SamLoraError:
-            found[name] = None  # the stack fails on its own, in the summary
+            stack = open_stack(path)
+            num_frames, frame_shape, rgb = stack_geometry(stack)
+            channels = int(stack.shape[-1]) if rgb else 1
+            pixels = int(np.prod([int(n) for n in stack.shape])) * np.dtype(stack.dtype).itemsize
+            found[name] = _Size(int(num_frames), tuple(frame_shape), channels, pixels)
+        except Exception:  # the stack fails on its own, in the summary
+            found[name] = None
     return found
+
+
+def _geometry(sizes: dict[str, _Size | None]) -> dict[str, Any]:
+    return {n: None if z is None else (z.frames, z.shape) for n, z in sizes.items()}
+
+
+#: What a worker needs for the model besides twice its weights (weights and their working
+#: copies): torch, SAM2's activations, dask itself (measured: 1.1 GB peak per worker with
+#: hiera-tiny, 149 MB of weights).
+MODEL_BASE_BYTES = 800_000_000
+
+
+def model_bytes(model: Any) -> int:
+    """A worker's memory allowance for ``model`` (its weights, activations, the runtime).
+
+    ``model`` is a model name, ``untrained:<variant>``, a checkpoint path, or an already
+    parsed ``ModelSpec`` (no checkpoint is read again).
+    """
+    from napari_sam_lora.engine.tracking.models import parse_model
+
+    spec = model if hasattr(model, "variant") else parse_model(model)
+    return int(MODEL_BASE_BYTES + 2 * spec.variant.size_mb * 1_000_000)
+
+
+def _gb(nbytes: float) -> str:
+    return f"{nbytes / 1e9:.1f} GB" if nbytes >= 1e8 else f"{nbytes / 1e6:.0f} MB"
+
+
+def _pause_fraction() -> float:
+    """dask's ``distributed.worker.memory.pause`` (0.8): where a worker stops running tasks."""
+    import dask
+
+    value = dask.config.get("distributed.worker.memory.pause", 0.8)
+    return float(value) if value else 1.0
+
+
+def memory_refusal(
+    name: str, size: _Size | None, limit: float | None, source: str, model: int
+) -> str | None:
+    """Why stack ``name`` cannot run on a worker with ``limit`` bytes; ``None`` if it can.
+
+    First the engine's own check (:func:`~napari_sam_lora.engine.core.memory.check_stack_fits`,
+    which says what would fit), then the whole need — the stack's pixels, its label images
+    and the model (``model`` bytes) — against the share of ``limit`` where dask pauses a
+    worker (``distributed.worker.memory.pause``, 80 %): a worker that reaches it stops
+    running tasks and the stack would never finish.
+
+    Parameters
+    ----------
+    name : str
+        The stack's name (for the message).
+    size : _Size or None
+        The stack's geometry (``None``: unknown, never refused here).
+    limit : float or None
+        Bytes one worker may use (``None``: unknown, nothing is refused).
+    source : str
+        Where ``limit`` comes from, as the user knows it (``--memory-limit``).
+    model : int
+        The model's allowance (:func:`model_bytes`).
+    """
+    from napari_sam_lora.engine.core.errors import StackError
+    from napari_sam_lora.engine.core.memory import check_stack_fits
+
+    if size is None or not limit:
+        return None
+    hint = (
+        "raise --memory-limit, use fewer workers (more memory each), a region of interest "
+        "or a downsampled copy"
+    )
+    try:
+        check_stack_fits(size.frames, size.shape, size.channels, available=int(limit))
+    except StackError as exc:
+        return f"stack {name}: {exc} (a worker has {_gb(limit)}, {source}); {hint}"
+    needed = size.needs(model)
+    labels = size.frames * size.shape[0] * size.shape[1] * 4
+    fraction = _pause_fraction()
+    if needed <= fraction * limit:
+        return None
+    return (
+        f"stack {name} needs about {_gb(needed)}, a worker has {_gb(limit)} ({source}): "
+        f"dask pauses a worker at {fraction:.0%} of it, so the stack would never finish; "
+        f"{hint} (pixels {_gb(size.pixels)}, labels {_gb(labels)}, model about {_gb(model)})"
+    )
+
+
+def _limit_of(memory_limit: str | float | None) -> float | None:
+    """``--memory-limit`` in bytes (``"4GB"``, ``4e9``); ``None`` when not given or ``auto``."""
+    if memory_limit in (None, "", "auto"):
+        return None
+    from dask.utils import parse_bytes
+
+    try:
+        value = (
+            float(memory_limit)
+            if isinstance(memory_limit, int | float)
+            else float(parse_bytes(str(memory_limit)))
+        )
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(
+            f"memory limit {memory_limit!r}: give a size such as 4GB or 8000MB"
+        ) from exc
+    if value <= 0:
+        raise ConfigError(f"memory limit {memory_limit!r}: give a size such as 4GB or 8000MB")
+    return value
+
+
+def _absolute(path: str | os.PathLike[str]) -> str:
+    """``path`` (or a pattern) absolute from this process's folder, ``~`` expanded: workers
+    started in another folder find it."""
+    return str(Path(os.path.expanduser(os.fspath(path))).absolute())
 
 
 def _digest(*parts: Any) -> str:
@@ -398,15 +543,18 @@ def _plan(
     paths = expand_inputs(inputs, exclude=output_dir)
     names = _check_names(paths)
     spec = parse_model(model)
+    if spec.path is not None:  # a checkpoint file: the workers get its absolute path
+        model = str(Path(spec.path).expanduser().resolve())
     adapter_paths = _check_adapters(adapters, model)
     if (seeds is None) == (points is None):
         raise PromptError("give the prompts: seed labels (--seeds) or a points table (--points)")
     seed_files: dict[str, Path] = {}
     clicks: dict[str, list[PointRow]] = {}
+    sizes = _sizes(paths, names)
     if seeds is not None:
-        seed_files = match_seeds(seeds, names)
+        seed_files = {n: p.resolve() for n, p in match_seeds(_absolute(seeds), names).items()}
     else:
-        clicks = read_points_table(points, _geometry(paths, names))
+        clicks = read_points_table(_absolute(points), _geometry(sizes))
     job = {
         "model": str(model),
         "variant": spec.variant.name,
@@ -455,7 +603,9 @@ def _plan(
         )
     if tasks:  # before any cluster starts: one error naming the file, no worker traceback
         _check_adapter_files(adapter_paths, model, size)
-    plan = _Plan(tasks, skipped, names, job, manifest["stacks"])
+    plan = _Plan(
+        tasks, skipped, names, job, manifest["stacks"], sizes, model_bytes(spec), str(model)
+    )
     return plan, tuple(adapter_paths), size
 
 
@@ -515,14 +665,21 @@ def segment_steps(
     memory_limit: str | float | None = None,
     torch_threads: int | None = None,
     env: dict[str, str] | None = None,
+    dashboard_address: str | None = None,
 ) -> Generator[BatchStep, None, BatchResult]:
-    """The batch job as a generator: one :class:`BatchStep` per finished stack.
+    """The batch job as a generator: a :class:`BatchStep` per finished stack and per frame.
 
-    Closing the generator cancels the stacks not yet finished (their outputs are never
-    half-written; a later run with ``resume=True`` does only them). Parameters are those of
+    A stack that a worker cannot hold (its pixels, label images and the model against
+    ``memory_limit``, the workers' own limit, or this machine's free memory for a new
+    LocalCluster) is a ``"failed"`` row saying what would fit, never submitted; when every
+    worker stays paused at dask's memory threshold for :data:`PAUSE_TIMEOUT` seconds, the
+    stacks not finished fail with a message naming the memory limit. Closing the generator
+    cancels the stacks not yet finished (their outputs are never half-written; a later run
+    with ``resume=True`` does only them). Parameters are those of
     :func:`segment`.
     """
     out = Path(output_dir).expanduser().resolve()
+    limit = _limit_of(memory_limit)
     cluster = {
         "client": client,
         "scheduler": scheduler,
@@ -530,6 +687,7 @@ def segment_steps(
         "memory_limit": memory_limit,
         "torch_threads": torch_threads,
         "env": env,
+        "dashboard_address": dashboard_address,
     }
     plan, adapter_paths, size = _plan(
         inputs,
@@ -550,16 +708,141 @@ def segment_steps(
     if not plan.tasks:
         yield BatchStep(0, 0, message=f"{note}nothing to do")
         return _record(plan, state, out)
+    total = len(plan.tasks)
+    # before any cluster starts: a stack no worker can hold is refused, nothing allocated
+    source = "--memory-limit"
+    if limit is None and client is None and not _scheduler_address(scheduler):
+        limit, source = memory.available_bytes(), "the memory free on this machine"
+    refused = _refuse(plan, state, limit, source)
     try:
-        yield from _run(
-            plan, state, adapter_paths, size, out, note, model=model, device=device, **cluster
-        )
+        for done, row in enumerate(refused, 1):
+            yield BatchStep(done, total, row, stack=row["stack"])
+        if plan.tasks:
+            yield from _run(
+                plan,
+                state,
+                adapter_paths,
+                size,
+                out,
+                note,
+                len(refused),
+                total,
+                model=plan.model,
+                device=device,
+                **cluster,
+            )
     finally:  # finished, cancelled (generator closed) or interrupted: record what is done
         if state.submitted:
             for task in plan.tasks:
                 state.rows.setdefault(task.name, _cancelled(task))
             result = _record(plan, state, out)
     return result
+
+
+def _scheduler_address(scheduler: str | None) -> str | None:
+    import dask
+
+    return scheduler or dask.config.get("scheduler-address", None)
+
+
+def _refuse(plan: _Plan, state: _State, limit: float | None, source: str) -> list[dict[str, Any]]:
+    """Take the stacks a worker with ``limit`` bytes cannot hold out of the plan: each one
+    becomes a ``"failed"`` row (see :func:`memory_refusal`) and is never submitted."""
+    keep, rows = [], []
+    for task in plan.tasks:
+        why = memory_refusal(task.name, plan.sizes.get(task.name), limit, source, plan.model_bytes)
+        if why is None:
+            keep.append(task)
+            continue
+        row = {
+            "stack": task.name,
+            "input": task.path,
+            "output": task.output,
+            "status": "failed",
+            "error": why,
+        }
+        _finish(plan, state, task, row)
+        rows.append(row)
+    plan.tasks[:] = keep
+    if rows:
+        state.submitted = True  # rows to record
+    return rows
+
+
+def _finish(plan: _Plan, state: _State, task: Any, row: dict[str, Any]) -> None:
+    state.rows[task.name] = row
+    entry = {k: row.get(k) for k in outputs.SUMMARY_COLUMNS if k != "stack"}
+    state.stacks[task.name] = {**entry, "fingerprint": task.fingerprint, "finished": _now()}
+
+
+#: Seconds every worker may stay paused (over dask's memory pause threshold) before the
+#: job gives up on the stacks not finished instead of waiting forever.
+PAUSE_TIMEOUT = 30.0
+#: Seconds between looks at the workers' status.
+WATCH_INTERVAL = 1.0
+#: Seconds the driver waits for a frame or a finished stack before looking again.
+POLL = 0.2
+
+
+def _all_paused(info: dict[str, Any]) -> bool:
+    """Whether every worker of the scheduler ``info`` is paused (or over dask's pause share
+    of its memory limit); ``False`` without workers."""
+    workers = list((info or {}).get("workers", {}).values())
+    if not workers:
+        return False
+    fraction = _pause_fraction()
+    for worker in workers:
+        limit = worker.get("memory_limit") or 0
+        used = (worker.get("metrics") or {}).get("memory") or 0
+        over = bool(limit) and used >= fraction * limit
+        if worker.get("status") != "paused" and not over:
+            return False
+    return True
+
+
+class PauseWatch:
+    """Notices that every worker has stayed paused for ``timeout`` seconds.
+
+    dask pauses a worker at 80 % of its memory limit (``distributed.worker.memory.pause``):
+    it stops running tasks, and a job whose every worker is paused would wait forever.
+
+    Parameters
+    ----------
+    timeout : float
+        Seconds all workers may stay paused.
+    clock : callable
+        Seconds now (``time.monotonic``; tests pass their own).
+    """
+
+    def __init__(self, timeout: float = PAUSE_TIMEOUT, clock: Any = None) -> None:
+        import time
+
+        self.timeout = float(timeout)
+        self.clock = clock or time.monotonic
+        self.since: float | None = None
+
+    def update(self, info: dict[str, Any]) -> float | None:
+        """Look at the scheduler's ``info``; the seconds paused once past the timeout."""
+        now = self.clock()
+        if not _all_paused(info):
+            self.since = None
+            return None
+        if self.since is None:
+            self.since = now
+        paused = now - self.since
+        return paused if paused >= self.timeout else None
+
+
+def _paused_message(seconds: float, info: dict[str, Any], source: str) -> str:
+    limits = [w.get("memory_limit") for w in info.get("workers", {}).values()]
+    limits = [x for x in limits if x]
+    limit = f"{_gb(min(limits))}, {source}" if limits else source
+    return (
+        f"every worker has been paused for {seconds:.0f} s: it reached "
+        f"{_pause_fraction():.0%} of its memory limit ({limit}) and dask stopped running "
+        "tasks on it; the stack needs more memory than a worker has: raise --memory-limit, "
+        "use fewer workers (more memory each), a region of interest or a downsampled copy"
+    )
 
 
 def _record(plan: _Plan, state: _State, out: Path) -> BatchResult:
@@ -590,6 +873,8 @@ def _run(
     size: int | None,
     out: Path,
     note: str,
+    done: int,
+    total: int,
     *,
     model: str,
     device: str | None,
@@ -599,57 +884,154 @@ def _run(
     memory_limit: str | float | None,
     torch_threads: int | None,
     env: dict[str, str] | None,
+    dashboard_address: str | None,
 ) -> Generator[BatchStep, None, None]:
+    import dataclasses
+    import queue
+
     from distributed import as_completed
 
     from napari_sam_lora.batch.worker import PLUGIN_NAME, ModelPlugin, run_stack
 
-    total = len(plan.tasks)
-    with cluster.client(client, scheduler, total, workers, memory_limit, device, env) as (
-        dask,
-        threads,
-    ):
+    with cluster.client(
+        client,
+        scheduler,
+        len(plan.tasks),
+        workers,
+        memory_limit,
+        device,
+        env,
+        dashboard_address,
+    ) as (dask, threads):
         plugin = ModelPlugin(model, size, device, adapter_paths, torch_threads or threads)
         dask.register_plugin(plugin, name=PLUGIN_NAME)  # loads the model, checks adapters
         state.dashboard = _dashboard(dask)
-        n_workers = len(dask.scheduler_info().get("workers", {}))
+        info = dask.scheduler_info()
+        n_workers = len(info.get("workers", {}))
         out.mkdir(parents=True, exist_ok=True)
         outputs.remove_partials(out)
+        # the workers' own memory limit (a LocalCluster's share, a remote cluster's setting)
+        limits = [w.get("memory_limit") for w in info.get("workers", {}).values()]
+        limits = [float(x) for x in limits if x]
+        source = "--memory-limit" if memory_limit else "the workers' memory_limit"
+        refused = _refuse(plan, state, min(limits) if limits else None, source)
+        frames = {t.name: [0, z.frames if (z := plan.sizes.get(t.name)) else 0] for t in plan.tasks}
+
+        def counts() -> dict[str, int]:
+            return {
+                "frames_done": sum(f[0] for f in frames.values()),
+                "frames_total": sum(f[1] for f in frames.values()),
+            }
+
         yield BatchStep(
-            0,
+            done,
             total,
             message=f"{note}{total} stack(s) on {n_workers} worker(s); dashboard: "
             + (state.dashboard or "not available (dask's dashboard needs bokeh installed)"),
             dashboard=state.dashboard,
+            **counts(),
         )
+        for row in refused:
+            done += 1
+            yield BatchStep(done, total, row, stack=row["stack"], **counts())
+        if not plan.tasks:
+            return
         run_id = uuid.uuid4().hex[:8]
+        topic = f"napari-sam-lora-progress-{run_id}"
+        events: queue.Queue = queue.Queue()
+        dask.subscribe_topic(topic, lambda event: events.put(event[1]))
         state.submitted = True
         futures = {
-            dask.submit(run_stack, task, key=f"napari-sam-lora-{task.name}-{run_id}"): task
+            dask.submit(
+                run_stack,
+                dataclasses.replace(task, progress_topic=topic),
+                key=f"napari-sam-lora-{task.name}-{run_id}",
+            ): task
             for task in plan.tasks
         }
-        done = 0
+        finished_names: set[str] = set()
+        watch = PauseWatch(PAUSE_TIMEOUT)
+        looked = 0.0
+        pending = as_completed(list(futures))
         try:
-            for future in as_completed(futures):
-                task = futures[future]
-                try:
-                    row = future.result()
-                except Exception as exc:
-                    row = _failure(task, exc)
-                state.rows[task.name] = row
-                entry = {k: row.get(k) for k in outputs.SUMMARY_COLUMNS if k != "stack"}
-                state.stacks[task.name] = {
-                    **entry,
-                    "fingerprint": task.fingerprint,
-                    "finished": _now(),
-                }
-                outputs.write_manifest(out, plan.job, state.stacks)
-                done += 1
-                yield BatchStep(done, total, row)
+            while futures:
+                finished = pending.next_batch(block=False)
+                while finished:
+                    future = finished.pop()
+                    task = futures.pop(future)
+                    try:
+                        row = future.result()
+                    except Exception as exc:
+                        row = _failure(task, exc)
+                    # the result is recorded: release it now, so a worker lost later never
+                    # recomputes a finished stack
+                    future.release()
+                    del future
+                    _finish(plan, state, task, row)
+                    outputs.write_manifest(out, plan.job, state.stacks)
+                    finished_names.add(task.name)
+                    frames[task.name][0] = frames[task.name][1] = max(frames[task.name])
+                    done += 1
+                    yield BatchStep(done, total, row, stack=task.name, **counts())
+                if not futures:
+                    break
+                latest = _frame_events(events, frames, finished_names)
+                if latest is not None:
+                    yield BatchStep(done, total, stack=latest, **counts())
+                now = watch.clock()
+                if now - looked >= WATCH_INTERVAL:
+                    looked = now
+                    info = dask.scheduler_info()
+                    paused = watch.update(info)
+                    if paused is not None:
+                        why = _paused_message(paused, info, source)
+                        stuck = list(futures.items())
+                        dask.cancel([f for f, _ in stuck])
+                        futures.clear()
+                        for _, task in stuck:
+                            row = {**_failure(task, RuntimeError(why)), "error": why}
+                            _finish(plan, state, task, row)
+                            done += 1
+                            yield BatchStep(done, total, row, stack=task.name, **counts())
         finally:
-            pending = [f for f in futures if not f.done()]
-            if pending:
-                dask.cancel(pending)
+            with contextlib.suppress(Exception):
+                dask.unsubscribe_topic(topic)
+            if futures:
+                dask.cancel(list(futures))
+
+
+def _frame_events(events: Any, frames: dict[str, list[int]], finished: set[str]) -> str | None:
+    """Apply the workers' frame events (waiting up to :data:`POLL` for the first one);
+    return the stack of the latest, or ``None`` when none came."""
+    import queue
+
+    latest = None
+    try:
+        message = events.get(timeout=POLL)
+        while True:
+            try:
+                name, done, count = message
+                done, count = int(done), int(count)
+            except (TypeError, ValueError):  # not one of ours
+                name = None
+            if name in frames and name not in finished:
+                frames[name][:] = [done, max(count, done)]
+                latest = name
+            message = events.get_nowait()
+    except queue.Empty:
+        pass
+    return latest
+
+
+def _show(bar: Any, step: BatchStep) -> None:
+    """Move the progress bar to ``step``: frames tracked, stacks done, the last row."""
+    if step.frames_total and bar.total != step.frames_total:
+        bar.total = step.frames_total
+    text = f"{step.done}/{step.total} stacks"
+    if step.row is not None:
+        text += f"; {step.row['stack']}: {step.row.get('status')}"
+    bar.set_postfix_str(text, refresh=False)
+    bar.update(step.frames_done - bar.n)
 
 
 def segment(
@@ -673,6 +1055,7 @@ def segment(
     memory_limit: str | float | None = None,
     torch_threads: int | None = None,
     env: dict[str, str] | None = None,
+    dashboard_address: str | None = None,
     progress: bool = False,
     log: Any = None,
 ) -> BatchResult:
@@ -721,8 +1104,12 @@ def segment(
         torch threads per worker (default: the cores divided among the workers).
     env : dict, optional
         Environment variables for the new LocalCluster's worker processes.
+    dashboard_address : str, optional
+        Where the new LocalCluster serves its dashboard (default ``127.0.0.1:8787``, another
+        free port when taken; its scheduler and workers listen on 127.0.0.1 only). Give
+        ``0.0.0.0:8787`` to serve it on every interface.
     progress : bool
-        Show a progress bar on stderr.
+        Show a progress bar (frames tracked, stacks done) on stderr.
     log : callable, optional
         ``log(message)`` for the job's messages (the dashboard address, skipped stacks).
 
@@ -756,6 +1143,7 @@ def segment(
         memory_limit=memory_limit,
         torch_threads=torch_threads,
         env=env,
+        dashboard_address=dashboard_address,
     )
     bar = None
     try:
@@ -769,10 +1157,9 @@ def segment(
             if progress and bar is None and step.total:
                 from tqdm.auto import tqdm
 
-                bar = tqdm(total=step.total, unit="stack", file=sys.stderr)
-            if bar is not None and step.row is not None:
-                bar.set_postfix_str(f"{step.row['stack']}: {step.row.get('status')}")
-                bar.update(1)
+                bar = tqdm(total=step.frames_total or None, unit="frame", file=sys.stderr)
+            if bar is not None:
+                _show(bar, step)
     finally:
         steps.close()
         if bar is not None:

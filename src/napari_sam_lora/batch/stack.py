@@ -10,7 +10,7 @@ same labels.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,6 +148,7 @@ def segment_stack(
     direction: str = "both",
     frame_range: tuple[int, int] | None = None,
     feature_cache_mb: float = 2048.0,
+    progress: Callable[[int, int], Any] | None = None,
 ) -> StackResult:
     """Segment one stack with the engine, exactly as the widget does.
 
@@ -166,6 +167,8 @@ def segment_stack(
         Inclusive ``(first, last)``.
     feature_cache_mb : float
         The session's image-feature memory budget.
+    progress : callable, optional
+        ``progress(done, total)`` after every tracked frame (frames of this propagation).
 
     Returns
     -------
@@ -178,15 +181,26 @@ def segment_stack(
     """
     from napari_sam_lora import Learner, Session
 
-    session = Session(stack, model=model, feature_cache_mb=feature_cache_mb)
+    # nothing learns here: no decoder inputs are recorded (an adapter's assist hook still
+    # sees the frame it is asked about)
+    session = Session(
+        stack, model=model, feature_cache_mb=feature_cache_mb, record_decoder_inputs=False
+    )
     session.add_prompts(prompts)
     object_ids = sorted({int(p.obj_id) for p in prompts})
+
+    def track(assist: Any = None) -> np.ndarray:
+        for step in session.propagate_steps(direction, frame_range, assist):
+            if progress is not None:
+                progress(int(step.done), int(step.total))
+        # the session ends here: its label array is the result (no second copy of the stack)
+        return np.asarray(session.labels, dtype=np.int32)
+
     if not adapters:
-        labels = session.propagate_all(direction, frame_range)
-        return StackResult(np.asarray(labels, dtype=np.int32).copy(), object_ids)
+        return StackResult(track(), object_ids)
     with Learner(session) as learner:  # closing takes its adapters off the shared decoder
         for path in adapters:
             learner.load(path)
-        labels = session.propagate_all(direction, frame_range, learner.assist_hook())
+        labels = track(learner.assist_hook())
         made = {int(f): sorted(int(i) for i in ids) for f, ids in learner.adapter_frames.items()}
-    return StackResult(np.asarray(labels, dtype=np.int32).copy(), object_ids, made)
+    return StackResult(labels, object_ids, made)

@@ -33,6 +33,7 @@ __all__ = [
     "PLUGIN_NAME",
     "ModelPlugin",
     "StackTask",
+    "frame_reporter",
     "peak_memory_mb",
     "relax_malloc_trim",
     "run_stack",
@@ -105,6 +106,8 @@ class StackTask:
     direction: str = "both"
     axis: str = "t"
     attrs: dict[str, Any] = field(default_factory=dict)
+    #: dask event topic the worker posts ``[name, frames done, frames total]`` to per frame.
+    progress_topic: str | None = None
 
 
 def peak_memory_mb() -> float:
@@ -258,8 +261,17 @@ def stack_prompts(task: StackTask, stack: Any) -> list[Any]:
     return point_prompts(task.points)
 
 
-def process_stack(task: StackTask, model: Any, adapters: tuple[str, ...], cache_mb: float) -> dict:
-    """Segment and write one stack; return its summary row (``"failed"`` with the error)."""
+def process_stack(
+    task: StackTask,
+    model: Any,
+    adapters: tuple[str, ...],
+    cache_mb: float,
+    progress: Any = None,
+) -> dict:
+    """Segment and write one stack; return its summary row (``"failed"`` with the error).
+
+    ``progress(done, total)`` is called after every tracked frame.
+    """
     from napari_sam_lora.batch.outputs import write_labels
     from napari_sam_lora.batch.stack import segment_stack
     from napari_sam_lora.data.readers import open_stack
@@ -281,6 +293,7 @@ def process_stack(task: StackTask, model: Any, adapters: tuple[str, ...], cache_
             adapters=adapters,
             direction=task.direction,
             feature_cache_mb=cache_mb,
+            progress=progress,
         )
         attrs = {**task.attrs, "objects": result.object_ids}
         write_labels(result.labels, task.output, task.output_format, axis=task.axis, attrs=attrs)
@@ -312,6 +325,32 @@ def run_stack(task: StackTask) -> dict:
         import torch
 
         torch.set_num_threads(int(plugin.torch_threads))
-    row = process_stack(task, plugin.model, plugin.adapters, plugin.feature_cache_mb)
+    progress = frame_reporter(task)
+    row = process_stack(task, plugin.model, plugin.adapters, plugin.feature_cache_mb, progress)
     row["worker"] = str(os.getpid())
     return row
+
+
+def frame_reporter(task: StackTask) -> Any:
+    """``progress(done, total)`` posting ``[name, done, total]`` to the task's dask topic.
+
+    ``None`` when the task has no topic or runs outside a worker. Posting never fails the
+    stack: progress is a courtesy, the row is the result.
+    """
+    if not task.progress_topic:
+        return None
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except ValueError:  # not on a dask worker
+        return None
+    topic = task.progress_topic
+
+    def progress(done: int, total: int) -> None:
+        try:
+            worker.log_event(topic, [task.name, int(done), int(total)])
+        except Exception:  # a closing worker: the stack goes on
+            logger.debug("progress of %s not posted", task.name, exc_info=True)
+
+    return progress

@@ -103,7 +103,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers", type=_positive_int, help="LocalCluster workers (default: cores or GPUs)"
     )
     cluster.add_argument(
-        "--memory-limit", metavar="SIZE", help="memory per LocalCluster worker, e.g. 4GB"
+        "--memory-limit",
+        metavar="SIZE",
+        help="memory per LocalCluster worker, e.g. 4GB; a stack that cannot fit in it is "
+        "refused (failed) before it is submitted",
+    )
+    cluster.add_argument(
+        "--dashboard-address",
+        metavar="HOST:PORT",
+        help="where a LocalCluster serves the dask dashboard (default: 127.0.0.1:8787, this "
+        "machine only; 0.0.0.0:8787 serves it on every interface)",
     )
     cluster.add_argument(
         "--torch-threads",
@@ -153,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         memory_limit=args.memory_limit,
         torch_threads=args.torch_threads,
+        dashboard_address=args.dashboard_address,
         progress=not args.no_progress,
         log=_stderr,
     )
