@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from napari_sam_lora.cli._args import positive_int
-from napari_sam_lora.synthetic import KIND_DESCRIPTIONS, KINDS
+from napari_sam_lora.synthetic import DEFAULT_SUITE, KIND_DESCRIPTIONS, KINDS
 
 __all__ = ["add_parser", "run"]
 
@@ -18,7 +18,7 @@ def run(args: argparse.Namespace) -> int:
     height, width = args.size
     suite = write_suite(
         args.outdir,
-        kinds=args.kinds or KINDS,
+        kinds=args.kinds or DEFAULT_SUITE,
         n_frames=args.frames,
         shape=(height, width),
         seed=args.seed,
@@ -52,7 +52,8 @@ def add_parser(subparsers: Any) -> None:
         nargs="+",
         choices=KINDS,
         metavar="KIND",
-        help=f"kinds to write (default: all): {', '.join(KINDS)}",
+        help=f"kinds to write (default: {', '.join(DEFAULT_SUITE)}); also: "
+        + ", ".join(k for k in KINDS if k not in DEFAULT_SUITE),
     )
     parser.add_argument(
         "--frames", type=positive_int, default=8, metavar="N", help="frames per stack (8)"

@@ -36,6 +36,7 @@ __all__ = [
     "EvalData",
     "is_suite",
     "load_eval_data",
+    "load_real_data",
     "load_suite",
     "natural_key",
     "parse_frame_list",
@@ -226,3 +227,42 @@ def load_suite(
     if not found:
         raise DataError(f"--objects {objects}: no stack of the suite has these ids")
     return found
+
+
+def load_real_data(
+    name: str,
+    source: str | Path | None = None,
+    frames: str | None = None,
+    objects: str | None = None,
+    annotated_frames: str | None = None,
+) -> EvalData:
+    """A microscopy stack shipped in a downloaded wheel (see
+    :mod:`napari_sam_lora.evaluation.real_data`), checked like :func:`load_eval_data`.
+
+    Parameters
+    ----------
+    name : str
+        One of :func:`napari_sam_lora.evaluation.real_data.real_stacks`.
+    source : str or Path, optional
+        The wheel file or a folder holding it (default: the real-data cache).
+    frames, objects, annotated_frames : str, optional
+        As in :func:`load_eval_data`.
+
+    Returns
+    -------
+    EvalData
+        Named after the stack; every frame is annotated unless ``annotated_frames`` says.
+
+    Raises
+    ------
+    DataError
+        Unknown name, missing or unreadable wheel, or a bad option value.
+    """
+    from napari_sam_lora.evaluation.real_data import read_real_stack
+
+    stack, labels, _ = read_real_stack(name, source)
+    annotated = np.ones(stack.shape[0], dtype=bool)
+    if annotated_frames is not None:
+        chosen = parse_frame_list(annotated_frames, stack.shape[0])
+        annotated = np.isin(np.arange(stack.shape[0]), chosen)
+    return _select(name, stack, labels, annotated, frames, objects)

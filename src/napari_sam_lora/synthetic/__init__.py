@@ -23,10 +23,17 @@ Examples
 
 from __future__ import annotations
 
-from napari_sam_lora.synthetic.stacks import KIND_DESCRIPTIONS, KINDS, make_stack, object_ids
+from napari_sam_lora.synthetic.stacks import (
+    DEFAULT_SUITE,
+    KIND_DESCRIPTIONS,
+    KINDS,
+    make_stack,
+    object_ids,
+)
 from napari_sam_lora.synthetic.suite import write_suite
 
 __all__ = [
+    "DEFAULT_SUITE",
     "KINDS",
     "KIND_DESCRIPTIONS",
     "make_stack",

@@ -17,10 +17,18 @@ KIND_DESCRIPTIONS: dict[str, str] = {
     "drift": "a moving disk while the brightness and background of the stack drift",
     "noisy16": "uint16 stack: faint moving disk, heavy noise, offset and hot pixels",
     "two_objects": "two objects (ids 1 and 2) moving in different directions",
+    "nuclei": "a dense field of 24 small look-alike textured nuclei (ids 1-24), some "
+    "touching, drifting slightly, on a noisy uneven background",
+    "nuclei_dividing": "the nuclei field where one nucleus divides at the middle frame "
+    "into two daughters with new ids (25 and 26)",
 }
 
 #: Names accepted by :func:`make_stack`.
 KINDS: tuple[str, ...] = tuple(KIND_DESCRIPTIONS)
+
+#: The kinds a suite holds by default: one object each (two for ``two_objects``). The
+#: nuclei fields (24 objects each) are chosen by name (``--kinds nuclei``).
+DEFAULT_SUITE: tuple[str, ...] = tuple(k for k in KINDS if not k.startswith("nuclei"))
 
 _MIN_SIZE = 16
 
@@ -242,6 +250,160 @@ def _alloc(c: _Canvas) -> tuple[np.ndarray, np.ndarray]:
     return np.zeros(shape, dtype=np.float64), np.zeros(shape, dtype=np.int32)
 
 
+#: Nuclei in the ``nuclei`` kinds (whatever the frame size: their size scales with it).
+_N_NUCLEI = 24
+
+
+def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of a 2-D float image (numpy only, edges replicated)."""
+    radius = int(np.ceil(2.5 * sigma))
+    if sigma <= 0 or radius < 1:
+        return image
+    offsets = np.arange(-radius, radius + 1)
+    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel /= kernel.sum()
+    for axis in (0, 1):
+        padded = np.pad(image, [(radius, radius) if a == axis else (0, 0) for a in (0, 1)], "edge")
+        n = image.shape[axis]
+        image = sum(
+            w * np.take(padded, np.arange(i, i + n), axis=axis) for i, w in enumerate(kernel)
+        )
+    return image
+
+
+def _place_nuclei(c: _Canvas, radii: np.ndarray) -> np.ndarray:
+    """Centres ``(N, 2)``: random, half of them set against a placed neighbour (touching).
+
+    Two nuclei overlap by at most ~12% of the sum of their radii; where the frame is too
+    small for that, the candidate with the most clearance is kept.
+    """
+    margin = radii.max() + 1.0
+    centres: list[np.ndarray] = []
+    for r in radii:
+        best, best_clearance = None, -np.inf
+        for _ in range(200):
+            if centres and c.rng.random() < 0.5:  # against a neighbour: touching
+                j = int(c.rng.integers(len(centres)))
+                angle = c.rng.uniform(0.0, 2.0 * np.pi)
+                gap = 0.92 * (r + radii[j])
+                cand = centres[j] + gap * np.array([np.sin(angle), np.cos(angle)])
+            else:
+                cand = np.array(
+                    [
+                        c.rng.uniform(margin, c.height - margin),
+                        c.rng.uniform(margin, c.width - margin),
+                    ]
+                )
+            if not (
+                margin <= cand[0] <= c.height - margin and margin <= cand[1] <= c.width - margin
+            ):
+                continue
+            if centres:
+                placed = np.array(centres)
+                dist = np.hypot(*(placed - cand).T)
+                clearance = float(np.min(dist / (r + radii[: len(centres)])))
+            else:
+                clearance = np.inf
+            if clearance > best_clearance:
+                best, best_clearance = cand, clearance
+            if clearance >= 0.88:
+                break
+        centres.append(best if best is not None else np.array([c.height / 2, c.width / 2]))
+    return np.array(centres)
+
+
+def _ellipse(
+    c: _Canvas, cy: float, cx: float, a: float, b: float, angle: float
+) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """An ellipse in its bounding window: ``(window, coverage, mask, u, v)``.
+
+    ``u`` and ``v`` are the window's coordinates in the ellipse's own frame (for texture).
+    """
+    reach = max(a, b) + 2.0
+    y0, y1 = max(int(cy - reach), 0), min(int(cy + reach) + 2, c.height)
+    x0, x1 = max(int(cx - reach), 0), min(int(cx + reach) + 2, c.width)
+    window = (slice(y0, y1), slice(x0, x1))
+    dy, dx = c.yy[window] - cy, c.xx[window] - cx
+    u = dx * np.cos(angle) + dy * np.sin(angle)
+    v = -dx * np.sin(angle) + dy * np.cos(angle)
+    rho = np.hypot(u / a, v / b)  # 1 on the boundary
+    edge = (1.0 - rho) * min(a, b)  # ~ signed distance to the boundary, in pixels
+    return window, np.clip(edge + 0.5, 0.0, 1.0), rho <= 1.0, u, v
+
+
+def _nuclei_stack(c: _Canvas, dividing: bool) -> tuple[np.ndarray, np.ndarray]:
+    image, labels = _alloc(c)
+    scale = c.size / 256.0  # 10-25 px wide nuclei in a 256 x 256 frame
+    n = _N_NUCLEI
+    radii = np.maximum(c.rng.uniform(5.0, 12.5, n) * scale, 1.0)
+    elong = c.rng.uniform(1.0, 1.35, n)
+    angles = c.rng.uniform(0.0, np.pi, n)
+    spins = c.rng.uniform(-0.06, 0.06, n)
+    brightness = c.rng.uniform(150.0, 215.0, n)  # look-alikes: similar, not equal
+    tex_freq = c.rng.uniform(0.5, 1.1, (n, 2))
+    tex_phase = c.rng.uniform(0.0, 2.0 * np.pi, (n, 2))
+    centres = _place_nuclei(c, radii)
+    # slow common drift plus a small own velocity, in pixels per frame
+    drift = c.rng.uniform(-0.3, 0.3, 2) * scale
+    velocity = c.rng.normal(0.0, 0.25, (n, 2)) * scale
+    # the dividing nucleus: the one nearest the frame centre; daughters get new ids
+    mother = int(np.argmin(np.hypot(centres[:, 0] - c.height / 2, centres[:, 1] - c.width / 2)))
+    split = max(1, c.n_frames // 2) if dividing else c.n_frames + 1
+    # uneven illumination, fixed for the stack
+    illum = 12.0 * np.sin(np.pi * c.yy / c.height + 0.7) * np.cos(np.pi * c.xx / c.width - 0.4)
+    blur = 0.8 * max(scale, 0.25)
+
+    def paint(frame, lab, obj, cy, cx, a, b, angle, value, k):
+        window, cov, mask, u, v = _ellipse(c, cy, cx, a, b, angle)
+        size = max(a, b)
+        texture = 1.0 + 0.12 * np.sin(tex_freq[k, 0] * u / size * np.pi + tex_phase[k, 0]) * (
+            np.cos(tex_freq[k, 1] * v / size * np.pi + tex_phase[k, 1])
+        )
+        region = frame[window]
+        region *= 1.0 - cov
+        region += cov * value * texture
+        lab[window][mask] = obj
+
+    for f in range(c.n_frames):
+        frame = c.background() + 5.0 + illum
+        lab = labels[f]
+        for k in range(n):
+            cy, cx = centres[k] + f * (drift + velocity[k])
+            r, e, angle = radii[k], elong[k], angles[k] + f * spins[k]
+            if k != mother or not dividing:
+                paint(frame, lab, k + 1, cy, cx, r * e, r / e, angle, brightness[k], k)
+            elif f < split:  # elongates before it divides
+                stretch = 1.0 + 0.35 * (f + 1) / split
+                paint(frame, lab, k + 1, cy, cx, r * e * stretch, r / e, angle, brightness[k], k)
+            else:  # two daughters moving apart along the mother's long axis
+                apart = r * (0.55 + 0.35 * min((f - split) / 2.0, 1.0))
+                rd = max(r * 0.72, 1.0)
+                for side, obj in ((-1.0, n + 1), (1.0, n + 2)):
+                    dy, dx = side * apart * np.sin(angle), side * apart * np.cos(angle)
+                    paint(
+                        frame,
+                        lab,
+                        obj,
+                        cy + dy,
+                        cx + dx,
+                        rd * 1.1,
+                        rd / 1.1,
+                        angle,
+                        brightness[k] + 10.0,
+                        k,
+                    )
+        image[f] = _blur(frame, blur) + c.noise(10.0)
+    return _to_uint8(image), labels
+
+
+def _nuclei(c: _Canvas) -> tuple[np.ndarray, np.ndarray]:
+    return _nuclei_stack(c, dividing=False)
+
+
+def _nuclei_dividing(c: _Canvas) -> tuple[np.ndarray, np.ndarray]:
+    return _nuclei_stack(c, dividing=True)
+
+
 _GENERATORS: dict[str, Callable[[_Canvas], tuple[np.ndarray, np.ndarray]]] = {
     "moving_disk": _moving_disk,
     "deforming": _deforming,
@@ -251,6 +413,8 @@ _GENERATORS: dict[str, Callable[[_Canvas], tuple[np.ndarray, np.ndarray]]] = {
     "drift": _drift,
     "noisy16": _noisy16,
     "two_objects": _two_objects,
+    "nuclei": _nuclei,
+    "nuclei_dividing": _nuclei_dividing,
 }
 assert tuple(_GENERATORS) == KINDS
 
@@ -271,9 +435,15 @@ def object_ids(kind: str) -> tuple[int, ...]:
     Returns
     -------
     tuple of int
-        ``(1, 2)`` for ``two_objects``, ``(1,)`` otherwise.
+        ``(1, 2)`` for ``two_objects``; ``1`` to ``24`` for ``nuclei``; ``1`` to ``26``
+        for ``nuclei_dividing`` (the daughters, ``25`` and ``26``, appear only in stacks of
+        two frames or more); ``(1,)`` otherwise.
     """
     _check_kind(kind)
+    if kind == "nuclei":
+        return tuple(range(1, _N_NUCLEI + 1))
+    if kind == "nuclei_dividing":
+        return tuple(range(1, _N_NUCLEI + 3))
     return (1, 2) if kind == "two_objects" else (1,)
 
 
@@ -302,9 +472,12 @@ def make_stack(
     image : np.ndarray
         ``(T, H, W)``; ``uint16`` for ``noisy16``, ``uint8`` for every other kind.
     labels : np.ndarray
-        ``(T, H, W)`` ``int32``; object id ``1`` (and ``2`` for ``two_objects``), ``0``
-        elsewhere. Decoys and occluders are not labelled; an occluded object is labelled
-        only where it is visible.
+        ``(T, H, W)`` ``int32``; object id ``1`` (and ``2`` for ``two_objects``; see
+        :func:`object_ids` for the nuclei kinds), ``0`` elsewhere. Decoys and occluders are
+        not labelled; an occluded object is labelled only where it is visible. In the nuclei
+        kinds a nucleus drawn over a touching neighbour owns the shared pixels; the dividing
+        nucleus (the one nearest the centre) keeps its id up to the frame before
+        ``n_frames // 2`` and from that frame on is replaced by its two daughters.
 
     Raises
     ------

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_sam_lora.synthetic.stacks import (
+    DEFAULT_SUITE,
     KIND_DESCRIPTIONS,
     KINDS,
     _check_kind,
@@ -19,7 +20,7 @@ from napari_sam_lora.synthetic.stacks import (
 
 def write_suite(
     outdir: str | Path,
-    kinds: Iterable[str] = KINDS,
+    kinds: Iterable[str] = DEFAULT_SUITE,
     n_frames: int = 8,
     shape: tuple[int, int] = (128, 128),
     seed: int = 0,
@@ -34,7 +35,7 @@ def write_suite(
     outdir : str or Path
         Output folder.
     kinds : iterable of str
-        Kinds to write; default all of :data:`KINDS`.
+        Kinds to write; default :data:`DEFAULT_SUITE` (the nuclei fields by name).
     n_frames, shape, seed
         As in :func:`make_stack`; the same for every kind.
 
