@@ -46,7 +46,12 @@ from napari_sam_lora.annotator.jobs import (
 )
 from napari_sam_lora.engine.core.errors import PromptError
 from napari_sam_lora.engine.learning.lora_settings import available_presets, load_settings
-from napari_sam_lora.engine.learning.records import LearnReport, LearnStep
+from napari_sam_lora.engine.learning.records import (
+    SCOPE_DESCRIPTIONS,
+    SCOPES,
+    LearnReport,
+    LearnStep,
+)
 from napari_sam_lora.engine.tracking.plans import PropagationStep
 from napari_sam_lora.layers import candidate_layers, is_candidate_layer
 
@@ -63,6 +68,10 @@ AUTO_ACCEPT_TIP = (
     "marked auto_accepted). The estimate is calibrated online from your own corrections: "
     "with few corrections, and on untrained (random) weights, it is unreliable."
 )
+
+
+#: How the scopes read in the panel.
+_SCOPE_LABELS = {"object": "each object", "class": "all objects (shared)"}
 
 
 class LearningPanel(PanelJobs, QWidget):
@@ -112,6 +121,12 @@ class LearningPanel(PanelJobs, QWidget):
         self.preset_combo.setToolTip("LoRA settings: default (fast), lit (paper), strong")
         self.preset_combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.preset_combo.setMinimumContentsLength(8)
+        self.scope_combo = QComboBox(self)
+        for scope in SCOPES:
+            self.scope_combo.addItem(_SCOPE_LABELS[scope], scope)
+        self.scope_combo.setToolTip(
+            "\n".join(f"{_SCOPE_LABELS[k]}: {v}" for k, v in SCOPE_DESCRIPTIONS.items())
+        )
         self.learn_button = QPushButton(with_key("Learn from this frame", "learn"), self)
         self.learn_button.setToolTip(
             with_key("Train the corrected objects' adapters on this frame's edit", "learn")
@@ -168,6 +183,7 @@ class LearningPanel(PanelJobs, QWidget):
         form = QFormLayout()
         form.setContentsMargins(4, 2, 4, 2)
         form.addRow("preset", self.preset_combo)
+        form.addRow("learn for", self.scope_combo)
         form.addRow(_row(self.learn_button, self.cancel_button))
         form.addRow(self.auto_check)
         form.addRow(self.repropagate_check)
@@ -187,6 +203,7 @@ class LearningPanel(PanelJobs, QWidget):
     def _connect(self) -> None:
         life = self.life
         self.preset_combo.currentTextChanged.connect(self._apply_preset)
+        self.scope_combo.currentIndexChanged.connect(self._apply_scope)
         for button, action in (
             (self.learn_button, self.learn),
             (self.cancel_button, self.cancel),
@@ -270,7 +287,7 @@ class LearningPanel(PanelJobs, QWidget):
         except Exception as exc:
             self._error(exc)
             return False
-        self._proposing = (ctx.image, ctx.source)
+        self._proposing = (ctx.image, ctx.source, ctx.region)
         self._candidates = []
         self.status.setText(f"proposing frames {first}–{last}…")
         self._start("propose", propose_job, ctx.learner, first, last)
@@ -290,7 +307,7 @@ class LearningPanel(PanelJobs, QWidget):
         except Exception as exc:
             self._error(exc)
             return False
-        self._proposing = (ctx.image, ctx.source)
+        self._proposing = (ctx.image, ctx.source, ctx.region)
         self.status.setText(f"accepting object {plan.candidate.obj_id} on frame(s) {plan.frames}…")
         self._start("accept", accept_job, plan, self._options())
         return True
@@ -311,7 +328,7 @@ class LearningPanel(PanelJobs, QWidget):
         except Exception as exc:
             self._error(exc)
             return False
-        self._proposing = (ctx.image, ctx.source)
+        self._proposing = (ctx.image, ctx.source, ctx.region)
         self.status.setText(f"auto-accepting frames with ≈IoU ≥ {bar:.2f}…")
         self._start("auto_accept", auto_accept_job, ctx.learner, candidates, bar, self._options())
         return True
@@ -404,6 +421,16 @@ class LearningPanel(PanelJobs, QWidget):
                 return 0
         return int(settings.max_steps_new)
 
+    def _apply_scope(self, *_: Any) -> None:
+        scope = self.scope_combo.currentData()
+        try:
+            closed = self.control.set_scope(scope)
+        except Exception as exc:
+            self._error(exc)
+            return
+        note = " (the previous adapters were dropped: load them again if needed)" if closed else ""
+        self.status.setText(f"learning {_SCOPE_LABELS[scope]} from the next correction{note}")
+
     def _apply_preset(self, *_: Any) -> None:
         try:
             self.control.set_preset(self.preset_combo.currentText())
@@ -415,6 +442,7 @@ class LearningPanel(PanelJobs, QWidget):
             return
         for widget in (
             self.preset_combo,
+            self.scope_combo,
             self.learn_button,
             self.auto_accept_check,
             self.auto_accept_spin,
@@ -466,7 +494,7 @@ class LearningPanel(PanelJobs, QWidget):
         elif isinstance(item, Proposed):
             self._show_proposed(item)
         elif isinstance(item, Accepted):
-            image, source = self._proposing
+            image, source, _ = self._proposing
             self.control.drop_accepted(image, source, [(item.candidate, item.report)])
             self._select_after_accept()
             note = f"; kept your frame(s) {item.skipped}" if item.skipped else ""
@@ -475,7 +503,7 @@ class LearningPanel(PanelJobs, QWidget):
                 f"(Undo brings it back){note}"
             )
         elif isinstance(item, AutoAccepted):
-            image, source = self._proposing
+            image, source, _ = self._proposing
             self.control.drop_accepted(image, source, item.accepted)
             self._candidates = []
             written = item.frames
@@ -487,8 +515,8 @@ class LearningPanel(PanelJobs, QWidget):
             )
 
     def _show_proposed(self, item: Proposed) -> None:
-        image, source = self._proposing
-        shown = self.control.show_candidates(image, source, item.candidates)
+        image, source, region = self._proposing  # the proposing session's region
+        shown = self.control.show_candidates(image, source, item.candidates, region)
         self._candidates = list(item.candidates) if shown else []
         best = item.candidates[0].short_name if item.candidates else ""
         self.status.setText(

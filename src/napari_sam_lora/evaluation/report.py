@@ -21,6 +21,14 @@ of both runs side by side. ``calibration`` (see :mod:`.calibration`) measures ho
 confidence shown with the candidates the user examined predicts their true IoU:
 ``spearman``, ``ece`` (10 bins), ``precision_recall`` of "confidence >= tau => IoU >=
 threshold", ``reliability`` bins, and the same for the calibrator's raw score under ``raw``.
+
+``scope`` is the learning run's (``"object"``: each object learns from its own corrections;
+``"class"``: one shared set of adapters learns from every object's corrections, object
+after object). ``accepted_uncorrected`` (each run, each object, and in ``headline`` with
+``objects_helped_uncorrected``) counts the frames fixed by accepting a candidate before the
+object's first correction of its own: with class scope, the corrections other objects'
+learning saved on objects never corrected before (0 with object scope unless an
+``--adapter`` file was loaded).
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ _COUNTS = (
     "clicks",
     "mask_corrections",
     "accepted_candidates",
+    "accepted_uncorrected",
     "accepted_candidates_oracle",
     "scored_frames",
 )
@@ -94,7 +103,7 @@ def _by_presence(
 def _run_dict(run: RunResult, presence: dict[tuple[str, int], np.ndarray]) -> dict[str, Any]:
     results = [r for _, r in run.objects]
     per_object = [{"stack": stack, **r.to_dict()} for stack, r in run.objects]
-    out: dict[str, Any] = {k: int(sum(o[k] for o in per_object)) for k in _COUNTS}
+    out: dict[str, Any] = {k: int(sum(o.get(k, 0) for o in per_object)) for k in _COUNTS}
     out["mean_iou"] = _mean(results, "iou_model")
     out["mean_iou_tracked"] = _mean(results, "iou_tracked")
     out["mean_iou_final"] = _mean(results, "iou_final")
@@ -143,9 +152,11 @@ def build_report(
         source=source,
     )
     confidence_vs_oracle = _ratio(lora["accepted_candidates"], lora["accepted_candidates_oracle"])
+    helped = sum(o.get("accepted_uncorrected", 0) > 0 for o in lora["per_object"])
     return {
         "headline": {
             "threshold": threshold,
+            "scope": result.scope,
             "corrections": {"baseline": base["corrections"], "lora": lora["corrections"]},
             "reduction": reduction,
             "corrections_present": {
@@ -155,10 +166,13 @@ def build_report(
             "reduction_present": split["present"],
             "mean_iou_final": {"baseline": base["mean_iou_final"], "lora": lora["mean_iou_final"]},
             "confidence_vs_oracle": confidence_vs_oracle,
+            "accepted_uncorrected": lora["accepted_uncorrected"],
+            "objects_helped_uncorrected": helped,
             "spearman": calibration["spearman"],
             "ece": calibration["ece"],
         },
         **runs,
+        "scope": result.scope,
         "reduction": reduction,
         "reduction_present": split["present"],
         "reduction_absent": split["absent"],
@@ -182,6 +196,7 @@ def build_report(
         ],
         "settings": {
             **settings,
+            "scope": result.scope,
             "model_label": result.model_label,
             "image_size": result.image_size,
             "lora": result.lora_settings,
@@ -210,7 +225,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"`{report['settings'].get('preset', report['settings']['lora']['name'])}`, "
         f"threshold {report['settings'].get('threshold')}, "
         f"max clicks {report['settings'].get('max_clicks')}, "
-        f"start {report['settings'].get('start')}.",
+        f"start {report['settings'].get('start')}, "
+        f"learning scope {report.get('scope', 'object')}.",
         "",
         f"**Corrections: {base['corrections']} without learning, {lora['corrections']} with "
         f"learning (reduction {_pct(report['reduction'])}); final mean IoU "
@@ -220,13 +236,17 @@ def markdown(report: dict[str, Any]) -> str:
         f"confidence: {lora['accepted_candidates']}; by oracle selection (true IoU): "
         f"{report['accepted_candidates_oracle']} (confidence/oracle "
         f"{_pct(report['confidence_vs_oracle'])}).",
+        *_scope_lines(report),
         "",
         "Untrained SAM2 (random weights) unless the model above says otherwise: the figures "
         "measure the learning machinery, not SAM2's accuracy.",
         "",
         "| | baseline | lora |",
         "|---|---:|---:|",
-        *(f"| {k} | {_fmt(base[k], _digits(k))} | {_fmt(lora[k], _digits(k))} |" for k in rows),
+        *(
+            f"| {k} | {_fmt(base.get(k), _digits(k))} | {_fmt(lora.get(k), _digits(k))} |"
+            for k in rows
+        ),
         *(
             f"| seconds {k} | {_fmt(base['seconds'][k], 1)} | {_fmt(lora['seconds'][k], 1)} |"
             for k in (*PHASES, "total")
@@ -239,21 +259,37 @@ def markdown(report: dict[str, Any]) -> str:
         "## Per object",
         "",
         "| stack | object | start | scored | corrections (baseline / lora) | clicks | "
-        "masks | accepted | oracle | mean IoU (baseline / lora) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "masks | accepted | accepted before own correction | oracle | "
+        "mean IoU (baseline / lora) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for b, lo in zip(base["per_object"], lora["per_object"], strict=True):
         lines.append(
             f"| {b['stack']} | {b['obj_id']} | {b['start_frame']} | {b['scored_frames']} | "
             f"{b['corrections']} / {lo['corrections']} | {b['clicks']} / {lo['clicks']} | "
             f"{b['mask_corrections']} / {lo['mask_corrections']} | "
-            f"{lo['accepted_candidates']} | {lo['accepted_candidates_oracle']} | "
+            f"{lo['accepted_candidates']} | {_fmt(lo.get('accepted_uncorrected'))} | "
+            f"{lo['accepted_candidates_oracle']} | "
             f"{_fmt(b['mean_iou'], 2)} / {_fmt(lo['mean_iou'], 2)} |"
         )
     lines += _calibration_lines(report.get("calibration"))
     settings = {k: v for k, v in report["settings"].items() if k != "lora"}
     lines += ["", "## Settings", "", "```json", json.dumps(settings, indent=2), "```", ""]
     return "\n".join(lines)
+
+
+def _scope_lines(report: dict[str, Any]) -> list[str]:
+    """With class scope: the accepts that spared objects their first corrections."""
+    if report.get("scope") != "class":
+        return []
+    head = report.get("headline", {})
+    return [
+        "",
+        f"Class scope (one shared set of adapters, objects in turn): "
+        f"{head.get('accepted_uncorrected', 0)} frame(s) on "
+        f"{head.get('objects_helped_uncorrected', 0)} object(s) were fixed by accepting a "
+        "candidate before the object had any correction of its own.",
+    ]
 
 
 def _presence_line(report: dict[str, Any], key: str) -> str:

@@ -4,8 +4,10 @@ Both runs use the same model, frames and protocol; per stack one :class:`Session
 image features, which are computed once up front (``encode_shared`` in the results) and then
 read from the cache by both runs. Per object and run the tracker is reset, the run's
 learner is closed (its adapters removed) and the random seed is set again, so the order
-of the runs does not matter. The simulated user and its tracker are
-:mod:`napari_sam_lora.simulation`'s, shared with fine-tuning.
+of the runs does not matter. With ``scope="class"`` the learning run keeps one learner per
+stack instead, across its objects in order (the shared adapters an object's corrections
+train propose for the next objects); it is closed after the stack. The simulated user and
+its tracker are :mod:`napari_sam_lora.simulation`'s, shared with fine-tuning.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class EvalConfig:
     user: UserSettings = field(default_factory=UserSettings)
     seed: int = 0
     adapter: str | Path | None = None
+    scope: str = "object"
 
 
 @dataclass
@@ -71,6 +74,7 @@ class EvalResult:
     lora_settings: dict[str, Any]
     encode_shared_seconds: float = 0.0
     total_seconds: float = 0.0
+    scope: str = "object"
 
 
 def _pre_encode(session: Any, timer: PhaseTimer, bar: Any) -> None:
@@ -104,7 +108,8 @@ def evaluate(
     datasets : sequence of EvalData
         Checked stacks (see :func:`~napari_sam_lora.evaluation.data.load_eval_data`).
     config : EvalConfig
-        Model, preset, simulated user and seed.
+        Model, preset, simulated user, seed and learning scope (``"object"``: a fresh
+        learner per object; ``"class"``: one per stack, shared by its objects).
     model : LoadedModel, optional
         An already loaded model (``config.model``/``device``/``image_size`` are then unused).
     progress : bool
@@ -113,11 +118,18 @@ def evaluate(
     Returns
     -------
     EvalResult
+
+    Raises
+    ------
+    SettingsError
+        ``config.scope`` is not ``"object"`` or ``"class"`` (before anything loads).
     """
-    from napari_sam_lora import Learner, load_model
+    from napari_sam_lora import load_model
     from napari_sam_lora.engine import load_settings
+    from napari_sam_lora.engine.learning.records import check_scope
 
     started = time.perf_counter()
+    check_scope(config.scope)
     settings = load_settings(config.preset)
     if model is None:
         model = load_model(config.model, config.device, config.image_size)
@@ -125,16 +137,25 @@ def evaluate(
     try:
         for data in datasets:
             session = runner.open(data)
-            for obj_id in map(int, data.object_ids):
-                for name in RUNS:
-                    learner = Learner(session, settings) if name == "lora" else None
-                    try:
-                        if learner is not None and config.adapter is not None:
-                            learner.load(config.adapter)
-                        runner.run(session, data, obj_id, name, learner)
-                    finally:
-                        if learner is not None:
-                            learner.close()
+            shared = None  # class scope: the stack's one learner, across its objects
+            try:
+                for obj_id in map(int, data.object_ids):
+                    for name in RUNS:
+                        learner = None
+                        if name == "lora" and config.scope == "class":
+                            if shared is None:
+                                shared = _learner(session, settings, config)
+                            learner = shared
+                        elif name == "lora":
+                            learner = _learner(session, settings, config)
+                        try:
+                            runner.run(session, data, obj_id, name, learner)
+                        finally:
+                            if learner is not None and learner is not shared:
+                                learner.close()
+            finally:
+                if shared is not None:
+                    shared.close()
             del session
     finally:
         runner.close()
@@ -145,7 +166,22 @@ def evaluate(
         lora_settings=settings.to_dict(),
         encode_shared_seconds=runner.shared.seconds["encode"],
         total_seconds=time.perf_counter() - started,
+        scope=config.scope,
     )
+
+
+def _learner(session: Any, settings: Any, config: EvalConfig) -> Any:
+    """A learning run's learner of ``config.scope``, with ``config.adapter`` loaded."""
+    from napari_sam_lora import Learner
+
+    learner = Learner(session, settings, scope=config.scope)
+    try:
+        if config.adapter is not None:
+            learner.load(config.adapter)
+    except BaseException:
+        learner.close()
+        raise
+    return learner
 
 
 class _Runs:

@@ -17,6 +17,10 @@ Per object, with the tracker's state reset:
    tracker (and, in the learning run, trains the object's adapter).
 4. Oracle selection (the best candidate by *true* IoU, as LIT's code picks it) is recorded
    on the same frames without changing the run, so both selections can be compared.
+
+With a learner whose adapters are shared by every object (``scope="class"``), an object
+can get candidates before its own first correction: such accepts are counted as
+:attr:`ObjectResult.accepted_uncorrected` — corrections a look-alike's corrections saved.
 """
 
 from __future__ import annotations
@@ -153,6 +157,18 @@ class ObjectResult:
         return sum(f.action == "accepted" for f in self.frames)
 
     @property
+    def accepted_uncorrected(self) -> int:
+        """Frames fixed by accepting a candidate before the object's first correction of
+        its own, in visiting order: what adapters learned elsewhere (class scope: on other
+        objects; or a loaded adapter file) saved on an object not corrected yet."""
+        count = 0
+        for f in self.frames:
+            if f.action in ("clicks", "mask"):
+                break
+            count += f.action == "accepted"
+        return count
+
+    @property
     def accepted_candidates_oracle(self) -> int:
         """Frames where the best candidate by true IoU reached the threshold."""
         return sum(f.oracle_accept for f in self.frames)
@@ -172,6 +188,7 @@ class ObjectResult:
             "clicks": self.clicks,
             "mask_corrections": self.mask_corrections,
             "accepted_candidates": self.accepted_candidates,
+            "accepted_uncorrected": self.accepted_uncorrected,
             "accepted_candidates_oracle": self.accepted_candidates_oracle,
             "mean_iou": self.mean("iou_model"),
             "mean_iou_tracked": self.mean("iou_tracked"),

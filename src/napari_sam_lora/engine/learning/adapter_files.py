@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ from napari_sam_lora.engine.learning.adapters import (
     require_adapter,
 )
 from napari_sam_lora.engine.learning.lora_settings import MAX_RANK, LoraSettings
+from napari_sam_lora.engine.learning.records import SCOPES, check_scope
 
 preload_triton()  # before peft, as in adapters.py
 
@@ -75,6 +76,7 @@ class LoadedAdapters:
     metadata: dict[str, Any]
     variant: str
     base_checksum: str
+    scope: str = "object"
 
 
 def decoder_checksum(decoder: nn.Module) -> str:
@@ -102,13 +104,16 @@ def save_adapters(
     settings: LoraSettings | None = None,
     object_ids: Mapping[str, int] | None = None,
     reports: Mapping[str, Any] | None = None,
+    scope: str = "object",
 ) -> tuple[Path, Path]:
     """Save adapters ``names`` to ``<path>.safetensors`` + ``<path>.json``.
 
     The safetensors file holds peft's per-adapter state dicts with keys prefixed by the
     adapter name (``obj1_a0.transformer....lora_A.weight``); the JSON holds the format
-    version, base variant and decoder checksum, each adapter's LoRA config, module list,
-    object id and training reports, the settings and free ``metadata``.
+    version, base variant and decoder checksum, the learner's ``scope`` (``"object"``:
+    per-object adapters; ``"class"``: adapters shared by every object, whose object id is
+    ``null``), each adapter's LoRA config, module list, object id and training reports, the
+    settings and free ``metadata``.
 
     Returns
     -------
@@ -120,7 +125,10 @@ def save_adapters(
     WriteError
         The pair could not be written (disk full, read-only folder...); the previous pair,
         if any, is unchanged and no temporary file is left.
+    SettingsError
+        ``scope`` is not one of :data:`~.records.SCOPES` (nothing is written).
     """
+    scope = check_scope(scope)
     st_path, json_path = adapter_paths(path)
     tensors: dict[str, torch.Tensor] = {}
     entries = []
@@ -146,6 +154,7 @@ def save_adapters(
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "base": {"variant": variant, "decoder_sha256": decoder_checksum(decoder)},
+        "scope": scope,
         "safetensors_sha256": hashlib.sha256(blob).hexdigest(),
         "adapters": entries,
         "settings": settings.to_dict() if settings is not None else None,
@@ -284,6 +293,28 @@ class _Plan:
     checked: list[tuple[str, LoraConfig, dict[str, torch.Tensor]]]
     settings: LoraSettings | None
     checksum: str
+    scope: str = "object"
+
+
+def _file_scope(doc: Mapping[str, Any], where: str, scopes: Collection[str] | None) -> str:
+    """The file's ``scope`` (``"object"`` for files written before scopes existed), checked
+    against the scopes the caller can take."""
+    scope = doc.get("scope", "object")
+    if not isinstance(scope, str) or scope not in SCOPES:
+        raise AdapterFileError(
+            f"{where}: scope={short_repr(scope)} is not one of {', '.join(map(repr, SCOPES))}"
+        )
+    if scopes is not None and scope not in scopes:
+        raise AdapterFileError(
+            f"{where} holds {scope}-scope adapters, which a learner with scope "
+            f"{' or '.join(map(repr, scopes))} cannot take: "
+            + (
+                "they belong to no object; load them into a Learner(..., scope='class')"
+                if scope == "class"
+                else "load them into a Learner(..., scope='object')"
+            )
+        )
+    return scope
 
 
 def _plan(
@@ -291,9 +322,11 @@ def _plan(
     decoder: nn.Module,
     expected_base_checksum: str | None,
     rename: Mapping[str, str] | None,
+    scopes: Collection[str] | None = None,
 ) -> _Plan:
     """Read and validate a whole adapter file against ``decoder``; nothing is injected."""
     doc, tensors = _read_files(path)
+    scope = _file_scope(doc, str(adapter_paths(path)[1]), scopes)
     base = doc.get("base")
     if not isinstance(base, Mapping):
         raise AdapterFileError(f"{path} has no 'base' record (variant, decoder checksum).")
@@ -326,7 +359,7 @@ def _plan(
         raise AdapterFileError(f"{path} has invalid adapter records: {message}") from exc
     if len({new for new, *_ in checked}) != len(checked):
         raise AdapterFileError(f"{path}: two adapters would get the same name; use rename=...")
-    return _Plan(doc, planned, checked, settings, actual)
+    return _Plan(doc, planned, checked, settings, actual, scope)
 
 
 def _loaded(plan: _Plan, names: list[str]) -> LoadedAdapters:
@@ -340,6 +373,7 @@ def _loaded(plan: _Plan, names: list[str]) -> LoadedAdapters:
         metadata=dict(doc.get("metadata") or {}),
         variant=str(doc["base"].get("variant")),
         base_checksum=plan.checksum,
+        scope=plan.scope,
     )
 
 
@@ -349,6 +383,7 @@ def check_adapters(
     expected_base_checksum: str | None = None,
     *,
     rename: Mapping[str, str] | None = None,
+    scopes: Collection[str] | None = None,
 ) -> LoadedAdapters:
     """Validate an adapter file against ``decoder`` exactly as :func:`load_adapters` does,
     without injecting anything (``names`` lists what loading would add).
@@ -358,7 +393,7 @@ def check_adapters(
     AdapterFileError
         As :func:`load_adapters`.
     """
-    plan = _plan(path, decoder, expected_base_checksum, rename)
+    plan = _plan(path, decoder, expected_base_checksum, rename, scopes)
     return _loaded(plan, [new for new, *_ in plan.checked])
 
 
@@ -368,6 +403,7 @@ def load_adapters(
     expected_base_checksum: str | None = None,
     *,
     rename: Mapping[str, str] | None = None,
+    scopes: Collection[str] | None = None,
 ) -> LoadedAdapters:
     """Load adapters saved by :func:`save_adapters` into ``decoder`` (safetensors + JSON only).
 
@@ -384,14 +420,18 @@ def load_adapters(
         Checksum the file must have been trained on; default: this decoder's own.
     rename : mapping, optional
         ``{name in file: name to use}``, to avoid clashes with existing adapters.
+    scopes : collection of str, optional
+        The file scopes the caller takes (default: any); a file of another scope is
+        refused before anything is injected. A file without a ``scope`` is ``"object"``.
 
     Raises
     ------
     AdapterFileError
         Missing/damaged files, unknown format, wrong base model, name clash, bad records
-        (object ids, regexes, ranks), bad tensors (shape, NaN/inf).
+        (object ids, regexes, ranks), bad tensors (shape, NaN/inf), an unknown scope or
+        one outside ``scopes``.
     """
-    plan = _plan(path, decoder, expected_base_checksum, rename)
+    plan = _plan(path, decoder, expected_base_checksum, rename, scopes)
     _inject_loaded(decoder, plan.checked)
     return _loaded(plan, [new for new, *_ in plan.checked])
 

@@ -1,4 +1,8 @@
-"""Per-object adapter pools: LIT's new-vs-fine-tune rule and a bounded replay buffer.
+"""Adapter pools: LIT's new-vs-fine-tune rule and a bounded replay buffer.
+
+A pool belongs to one object (the learner's ``scope="object"``) or is shared by every
+object of the stack (``scope="class"``: :data:`SHARED_POOL_ID`); the rule, the replay and
+the calibrator are the same either way.
 
 Adapters are ranked by the model's own confidence (predicted IoU × object score), never
 by ground truth. Each pool also holds the object's
@@ -34,6 +38,9 @@ from napari_sam_lora.engine.learning.lora_settings import LoraSettings
 from napari_sam_lora.engine.learning.losses import logits_iou
 from napari_sam_lora.engine.tracking.features import DecoderInputs
 
+#: The id of a class-scope learner's shared pool: label 0 is the background, never an object.
+SHARED_POOL_ID = 0
+
 
 @dataclass
 class ReplayEntry:
@@ -51,6 +58,7 @@ class CorrectionPlan:
     ``examples`` (newest first) is what to pass to ``train_adapter``; ``fine_tune`` selects
     the fine-tuning learning rate and step cap; ``ious`` are each adapter's IoU on the
     correction (used only for the new-adapter rule), ``proposals`` their proposals.
+    ``obj_id`` is the pool's (:data:`SHARED_POOL_ID` for a shared pool).
     """
 
     obj_id: int
@@ -77,19 +85,31 @@ def raw_score(proposal: Proposal, reference: np.ndarray | None) -> float:
 
 
 class AdapterPool:
-    """The adapters of one object (at most ``settings.max_adapters_per_object``).
+    """The adapters of one object, or of every object (at most
+    ``settings.max_adapters_per_object`` either way).
 
     LIT's rule: a correction on which *every* adapter's IoU is ``<= new_adapter_iou``
     starts a new adapter (while there is room); otherwise the adapter the model itself is
     most confident in (predicted IoU × object score; never ground truth) is fine-tuned on
     the correction plus its replay entries. Flow: ``plan`` → ``begin`` → ``train_adapter``
     → ``commit`` (or ``abort`` when cancelled).
+
+    Parameters
+    ----------
+    obj_id : int
+        The object, or :data:`SHARED_POOL_ID` for a pool every object shares (its
+        adapters are named ``<prefix>class_a<k>``, and it belongs to no object).
+    settings : LoraSettings
+        Pool size, replay size, new-adapter rule.
+    prefix : str
+        The owning learner's namespace on a shared decoder.
     """
 
     def __init__(self, obj_id: int, settings: LoraSettings, prefix: str = "") -> None:
         self.obj_id = int(obj_id)
         self.settings = settings
         self.prefix = prefix  # the owning learner's namespace on a shared decoder
+        self.label = "class" if self.shared else f"obj{self.obj_id}"
         self.names: list[str] = []
         self.replay: deque[ReplayEntry] = deque(maxlen=settings.replay_size)
         self.reports: dict[str, list[Any]] = {}
@@ -98,12 +118,17 @@ class AdapterPool:
     def __len__(self) -> int:
         return len(self.names)
 
+    @property
+    def shared(self) -> bool:
+        """Whether every object shares this pool (a class-scope learner's)."""
+        return self.obj_id == SHARED_POOL_ID
+
     def next_name(self) -> str:
-        """First free slot name, ``<prefix>obj<id>_a<k>``."""
+        """First free slot name, ``<prefix>obj<id>_a<k>`` (``<prefix>class_a<k>`` shared)."""
         k = 0
-        while f"{self.prefix}obj{self.obj_id}_a{k}" in self.names:
+        while f"{self.prefix}{self.label}_a{k}" in self.names:
             k += 1
-        return f"{self.prefix}obj{self.obj_id}_a{k}"
+        return f"{self.prefix}{self.label}_a{k}"
 
     def adopt(self, name: str) -> None:
         """Register an adapter already on the decoder (e.g. loaded from a file)."""
@@ -122,8 +147,8 @@ class AdapterPool:
 
     def estimate_ious(self, raw_scores: np.ndarray | list[float]) -> np.ndarray:
         """Estimated IoUs (float32, in ``[0, 1]``) for :func:`raw_score` values of this
-        object's adapters, from the object's calibrator (near the raw values before any
-        correction)."""
+        pool's adapters, from the pool's calibrator (near the raw values before any
+        correction). A shared pool's calibrator learns from every object's evidence."""
         return self.calibrator.estimate_many(raw_scores)
 
     def observe(

@@ -7,6 +7,12 @@ prompt in memory). The adapted decoder then proposes masks for other frames; acc
 proposal makes it a confirmed conditioning frame for SAM2 and a replay example for the
 adapter. Frames the user confirmed are never overwritten unless asked.
 
+With ``scope="object"`` (the default) each object has its own adapter pool and learns only
+from its own corrections. With ``scope="class"`` one pool is shared by every object: a
+correction on any object trains it, and it proposes for (and assists) every object —
+also those never corrected — from each object's own recorded decoder inputs. Either way
+the pool of an object is :meth:`Learner.pool_for`'s; nothing else differs.
+
 Example
 -------
 >>> learner = Learner(session, settings="default")
@@ -36,6 +42,7 @@ from napari_sam_lora.engine.learning.adapter_files import (
     save_adapters,
 )
 from napari_sam_lora.engine.learning.adapter_pool import (
+    SHARED_POOL_ID,
     AdapterPool,
     CorrectionPlan,
     ReplayEntry,
@@ -64,7 +71,7 @@ from napari_sam_lora.engine.learning.namespaces import (
     free_names,
     release_namespace,
 )
-from napari_sam_lora.engine.learning.records import LearnReport, LearnStep
+from napari_sam_lora.engine.learning.records import LearnReport, LearnStep, check_scope
 from napari_sam_lora.engine.learning.reference import reference_mask
 from napari_sam_lora.engine.learning.training import TrainingReport, train_adapter
 from napari_sam_lora.engine.tracking.features import DecoderInputs
@@ -74,7 +81,8 @@ from napari_sam_lora.engine.tracking.session import Session
 
 
 class Learner:
-    """Per-object LoRA adapters for one session, trained from corrections.
+    """LoRA adapters for one session, trained from corrections: per object, or shared by
+    every object (``scope``).
 
     A learner owns its adapters: they carry the learner's namespace on the (possibly
     shared) decoder and are removed by :meth:`close` (or leaving a ``with`` block), so
@@ -90,11 +98,16 @@ class Learner:
     assist_margin : float
         In adapter-assisted propagation, an adapter's mask replaces SAM2's when its
         confidence beats the base model's by this much.
+    scope : {"object", "class"}
+        ``"object"``: each object's own pool learns from its own corrections only.
+        ``"class"``: one shared pool (at most ``max_adapters_per_object`` adapters, LIT's
+        rule, one replay buffer and one calibrator) learns from the corrections and accepts
+        of every object and serves every object, also objects never corrected.
 
     Raises
     ------
     SettingsError, AdapterError
-        Bad settings, or ``target_modules`` matching no module of this decoder.
+        Bad settings or scope, or ``target_modules`` matching no module of this decoder.
     """
 
     def __init__(
@@ -102,9 +115,11 @@ class Learner:
         session: Session,
         settings: str | Path | LoraSettings = "default",
         assist_margin: float = 0.1,
+        scope: str = "object",
     ) -> None:
         # Checked before anything is loaded, claimed or created.
         margin = finite_number(assist_margin, "assist_margin", SettingsError)
+        self.scope = check_scope(scope)
         self.session = session
         self.settings = settings if isinstance(settings, LoraSettings) else load_settings(settings)
         if not matching_modules(self.decoder, self.settings.target_modules):
@@ -115,6 +130,7 @@ class Learner:
                 "the mask decoder; fix the LoRA settings"
             )
         self.assist_margin = margin
+        # Object id → pool; with scope="class" the one shared pool, under SHARED_POOL_ID.
         self.pools: dict[int, AdapterPool] = {}
         self.reports: list[TrainingReport] = []
         self.adapter_frames: dict[int, set[int]] = {}
@@ -128,14 +144,26 @@ class Learner:
         return self.session.model.predictor.sam_mask_decoder
 
     def adapter_names(self, obj_id: int | None = None) -> list[str]:
-        """This learner's adapters (of one object, or all)."""
-        pools = self.pools.values() if obj_id is None else [self.pools.get(int(obj_id))]
+        """This learner's adapters (those serving one object, or all); with
+        ``scope="class"`` every object is served by all of them."""
+        pools = self.pools.values() if obj_id is None else [self.pool_for(obj_id)]
         return [n for pool in pools if pool is not None for n in pool.names]
 
+    def pool_for(self, obj_id: int) -> AdapterPool | None:
+        """The pool that learns from and proposes for ``obj_id``: the object's own, or with
+        ``scope="class"`` the shared one (the same for every object); ``None`` while there
+        is none (nothing learned or loaded for it yet)."""
+        return self.pools.get(self._pool_key(obj_id))
+
+    def _pool_key(self, obj_id: int) -> int:
+        return SHARED_POOL_ID if self.scope == "class" else int(obj_id)
+
     def _pool(self, obj_id: int) -> AdapterPool:
-        return self.pools.setdefault(
-            int(obj_id), AdapterPool(int(obj_id), self.settings, prefix=self.namespace)
-        )
+        """:meth:`pool_for`, made when missing."""
+        key = self._pool_key(obj_id)
+        if key not in self.pools:
+            self.pools[key] = AdapterPool(key, self.settings, prefix=self.namespace)
+        return self.pools[key]
 
     # -- lifetime -------------------------------------------------------------------------
     def close(self) -> None:
@@ -201,7 +229,7 @@ class Learner:
             corrections = session.diff(frame, user_labels)
         else:
             corrections = self.pending_corrections(frame)
-        report = LearnReport(frame, corrections)
+        report = LearnReport(frame, corrections, scope=self.scope)
         with session.annotation.action(f"learn from frame {frame}"):
             with session.exclusive():  # the records first: what SAM2 made before the edit
                 inputs = {c.obj_id: self._inputs_for(c, report) for c in corrections}
@@ -285,7 +313,8 @@ class Learner:
         finished = False
         try:
             report = yield from relay(
-                steps, lambda step: LearnStep(obj_id, plan.adapter_name, index, count, step)
+                steps,
+                lambda step: LearnStep(obj_id, plan.adapter_name, index, count, step, self.scope),
             )
             finished = True
         finally:
@@ -318,8 +347,9 @@ class Learner:
         self, frame: int, obj_id: int, kwargs: dict, output: tuple
     ) -> tuple[Any, str] | None:
         """The assist hook (see :meth:`assist_hook`): ``(output, adapter name)`` where an
-        adapter's mask replaces SAM2's on ``frame``, else ``None``."""
-        pool = self.pools.get(obj_id)
+        adapter's mask replaces SAM2's on ``frame``, else ``None`` (with ``scope="class"``
+        the shared adapters serve every object)."""
+        pool = self.pool_for(obj_id)
         record = self.session.decoder_inputs(frame, obj_id)
         if pool is None or not pool.names or record is None:
             self._forget_adapter_frame(frame, obj_id)
@@ -349,12 +379,16 @@ class Learner:
         """Every adapter's masks for ``frames`` (default: all tracked), best first.
 
         Uses the decoder inputs recorded while tracking (decoder only: fast). Frames
-        without recorded inputs for an object are skipped for it.
+        without recorded inputs for an object are skipped for it. ``obj_ids`` defaults to
+        the objects with adapters; with ``scope="class"`` to every object of the session,
+        each proposed for by every shared adapter on its own recorded inputs (also objects
+        never corrected).
 
         Raises
         ------
         PromptError
-            A frame out of range, or an object this learner has no adapter for.
+            A frame out of range, or an object this learner has no adapter for (with
+            ``scope="class"``: no shared adapter yet).
         """
         self._check_open()
         n = self.session.num_frames
@@ -363,10 +397,15 @@ class Learner:
         if bad:
             raise PromptError(f"frame(s) {bad[:5]} out of range: the stack has frames 0–{n - 1}")
         if obj_ids is None:
-            ids = list(self.pools)
+            ids = list(self.pools) if self.scope == "object" else self.session.object_ids
+            ids = [i for i in ids if self.pool_for(i) is not None]
         else:
             ids = [int(i) for i in obj_ids]
-            unknown = [i for i in ids if i not in self.pools]
+            unknown = [i for i in ids if self.pool_for(i) is None]
+            if unknown and self.scope == "class":
+                raise PromptError(
+                    "no shared adapter yet (class scope): correct a frame of any object first"
+                )
             if unknown:
                 raise PromptError(
                     f"no adapter for object(s) {unknown}: correct a frame of it first "
@@ -377,7 +416,7 @@ class Learner:
             for obj_id in ids:
                 records = [r for f in wanted if (r := self.session.decoder_inputs(f, obj_id))]
                 references = [self.reference_mask(r.frame, obj_id) for r in records]
-                for name in self.pools[obj_id].names:
+                for name in self._pool(obj_id).names:
                     if records:
                         candidates.append(self._candidate(obj_id, name, records, references))
             self._base_mode()
@@ -397,7 +436,7 @@ class Learner:
             [raw_score(p, ref) for p, ref in zip(proposals, references, strict=True)],
             dtype=np.float32,
         )
-        estimated = np.asarray(self.pools[obj_id].estimate_ious(raw), dtype=np.float32)
+        estimated = np.asarray(self._pool(obj_id).estimate_ious(raw), dtype=np.float32)
         frames = [r.frame for r in records]
         return Candidate(obj_id, name, frames, masks, confidences, estimated, raw)
 
@@ -579,7 +618,8 @@ class Learner:
 
     # -- files ----------------------------------------------------------------------------
     def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> tuple[Path, Path]:
-        """Save every adapter (safetensors + JSON with base model, settings, reports)."""
+        """Save every adapter (safetensors + JSON with base model, settings, reports and
+        the scope; shared adapters have no object id)."""
         self._check_open()
         names = self.adapter_names()
         if not names:
@@ -592,12 +632,15 @@ class Learner:
             {"model": spec.label, "untrained": spec.untrained, **(metadata or {})},
             variant=("untrained:" if spec.untrained else "") + spec.variant.name,
             settings=self.settings,
-            object_ids={n: obj for obj, pool in self.pools.items() for n in pool.names},
+            object_ids={
+                n: obj for obj, pool in self.pools.items() if not pool.shared for n in pool.names
+            },
             reports={
                 n: [r.to_dict() for r in pool.reports.get(n, []) if r]
-                for obj, pool in self.pools.items()
+                for pool in self.pools.values()
                 for n in pool.names
             },
+            scope=self.scope,
         )
 
     def load(self, path: str | Path) -> list[str]:
@@ -606,18 +649,31 @@ class Learner:
         Names already in use are renamed to the object's next free slot; a file whose
         content is already loaded is not loaded again (its names are returned). On any
         error (damaged file, other base model) the current adapters are kept unchanged.
+
+        A class-scope learner takes class-scope files and object-scope ones (files written
+        before scopes existed are object-scope): every adapter joins the shared pool. An
+        object-scope learner refuses a class-scope file (its adapters belong to no object).
+
+        Raises
+        ------
+        AdapterFileError
+            As :func:`~.adapter_files.load_adapters`, and a scope this learner cannot take.
         """
         self._check_open()
         digest = content_digest(path)
         if digest is not None and digest in self._loaded:
             return list(self._loaded[digest])
         rename = free_names(path, set(adapter_names(self.decoder)), self.namespace)
-        loaded = load_adapters(path, self.decoder, decoder_checksum(self.decoder), rename=rename)
+        scopes = ("object", "class") if self.scope == "class" else ("object",)
+        loaded = load_adapters(
+            path, self.decoder, decoder_checksum(self.decoder), rename=rename, scopes=scopes
+        )
         for name in loaded.names:
             obj_id = loaded.object_ids.get(name)
-            if obj_id is None:
-                continue
-            self._pool(int(obj_id)).adopt(name)
+            if self.scope == "class":
+                self._pool(SHARED_POOL_ID).adopt(name)
+            elif obj_id is not None:
+                self._pool(int(obj_id)).adopt(name)
         self._base_mode()
         if digest is not None:
             self._loaded[digest] = list(loaded.names)
