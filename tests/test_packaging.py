@@ -102,8 +102,8 @@ def test_pyproject_metadata():
         assert binding not in deps, f"{binding} must be optional, not a core dependency"
     assert "tifffile" in deps
     extras = project["optional-dependencies"]
-    assert {"all", "pyqt5", "pyqt6", "testing", "batch"} <= set(extras)
-    assert extras["all"] == ["napari-sam-lora[pyqt6,batch]"]
+    assert {"all", "pyqt5", "pyqt6", "testing", "batch", "export"} <= set(extras)
+    assert extras["all"] == ["napari-sam-lora[pyqt6,batch,export]"]
     for version in ("3.11", "3.12", "3.13"):
         assert f"Programming Language :: Python :: {version}" in project["classifiers"]
 

@@ -15,6 +15,8 @@ check-data (:mod:`.check_data`)
     Check a fine-tuning config's data (counts, shapes, labels) before training.
 segment (:mod:`.segment`)
     Segment many stacks on dask.distributed (the ``batch`` extra).
+export (:mod:`.export`)
+    Export a saved session's labels as tracks: CTC, GEFF, OME-Zarr (the ``export`` extra).
 
 Every command runs inside the one error boundary (:mod:`._boundary`): an expected failure
 prints one line naming the file or option and what to do, exit code 1; an unexpected one
@@ -60,6 +62,7 @@ COMMANDS: tuple[str, ...] = (
     "napari_sam_lora.cli.train",
     "napari_sam_lora.cli.check_data",
     "napari_sam_lora.cli.segment",
+    "napari_sam_lora.cli.export",
 )
 
 
