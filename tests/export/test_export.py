@@ -376,3 +376,33 @@ def test_export_needs_no_torch_and_no_qt(tmp_path):
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+def test_a_division_made_in_a_session_reaches_ctc_as_a_parent(tiny_model, tmp_path):
+    """split_object → save → export: the daughters' man_track lines name their parent."""
+    from napari_sam_lora.engine.tracking.session import Session
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 40, (4, 48, 48)).astype(np.uint8)
+    image[:, 10:30, 10:30] = 220
+    session = Session(image, model=tiny_model)
+    mother = np.zeros((48, 48), bool)
+    mother[10:30, 10:30] = True
+    session.add_mask(0, 1, mother)
+    session.propagate_all("forward")
+    left, right = np.zeros((48, 48), bool), np.zeros((48, 48), bool)
+    left[10:30, 10:18], right[10:30, 22:30] = True, True
+    daughters = session.split_object(2, 1, [left, right])
+    session.propagate_all("forward")
+    session.save_state(tmp_path / "cells")
+    out = tmp_path / "ctc"
+    assert main(["export", str(tmp_path / "cells"), "--format", "ctc", "--output", str(out)]) == 0
+    rows = {
+        int(r[0]): [int(v) for v in r[1:]]
+        for r in map(str.split, (out / "man_track.txt").read_text().splitlines())
+    }
+    assert rows[1][1] <= 1  # the mother ends before the division frame
+    for daughter in daughters:
+        begin, _, parent = rows[daughter]
+        assert (begin, parent) == (2, 1)
+    assert _read_ctc(out)[2] == 1  # a valid CTC result for py-ctcmetrics

@@ -4,7 +4,6 @@ shared pool for all objects (``xvfb-run -a``; untrained model: mechanics only)."
 from __future__ import annotations
 
 import pytest
-
 from test_auto_accept import idle, learned
 
 pytestmark = pytest.mark.viewer

@@ -7,10 +7,7 @@ the JSON has one, its ``lineage`` mapping (daughter → parent; at the top level
 
 from __future__ import annotations
 
-import json
 import os
-import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from napari_sam_lora.engine.core.file_paths import state_paths
-from napari_sam_lora.engine.tracking.session_files import FORMAT, SET_KEY
 from napari_sam_lora.export.tracks import ExportError
 
 __all__ = ["SavedLabels", "lineage_of", "read_session"]
@@ -60,7 +56,9 @@ def lineage_of(doc: Any) -> dict[Any, Any]:
 
 
 def read_session(path: str | os.PathLike[str]) -> SavedLabels:
-    """Read the labels and divisions of the session saved at ``path``.
+    """Read the labels and divisions of the session saved at ``path`` (the engine's
+    :func:`~napari_sam_lora.engine.tracking.session_files.read_saved_labels`: after an
+    interrupted save, the previous complete pair).
 
     Parameters
     ----------
@@ -70,32 +68,16 @@ def read_session(path: str | os.PathLike[str]) -> SavedLabels:
     Raises
     ------
     ExportError
-        Missing, unreadable or mismatched files, or not a session file.
+        Missing, unreadable or damaged files, or not a session file.
     """
-    json_path, npz_path = state_paths(path)
+    from napari_sam_lora.engine.tracking.session_files import (
+        SessionFileError,
+        read_saved_labels,
+    )
+
+    json_path, _ = state_paths(path)
     try:
-        doc = json.loads(json_path.read_text("utf-8"))
-    except FileNotFoundError:
-        raise ExportError(f"no saved session at {json_path}; give the session's path") from None
-    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise ExportError(f"{json_path} cannot be read: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise ExportError(f"{json_path} is not a napari-sam-lora session file")
-    try:
-        with np.load(npz_path, allow_pickle=False) as npz:
-            if "labels" not in npz.files:
-                raise ExportError(f"{npz_path} holds no labels; it is not a session's labels file")
-            labels = npz["labels"]
-            set_id = str(npz[SET_KEY].item()) if SET_KEY in npz.files else None
-    except FileNotFoundError:
-        raise ExportError(
-            f"no saved session at {npz_path} (it goes with {json_path.name})"
-        ) from None
-    except (OSError, ValueError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
-        raise ExportError(f"{npz_path} cannot be read: {exc}") from exc
-    if set_id is not None and doc.get("set_id") not in (None, set_id):
-        raise ExportError(
-            f"{json_path.name} and {npz_path.name} come from different saves (one was "
-            "interrupted): open the session in napari and save it again, then export"
-        )
+        labels, doc = read_saved_labels(path)
+    except SessionFileError as exc:
+        raise ExportError(str(exc)) from exc
     return SavedLabels(labels, lineage_of(doc), json_path)

@@ -51,6 +51,7 @@ SET_KEY = "session_set_id"
 __all__ = [
     "SessionFileError",
     "check_state",
+    "read_saved_labels",
     "read_state",
     "stack_fingerprint",
     "state_paths",
@@ -99,7 +100,40 @@ def check_state(path: str | os.PathLike[str], stack: Any, pixels: bool = True) -
     return _check(*_complete_pair(path), stack, pixels)
 
 
-def _check(json_path: Path, npz_path: Path, stack: Any, pixels: bool = True) -> dict[str, Any]:
+def read_saved_labels(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, Any]]:
+    """The label stack and JSON document of the session saved at ``path``, without a
+    model or the image (for exports); after an interrupted save, the previous complete pair.
+
+    Returns
+    -------
+    tuple
+        ``(labels, doc)``: ``(T, H, W)`` int32 labels (checked ids) and the JSON document
+        (its ``lineage``: daughter → parent, ``division_frames``: daughter → frame).
+
+    Raises
+    ------
+    SessionFileError
+        Missing, unreadable or damaged files, or not a session file.
+    """
+    json_path, npz_path = _complete_pair(path)
+    doc = _document(json_path, npz_path)
+    try:
+        with np.load(npz_path, allow_pickle=False) as npz:
+            labels = npz["labels"]
+    except KeyError:
+        raise SessionFileError(f"{npz_path.name} holds no labels") from None
+    except (OSError, ValueError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise SessionFileError(f"{npz_path.name} cannot be read: {exc}") from exc
+    try:
+        labels = check_label_image(labels, f"{npz_path.name}'s labels")
+    except SamLoraError as exc:
+        raise SessionFileError(str(exc)) from exc
+    if labels.ndim != 3:
+        raise SessionFileError(f"{npz_path.name}'s labels have shape {labels.shape}, not (T, H, W)")
+    return labels.astype(np.int32), doc
+
+
+def _document(json_path: Path, npz_path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(json_path.read_text("utf-8"))
     except FileNotFoundError as exc:
@@ -110,6 +144,11 @@ def _check(json_path: Path, npz_path: Path, stack: Any, pixels: bool = True) -> 
         raise SessionFileError(f"{json_path} is not a napari-sam-lora session file")
     if not npz_path.is_file():
         raise SessionFileError(f"no saved session at {npz_path} (it goes with {json_path.name})")
+    return doc
+
+
+def _check(json_path: Path, npz_path: Path, stack: Any, pixels: bool = True) -> dict[str, Any]:
+    doc = _document(json_path, npz_path)
     frames, shape = int(np.shape(stack)[0]), tuple(int(s) for s in np.shape(stack)[1:3])
     saved = (doc.get("frames"), tuple(doc.get("frame_shape") or ()))
     if saved != (frames, shape):
