@@ -154,10 +154,12 @@ def main() -> None:
         f"{args.size}² uint16 frames, {args.device}",
         flush=True,
     )
-    rows = [_spawn(args, n, 1) for n in args.frames]
-    rows += [_spawn(args, args.object_frames, k) for k in args.objects]
-    for row in rows:
-        print(json.dumps(row), flush=True)
+    rows = []
+    for frames, objects in [(n, 1) for n in args.frames] + [
+        (args.object_frames, k) for k in args.objects
+    ]:
+        rows.append(_spawn(args, frames, objects))
+        print(json.dumps(rows[-1]), flush=True)  # each run as it ends
     by_frames = {r["frames"]: r for r in rows[: len(args.frames)] if "peak_rss_mb" in r}
     if len(by_frames) >= 2:
         low, high = min(by_frames), max(by_frames)
