@@ -138,3 +138,20 @@ def test_a_prompt_on_a_frame_sam2_no_longer_holds_keeps_the_other_objects(tiny_m
     session.add_points(2, 2, [[44, 39]])
     after = session.labels[2]
     assert np.array_equal(after == 1, (before == 1) & (after != 2))
+
+
+def test_the_ids_of_a_frame_follow_strokes_and_undo():
+    from napari_sam_lora.engine.annotation.model import AnnotationModel
+
+    model = AnnotationModel(2, (40, 40))
+    rng = np.random.default_rng(1)
+    for step in range(30):
+        rows, cols = rng.integers(0, 40, 50), rng.integers(0, 40, 50)
+        with model.action(f"stroke {step}"):
+            model.paint(1, (rows, cols), rng.integers(0, 5, 50))
+        truth = set(np.unique(model.labels[1]).tolist()) - {0}
+        assert model.labels.ids(1) == truth
+    for _ in range(30):
+        model.undo()
+        assert model.labels.ids(1) == set(np.unique(model.labels[1]).tolist()) - {0}
+    assert not model.labels.any()

@@ -49,6 +49,7 @@ class LabelFrames:
         self.shape = (int(num_frames), int(frame_shape[0]), int(frame_shape[1]))
         self._packed: list[tuple[np.dtype, bytes] | None] = [None] * self.shape[0]
         self._ids: list[frozenset[int]] = [frozenset()] * self.shape[0]
+        self._counts: list[dict[int, int]] = [{}] * self.shape[0]  # id -> pixels, per frame
         self._decoded: OrderedDict[int, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
         self._zeros = np.zeros(self.shape[1:], dtype=np.int32)
@@ -173,25 +174,37 @@ class LabelFrames:
         return f"LabelFrames(shape={self.shape}, {self.nbytes / 2**20:.1f} MB held)"
 
     # -- writing (the annotation model's) --------------------------------------------------
-    def write(self, frame: int, labels: np.ndarray) -> None:
-        """Make ``labels`` (an ``(H, W)`` array of ids) frame ``frame``."""
+    def write(
+        self,
+        frame: int,
+        labels: np.ndarray,
+        changed: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        """Make ``labels`` (an ``(H, W)`` array of ids) frame ``frame``.
+
+        ``changed``: the ``(old, new)`` values of the pixels that differ from the frame as
+        it was, when the caller knows them (a stroke): the ids present are then updated from
+        those alone, not counted over the whole frame.
+        """
         frame = self._index(frame)
         labels = np.asarray(labels)
         if labels.shape != self.shape[1:]:
             raise ValueError(f"a frame of shape {labels.shape}, not {self.shape[1:]}")
-        ids = np.unique(labels)
-        ids = ids[ids != 0]
-        if ids.size == 0:
+        counts = self._counts[frame]
+        counts = _updated(counts, *changed) if changed is not None else _counted(labels)
+        ids = [i for i in counts if i != 0]
+        if not ids:
             packed, decoded = None, self._zeros
         else:
-            small = np.min_scalar_type(int(ids.max()))
+            small = np.min_scalar_type(max(ids))
             data = zlib.compress(np.ascontiguousarray(labels, dtype=small).tobytes(), _LEVEL)
             packed = (np.dtype(small), data)
             decoded = np.array(labels, dtype=np.int32)
             decoded.flags.writeable = False
         with self._lock:
             self._packed[frame] = packed
-            self._ids[frame] = frozenset(int(i) for i in ids)
+            self._counts[frame] = counts
+            self._ids[frame] = frozenset(ids)
             self._decoded.pop(frame, None)
         if packed is not None:
             self._keep(frame, decoded)
@@ -210,6 +223,28 @@ class LabelFrames:
         if not 0 <= frame < self.shape[0]:
             raise IndexError(f"frame {frame} is out of range (0–{self.shape[0] - 1})")
         return frame
+
+
+def _counted(labels: np.ndarray) -> dict[int, int]:
+    """Pixels per id of a label image (background 0 included)."""
+    top = int(labels.max()) if labels.size else 0
+    if top < 1 << 16 and labels.min() >= 0:
+        small = labels.astype(np.uint16, copy=False).ravel()
+        counts = np.bincount(small, minlength=top + 1)
+        present = np.flatnonzero(counts)
+        return {int(i): int(counts[i]) for i in present}
+    ids, counts = np.unique(labels, return_counts=True)
+    return {int(i): int(c) for i, c in zip(ids, counts, strict=True)}
+
+
+def _updated(counts: dict[int, int], old: np.ndarray, new: np.ndarray) -> dict[int, int]:
+    """``counts`` after the pixels holding ``old`` values took ``new`` ones."""
+    counts = dict(counts)
+    for values, sign in ((old, -1), (new, 1)):
+        ids, n = np.unique(np.asarray(values), return_counts=True)
+        for i, c in zip(ids.tolist(), n.tolist(), strict=True):
+            counts[int(i)] = counts.get(int(i), 0) + sign * int(c)
+    return {i: c for i, c in counts.items() if c > 0}
 
 
 def _is_int(key: Any) -> bool:

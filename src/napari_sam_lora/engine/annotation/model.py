@@ -299,14 +299,19 @@ class AnnotationModel:
 
     def _apply(self, action: Action, undoing: bool) -> None:
         planes: dict[int, np.ndarray] = {}  # frames being changed, written once each
+        changes: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
         pixels = reversed(action.pixels) if undoing else action.pixels
         for frame, index, old, new in pixels:
             if frame not in planes:
                 planes[frame] = self.labels.frame(frame).reshape(-1).copy()
-            planes[frame][index] = old if undoing else new
+            before, after = (new, old) if undoing else (old, new)
+            planes[frame][index] = after
+            changes.setdefault(frame, []).append((before, after))
             self.frame_versions[frame] += 1
         for frame, plane in planes.items():
-            self.labels.write(frame, plane.reshape(self.frame_shape))
+            befores, afters = zip(*changes[frame], strict=True)
+            changed = (np.concatenate(befores), np.concatenate(afters))
+            self.labels.write(frame, plane.reshape(self.frame_shape), changed)
         entries = reversed(action.entries) if undoing else action.entries
         for key, old_entry, new_entry in entries:
             self.entries.put(key, old_entry if undoing else new_entry)
@@ -334,7 +339,7 @@ class AnnotationModel:
         values = np.min_scalar_type(max(int(before.max()), int(after.max()), 0))  # compact
         index = index.astype(np.int32 if old.size < 2**31 else np.int64)
         action.pixels.append((frame, index, before.astype(values), after.astype(values)))
-        self.labels.write(frame, new.reshape(self.frame_shape))
+        self.labels.write(frame, new.reshape(self.frame_shape), (before, after))
         self.frame_versions[frame] += 1
         return True
 
