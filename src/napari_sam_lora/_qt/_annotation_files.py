@@ -8,6 +8,16 @@ clear message, nothing changed, if not), loads the adapters, restores the sessio
 step of the annotation: Undo brings back what was there before) and rebuilds the prompt
 layers; the masks layer shows the restored annotation.
 
+**A region.** A session made on a region (*only this region*) has frames of the region's
+shape; its files say only that shape. Saving also writes the dock's own
+``<base>.dock.json``: where the region lies (``null``: whole frames), tagged with the state
+file's checksum. Restoring such a file restores it on that same region: the session is
+made on it, the masks land at its place, the prompt layers get the prompts at their image
+position, and "<image> region" holds its rectangle. It is refused, before anything
+changes, when the region is not recorded (no ``.dock.json`` of this save), does not lie in
+the image, or the current annotation was made on another region or size (a session sees
+one: save it and *Reset all* first).
+
 The heavy work (loading the model, re-conditioning SAM2, loading adapters, writing files)
 runs on the worker through the dock's job slot; the file dialogs only ask for a path
 (:meth:`AnnotationFilesPanel.save_session` and :meth:`~AnnotationFilesPanel.restore_session`
@@ -18,7 +28,9 @@ job slot and lifecycle, never the dock widget; the jobs are in
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,15 +52,20 @@ from napari_sam_lora.annotator.jobs import (
     saved_adapters,
     session_base,
 )
+from napari_sam_lora.annotator.sessions import Region
 from napari_sam_lora.engine.annotation.prompts import BoxPrompt, MaskPrompt, PointPrompt
+from napari_sam_lora.engine.core.atomic import write_files
 from napari_sam_lora.engine.core.errors import PromptError, StackError
-from napari_sam_lora.engine.tracking.session_files import check_state
+from napari_sam_lora.engine.core.file_paths import state_paths
+from napari_sam_lora.engine.tracking.models import file_sha256
+from napari_sam_lora.engine.tracking.session_files import SessionFileError, check_state
 from napari_sam_lora.layers import (
     find_output_layer,
     make_prompt_layers,
     same_layer,
     style_prompt_layers,
 )
+from napari_sam_lora.layers.prompts import region_from_shapes, region_layer_name
 
 __all__ = ["AnnotationFilesPanel"]
 
@@ -56,6 +73,9 @@ FILTER = "napari-sam-lora session (*.session.json);;All files (*)"
 #: The job kinds this section starts (``restore_session`` prepares: it can be cancelled;
 #: ``restore_apply`` changes the session and the layers: it runs to its end).
 KINDS = ("save_session", "restore_session", "restore_apply")
+#: The dock's own file beside a saved session: ``<base>.dock.json``.
+DOCK_SUFFIX = ".dock.json"
+DOCK_FORMAT = "napari-sam-lora-dock"
 
 
 @dataclass
@@ -69,6 +89,7 @@ class _Restore:
     created: list[Any] = field(default_factory=list)
     adapters: Path | None = None
     session: Any = None
+    region: Region | None = None
 
 
 class AnnotationFilesPanel(PanelJobs, QWidget):
@@ -159,7 +180,9 @@ class AnnotationFilesPanel(PanelJobs, QWidget):
             return False
         learner = control.learner_of(ctx.session)
         self.status.setText(f"saving to {base}…")
-        return self._start("save_session", save_job, ctx.session, learner, base)
+        return self._start(
+            "save_session", _save_session_job, ctx.session, learner, base, ctx.region
+        )
 
     def restore_session(self, path: str | os.PathLike[str] | None = None) -> bool:
         """Restore a session saved for the current image (a dialog asks for the file when
@@ -180,20 +203,33 @@ class AnnotationFilesPanel(PanelJobs, QWidget):
                 if not path:
                     return False
             base = session_base(path)
-            check_state(base, source.frames, pixels=False)  # instant; the worker reads pixels
+            region = saved_region(base, source, image.name)
+            frames = source.frames if region is None else region.crop(source.frames)
+            check_state(base, frames, pixels=False)  # instant; the worker reads pixels
+            self._check_keeps_annotation(base, chosen.image_size, region)
             adapters, self._note = saved_adapters(base)
         except Exception as exc:
             self._error(exc)
             return False
         request = PropagateRequest(
-            image, source, [], chosen.model, chosen.device, chosen.image_size, "both", None
+            image,
+            source,
+            [],
+            chosen.model,
+            chosen.device,
+            chosen.image_size,
+            "both",
+            None,
+            region=region,
         )
         # the layers now, at the click (creating a napari layer takes the main thread
         # 0.1-0.3 s); removed again if the restore is refused
         created = self._prompt_layers(image)
         if find_output_layer(self.viewer, image, source) is None:
             created.append(self.annotator.masks_layer(image, source))
-        self._restore = _Restore(image, source, base, created=created, adapters=adapters)
+        self._restore = _Restore(
+            image, source, base, created=created, adapters=adapters, region=region
+        )
         self.status.setText(f"restoring {base}: checking the stack, loading the model…")
         sessions = self.annotator.sessions
         return self._start("restore_session", restore_prepare_job, sessions, request, base)
@@ -206,6 +242,46 @@ class AnnotationFilesPanel(PanelJobs, QWidget):
             self.status.setText("cancelling the restore…")
 
     # -- internals ---------------------------------------------------------------------------
+    def _check_keeps_annotation(
+        self, base: Path, image_size: int | None, region: Region | None
+    ) -> None:
+        """Refuse a file of another region while the current annotation was made on this
+        one (a session sees one region and one size; restoring would start a new one)."""
+        try:
+            self.annotator.check_keeps_annotation(image_size, region)
+        except PromptError as exc:
+            where = "whole frames" if region is None else f"the region {region.describe()}"
+            name = state_paths(base)[0].name
+            raise PromptError(f"cannot restore {name} (saved on {where}): {exc}") from exc
+
+    def _show_region(self, image: Any, source: Any, region: Region | None) -> tuple[str, str]:
+        """Put the restored session's region into "<image> region" (one rectangle);
+        returns where the session is and what the next Propagate does there (the dock
+        ticks 'only this region' on :class:`~napari_sam_lora.annotator.annotator.RegionChosen`),
+        for the status line."""
+        ticked = self.annotator.selection.only_region
+        if region is None:
+            todo = "; untick 'only this region' to go on with whole frames" if ticked else ""
+            return "", todo
+        name = region_layer_name(image)
+        layer = next((x for x in self.viewer.layers if x.name == name), None)
+        try:
+            same = layer is not None and region_from_shapes(layer, source, image) == region
+        except Exception:  # no rectangle or several: drawn again below
+            same = False
+        if not same:
+            before = list(self.viewer.layers.selection)
+            layer = _region_layer(self.viewer, image, source, region)
+            self.viewer.layers.selection.clear()
+            self.viewer.layers.selection.update(before)
+        todo = (
+            ""
+            if ticked
+            else "; 'only this region' is now ticked: Propagate goes on in it (to leave it, "
+            "save, Reset all, then untick 'only this region')"
+        )
+        return f" on the region {region.describe()} ('{name}')", todo
+
     def _prompt_layers(self, image: Any) -> list[Any]:
         """Select the image's prompt layers, making them if needed; returns those made."""
         chosen = self.annotator.selection
@@ -275,20 +351,33 @@ class AnnotationFilesPanel(PanelJobs, QWidget):
             self.status.setText(f"saved {', '.join(files)} in {saved.paths[0].parent}")
         elif kind == "restore_apply" and run is not None and run.done is not None:
             output = self.annotator.masks_layer(run.image, run.source)
-            self._rebuild_prompts(run.image, run.source, run.done.prompts, output)
+            self._rebuild_prompts(run.image, run.source, run.done.prompts, output, run.region)
+            where, todo = self._show_region(run.image, run.source, run.region)
+            if run.region is not None:  # the dock ticks 'only this region'
+                self.annotator.choose_region(run.region)
             done = run.done
             adapters = f", {len(done.adapters)} adapter(s)" if done.adapters else ""
             note = f"; {self._note}" if self._note else ""
             self.status.setText(
-                f"restored {run.base.name}: {len(done.prompts)} prompt(s), {done.confirmed} "
-                f"confirmed (frame, object)s{adapters} (Undo brings back what was there "
-                f"before){note}"
+                f"restored {run.base.name}{where}: {len(done.prompts)} prompt(s), "
+                f"{done.confirmed} confirmed (frame, object)s{adapters} (Undo brings back "
+                f"what was there before){todo}{note}"
             )
         self.annotator.flush("restore session")
 
-    def _rebuild_prompts(self, image: Any, source: Any, prompts: list[Any], output: Any) -> None:
-        """Make the prompt layers hold exactly ``prompts`` (clicks, boxes, masks)."""
+    def _rebuild_prompts(
+        self,
+        image: Any,
+        source: Any,
+        prompts: list[Any],
+        output: Any,
+        region: Region | None = None,
+    ) -> None:
+        """Make the prompt layers hold exactly ``prompts`` (clicks, boxes, masks); with a
+        ``region`` they are in its coordinates and go back to their place in the image."""
         import pandas as pd
+
+        dr, dc = (0, 0) if region is None else (region.r0, region.c0)
 
         chosen = self.annotator.selection
         self._prompt_layers(image)  # made at the start; again if removed since
@@ -301,12 +390,13 @@ class AnnotationFilesPanel(PanelJobs, QWidget):
             if isinstance(prompt, PointPrompt):
                 for (row, col), label in zip(prompt.points, prompt.labels, strict=True):
                     coords.append(
-                        _layer_coords(points_layer, image, source, prompt.frame, row, col)
+                        _layer_coords(points_layer, image, source, prompt.frame, row + dr, col + dc)
                     )
                     labels.append(int(label))
                     point_ids.append(int(prompt.obj_id))
             elif isinstance(prompt, BoxPrompt):
                 r0, c0, r1, c1 = (float(v) for v in prompt.box)
+                r0, r1, c0, c1 = r0 + dr, r1 + dr, c0 + dc, c1 + dc
                 corners = ((r0, c0), (r0, c1), (r1, c1), (r1, c0))
                 boxes.append(
                     np.array(
@@ -319,9 +409,9 @@ class AnnotationFilesPanel(PanelJobs, QWidget):
                 box_ids.append(int(prompt.obj_id))
             elif isinstance(prompt, MaskPrompt):
                 has_masks = True
-                masks[source.frame_index(prompt.frame)][np.asarray(prompt.mask, bool)] = int(
-                    prompt.obj_id
-                )
+                plane = masks[source.frame_index(prompt.frame)]  # a view
+                plane = plane if region is None else plane[region.slices]
+                plane[np.asarray(prompt.mask, bool)] = int(prompt.obj_id)
         ndim = points_layer.ndim
         points_layer.data = np.array(coords, float).reshape(-1, ndim)
         points_layer.features = pd.DataFrame(
@@ -368,6 +458,109 @@ class AnnotationFilesPanel(PanelJobs, QWidget):
         """The error in full in this section's status line, and as a notification."""
         self.status.setText(f"error: {_threading.describe_error(exc)}")
         _threading.notify_error(exc)
+
+
+def dock_path(base: Path) -> Path:
+    """The dock's own file of the session saved at ``base``: ``<base>.dock.json``."""
+    json_path, _ = state_paths(base)
+    return json_path.with_name(json_path.name[: -len(".session.json")] + DOCK_SUFFIX)
+
+
+def write_dock_file(base: Path, region: Region | None) -> Path:
+    """Write ``<base>.dock.json``: the session's region (``null``: whole frames), tagged
+    with the checksum of the state file it goes with (written just before)."""
+    json_path, _ = state_paths(base)
+    doc = {
+        "format": DOCK_FORMAT,
+        "format_version": 1,
+        "session": json_path.name,
+        "session_sha256": file_sha256(json_path),
+        "region": None
+        if region is None
+        else {"rows": [region.r0, region.r1], "cols": [region.c0, region.c1]},
+    }
+    path = dock_path(base)
+    write_files({path: json.dumps(doc, indent=1)})
+    return path
+
+
+def saved_region(base: Path, source: Any, image_name: str) -> Region | None:
+    """The region the session at ``base`` was saved on (``None``: whole frames), from its
+    ``<base>.dock.json``; a state file without one (saved before regions) is whole frames
+    when its frames have the image's size.
+
+    Raises
+    ------
+    SessionFileError
+        A state file saved on a region whose place is not recorded, or a region that does
+        not lie inside the image (nothing is changed).
+    """
+    json_path, _ = state_paths(base)
+    try:
+        doc = json.loads(json_path.read_text("utf-8"))
+        shape = tuple(int(s) for s in doc.get("frame_shape") or ())
+    except Exception:  # missing or damaged: check_state says so
+        return None
+    path, dock = dock_path(base), None
+    try:
+        dock = json.loads(path.read_text("utf-8"))
+        ok = dock.get("format") == DOCK_FORMAT and dock.get("session_sha256") == file_sha256(
+            json_path
+        )
+    except Exception:  # missing, damaged or not ours: as if not there
+        ok = False
+    if not ok:
+        h, w = source.frame_shape
+        if len(shape) == 2 and shape != (h, w) and shape[0] <= h and shape[1] <= w:
+            why = "belongs to an earlier save" if dock is not None else "is missing"
+            raise SessionFileError(
+                f"{json_path.name} was saved on a region of {shape[0]}×{shape[1]} px of its "
+                f"stack, but where that region lies is not recorded ({path.name} {why}): it "
+                f"cannot be restored on image '{image_name}' ({h}×{w} px)"
+            )
+        return None  # whole frames (or another stack: check_state says so)
+    entry = dock.get("region")
+    if entry is None:
+        return None
+    try:
+        region = Region(*(int(v) for v in (*entry["rows"], *entry["cols"])))
+    except Exception as exc:
+        raise SessionFileError(f"{path.name} names no valid region: {entry!r}") from exc
+    try:
+        region.check_fits(source.frame_shape, f"image '{image_name}'")
+    except PromptError as exc:
+        raise SessionFileError(
+            f"{json_path.name} was saved on the region {region.describe()}, which {exc}"
+        ) from exc
+    return region
+
+
+def _save_session_job(session: Any, learner: Any, base: Path, region: Region | None) -> Generator:
+    """:func:`~napari_sam_lora.annotator.jobs.save_job`, then the dock's own file (the
+    session's region) beside the state file; yields :class:`Saved` naming it too."""
+    for item in save_job(session, learner, base):
+        if isinstance(item, Saved):
+            item = Saved([*item.paths, write_dock_file(base, region)], item.adapters)
+        yield item
+
+
+def _region_layer(viewer: Any, image: Any, source: Any, region: Region) -> Any:
+    """The "<image> region" layer holding exactly the rectangle of ``region`` (pixel centres of
+    its corners, as a user draws it), not in drawing mode."""
+    from napari_sam_lora.layers.prompts import make_region_layer
+
+    layer = make_region_layer(viewer, image)
+    layer.mode = "pan_zoom"
+    if len(layer.data):
+        layer.selected_data = set(range(len(layer.data)))
+        layer.remove_selected()
+    corners = []
+    for row, col in ((region.r0, region.c0), (region.r1 - 1, region.c1 - 1)):
+        data = source.to_data_coords(source.current_frame, float(row), float(col))
+        world = np.asarray(image.data_to_world(data), float)[-layer.ndim :]
+        corners.append(np.asarray(layer.world_to_data(world), float))
+    layer.add_rectangles(np.array(corners))
+    return layer
 
 
 def _empty(layer: Any) -> bool:

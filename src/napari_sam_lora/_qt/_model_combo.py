@@ -1,4 +1,5 @@
-"""Model selector: SAM2 variants, the untrained test model, and local checkpoints."""
+"""Model selector: SAM2 variants, the untrained test model, and local checkpoints; SAM2's
+input size and what it costs."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from pathlib import Path
 
 from qtpy.QtCore import QSize, Qt, Signal
 from qtpy.QtWidgets import QComboBox, QFileDialog, QStyle, QStyleOptionComboBox, QWidget
+
+from napari_sam_lora.annotator.sessions import feature_megabytes
 
 MODELS = (
     "sam2.1_hiera_tiny",
@@ -132,3 +135,78 @@ class ModelCombo(QComboBox):
             self.set_model(path)
         else:
             self.setCurrentIndex(self._index)
+
+
+#: SAM2 input sizes offered; 1024 is the models' own.
+IMAGE_SIZES = (256, 512, 768, 1024)
+MODEL_SIZE = 1024
+
+
+def size_description(size: int) -> str:
+    """What an input size costs, e.g. ``"1024 px: ~16 MB features per frame, slowest"``.
+
+    Backbone features (≈16 MB per frame at 1024 px) and encoding time scale with the
+    square of the size.
+    """
+    mb = feature_megabytes(size)
+    amount = f"~{mb:.0f} MB" if mb >= 1 else f"~{mb:.2g} MB"
+    if size >= MODEL_SIZE:
+        speed = "slowest, finest (the model's own)" if size == MODEL_SIZE else "slower still"
+    else:
+        speed = f"≈{(MODEL_SIZE / size) ** 2:.0f}× faster, coarser"
+    return f"{size} px: {amount} features per frame, {speed}"
+
+
+class ImageSizeCombo(QComboBox):
+    """SAM2's input size: 256, 512, 768 or 1024 px (the model's own, the default).
+
+    ``size_changed`` is emitted with the new size when the user picks one (or
+    :meth:`set_size` is called with ``emit=True``).
+    """
+
+    size_changed = Signal(int)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        for size in IMAGE_SIZES:
+            self._add(size)
+        self.setCurrentIndex(self.findData(MODEL_SIZE))
+        self.setToolTip(
+            "SAM2's input size: every frame (or region) is resized to it. 1024 is the model's "
+            "own; smaller is faster and needs less memory (both scale with the square of the "
+            "size) but sees less detail"
+        )
+        self.activated.connect(lambda _index: self.size_changed.emit(self.size))
+
+    def _add(self, size: int) -> int:
+        index = next((i for i in range(self.count()) if self.itemData(i) > size), self.count())
+        self.insertItem(index, f"{size} px", size)
+        self.setItemData(index, size_description(size), Qt.ToolTipRole)
+        return index
+
+    @property
+    def size(self) -> int:
+        """The selected size in pixels."""
+        return int(self.currentData())
+
+    @property
+    def image_size(self) -> int | None:
+        """The size the engine takes: ``None`` for the model's own (1024)."""
+        return None if self.size == MODEL_SIZE else self.size
+
+    def describe(self) -> str:
+        """What the selected size costs (:func:`size_description`)."""
+        return size_description(self.size)
+
+    def set_size(self, size: int | None, emit: bool = True) -> None:
+        """Select ``size`` (``None``: 1024), adding it if it is not listed."""
+        size = MODEL_SIZE if size is None else int(size)
+        if size < 16:
+            raise ValueError(f"image size {size} px is too small; SAM2 takes 256 to 1024")
+        index = self.findData(size)
+        if index < 0:
+            index = self._add(size)
+        changed = index != self.currentIndex()
+        self.setCurrentIndex(index)
+        if emit and changed:
+            self.size_changed.emit(size)

@@ -32,10 +32,11 @@ from qtpy.QtWidgets import (
 
 from napari_sam_lora._qt import threading as _threading
 from napari_sam_lora._qt._annotation_files import AnnotationFilesPanel
+from napari_sam_lora._qt._fields import FieldsPanel
 from napari_sam_lora._qt._layer_combo import LayerCombo
 from napari_sam_lora._qt._layout import ShortcutHelp, form, row, section
 from napari_sam_lora._qt._learning import LearningPanel
-from napari_sam_lora._qt._model_combo import MODELS, ModelCombo
+from napari_sam_lora._qt._model_combo import MODELS, ImageSizeCombo, ModelCombo
 from napari_sam_lora._qt._objects import ObjectList, ObjectRow
 from napari_sam_lora._qt._shortcuts import bind_shortcuts, with_key
 from napari_sam_lora._qt._slot import Activity, JobSlot
@@ -50,6 +51,7 @@ from napari_sam_lora.annotator import (
     SessionCache,
 )
 from napari_sam_lora.annotator import imports as _imports
+from napari_sam_lora.annotator.annotator import RegionChosen
 from napari_sam_lora.annotator.jobs import propagation_job
 from napari_sam_lora.engine.tracking.plans import PropagationStep
 from napari_sam_lora.layers import (
@@ -61,6 +63,7 @@ from napari_sam_lora.layers import (
     stack_from_image_layer,
     style_prompt_layers,
 )
+from napari_sam_lora.layers.prompts import make_region_layer
 
 if TYPE_CHECKING:
     import napari
@@ -69,6 +72,8 @@ __all__ = ["DEVICES", "MODELS", "SamLoraWidget", "live_widgets"]
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
 DIRECTIONS = ("forward", "backward", "both")
+#: Above this many objects on a frame the frame line counts them by source.
+MANY_OBJECTS = 8
 
 _LIVE: weakref.WeakSet = weakref.WeakSet()
 
@@ -92,7 +97,8 @@ class SamLoraWidget(QWidget):
         The dock's model (Qt-free): the user's choices, the session of the chosen stack
         and the masks layer bound to its annotation. The panels take it, not the dock.
     image_size : int or None
-        SAM2 input size; ``None`` uses the model's own (1024). Smaller is faster.
+        SAM2 input size (the *image size* box); ``None`` uses the model's own (1024).
+        Smaller is faster and coarser.
     sessions : SessionCache
         Reuses the loaded model and session between propagations.
     slot : JobSlot
@@ -104,7 +110,6 @@ class SamLoraWidget(QWidget):
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        self.image_size: int | None = None
         self.annotator = Annotator(napari_viewer)
         self.slot = JobSlot()
         self._owned = _Owned(self.annotator, self.slot)
@@ -149,6 +154,19 @@ class SamLoraWidget(QWidget):
         self.model_combo = ModelCombo(self)
         self.device_combo = QComboBox(self)
         self.device_combo.addItems(DEVICES)
+        self.size_combo = ImageSizeCombo(self)
+        self.size_label = QLabel(self)
+        self.size_label.setWordWrap(True)
+        self.region_check = QCheckBox("only this region", self)
+        self.region_check.setToolTip(
+            "Track only inside the rectangle drawn in '<image> region', at full resolution "
+            "(small objects in big frames); prompts must lie inside it"
+        )
+        self.region_button = QPushButton("Draw region", self)
+        self.region_button.setToolTip(
+            "Add '<image> region' in rectangle mode: draw one rectangle, then tick "
+            "'only this region'"
+        )
 
         self.obj_spin = QSpinBox(self)
         self.obj_spin.setRange(1, 65535)
@@ -241,7 +259,10 @@ class SamLoraWidget(QWidget):
             ("image", self.image_combo),
             (self.axis_label, self.axis_spin),
             ("model", self.model_combo),
+            ("image size", self.size_combo),
+            self.size_label,
             ("device", self.device_combo),
+            ("region", row(self.region_check, self.region_button)),
         )
         prompts = form(
             self.add_prompts_button,
@@ -264,11 +285,13 @@ class SamLoraWidget(QWidget):
         )
         self.learning = LearningPanel(self.annotator, self.slot, self.life)
         self.annotation_files = AnnotationFilesPanel(self.annotator, self.slot, self.life)
+        self.fields = FieldsPanel(self.annotator, self.slot, self.life)
         self.sections = {
             "setup": section("Image and model", setup),
             "prompts": section("Prompts and objects", prompts),
             "propagate": section("Propagate", track),
             "learn": section("Learn from corrections (LoRA)", self.learning),
+            "fields": section("Whole fields", self.fields, expanded=False),
             "files": section("Save and restore", self.annotation_files, expanded=False),
         }
         content = QWidget(self)
@@ -287,6 +310,7 @@ class SamLoraWidget(QWidget):
         layout.addLayout(row(self.status, self.help_button))
         self._fit_width()
         self._show_model_status()
+        self._show_size()
 
     def _fit_width(self) -> None:
         """Wide enough for the widest section (nothing clipped), scrolled vertically."""
@@ -326,6 +350,9 @@ class SamLoraWidget(QWidget):
         self.image_combo.currentIndexChanged.connect(self._on_image_changed)
         self.axis_spin.valueChanged.connect(self._on_axis_changed)
         self.model_combo.model_changed.connect(self._show_model_status)
+        self.size_combo.size_changed.connect(self._on_size_changed)
+        self.region_check.toggled.connect(self._on_region_toggled)
+        self.region_button.clicked.connect(lambda *_: self.draw_region())
         self.obj_spin.valueChanged.connect(self._apply_obj_id)
         self.negative_check.toggled.connect(self._apply_obj_id)
         self.points_combo.currentIndexChanged.connect(self._on_prompt_layers_changed)
@@ -425,6 +452,15 @@ class SamLoraWidget(QWidget):
         return None if text == "auto" else text
 
     @property
+    def image_size(self) -> int | None:
+        """SAM2's input size (``None``: the model's own, 1024)."""
+        return self.size_combo.image_size
+
+    @image_size.setter
+    def image_size(self, size: int | None) -> None:
+        self.size_combo.set_size(size)
+
+    @property
     def busy(self) -> bool:
         """Whether a job (propagation or learning) is running."""
         return self.slot.busy
@@ -476,13 +512,19 @@ class SamLoraWidget(QWidget):
         bool
             Whether a job was started (errors are shown as notifications).
         """
+        job = self.slot.job
+        if self.busy and self.slot.kind == "preview" and job is not None:
+            job.cancel()  # a preview gives way: Propagate starts once it has ended
+            job.when_done(lambda _state: self.propagate() if self.life.alive else None)
+            self.status.setText("propagating…")
+            return True
         if self.busy:
             self.status.setText(f"a {self.slot.kind} job is running; cancel it first")
             return False
         try:
             request = self._request()
             session = self.sessions.session_for(request)
-            if session is not None:
+            if session is not None and request.prompts:  # none: the seeded objects'
                 session.validate_prompts(request.prompts)
         except Exception as exc:
             self.report_error(exc)
@@ -508,6 +550,7 @@ class SamLoraWidget(QWidget):
             self.sessions,
             request,
             self.annotator.learning.learner_of,
+            self.annotator.keeps_prompt,
             on_yield=self._on_yield,
             on_done=self._on_done,
         )
@@ -590,14 +633,16 @@ class SamLoraWidget(QWidget):
         if session is not None:
             ids |= {int(i) for i in session.object_ids}
         learner = self.annotator.learning.learner_of(session) if session is not None else None
+        confirmed: dict[int, set[int]] = {}
+        if session is not None:  # one pass over the entries, not one per object
+            for frame, obj in session.annotations.confirmed():
+                confirmed.setdefault(int(obj), set()).add(int(frame))
         rows = []
         for obj in sorted(ids):
-            confirmed: tuple[int, ...] = ()
-            if session is not None:
-                confirmed = tuple(session.annotations.confirmed_frames(obj))
             adapters = len(learner.adapter_names(obj)) if learner is not None else 0
             color = tuple(float(c) for c in object_color(obj, output))
-            rows.append(ObjectRow(obj, color, confirmed, adapters))
+            frames = tuple(sorted(confirmed.get(obj, ())))
+            rows.append(ObjectRow(obj, color, frames, adapters))
         self.objects.set_rows(rows, self.obj_spin.value())
 
     # -- internals ---------------------------------------------------------------------------
@@ -614,6 +659,7 @@ class SamLoraWidget(QWidget):
         chosen.direction = self.direction_combo.currentText()
         chosen.first, chosen.last = self.from_spin.value(), self.to_spin.value()
         chosen.assist = self.assist_check.isChecked()
+        chosen.only_region = self.region_check.isChecked()
 
     def _on_annotator_event(self, event: Any) -> None:
         if not self.life.alive:
@@ -622,6 +668,11 @@ class SamLoraWidget(QWidget):
             self.refresh_objects()
             self.show_frame_info()
             self._show_history()
+        elif isinstance(event, RegionChosen):  # a restore on a region: tick the box
+            self.region_check.blockSignals(True)
+            self.region_check.setChecked(event.region is not None)
+            self.region_check.blockSignals(False)
+            self.update_selection()
         elif isinstance(event, PromptLayersChosen):
             self.points_combo.set_layer(event.points)
             self.shapes_combo.set_layer(event.shapes)
@@ -757,7 +808,7 @@ class SamLoraWidget(QWidget):
         self.show_frame_info()
 
     def _on_slot(self, kind: str, running: bool) -> None:
-        if not self.life.alive:
+        if not self.life.alive or kind == "preview":  # a preview gives way to any action
             return
         for widget in (
             self.propagate_button,
@@ -765,6 +816,9 @@ class SamLoraWidget(QWidget):
             self.image_combo,
             self.axis_spin,
             self.model_combo,
+            self.size_combo,
+            self.region_check,
+            self.region_button,
             self.device_combo,
             self.reset_object_button,
             self.reset_all_button,
@@ -811,6 +865,7 @@ class SamLoraWidget(QWidget):
             return
         for combo in (self.image_combo, self.points_combo, self.shapes_combo, self.mask_combo):
             combo.refresh()
+        self.fields.refresh_layers()
 
     def _on_axis_changed(self, *_: Any) -> None:
         self._reset_frame_range()
@@ -848,6 +903,61 @@ class SamLoraWidget(QWidget):
         self.from_spin.setValue(0)
         self.to_spin.setValue(count - 1)
 
+    def _show_size(self) -> None:
+        self.size_label.setText(self.size_combo.describe())
+
+    def _on_size_changed(self, size: int) -> None:
+        """A new image size applies to the next session; refused (the box goes back) while
+        the chosen stack's session holds an annotation: it would start over without it."""
+        self.update_selection()
+        try:
+            self.annotator.check_keeps_annotation(self.image_size, self.sessions.region)
+        except Exception as exc:
+            self.size_combo.set_size(self.sessions.image_size, emit=False)
+            self.update_selection()
+            self._show_size()
+            self.report_error(exc)
+            return
+        self._show_size()
+        if self.annotator.session() is not None:
+            self.status.setText(
+                f"image size {size} px: the next Propagate starts a new session at this size"
+            )
+        else:
+            self.status.setText(f"image size {size} px: used from the next Propagate")
+
+    def _on_region_toggled(self, on: bool) -> None:
+        """Ticking or unticking the region is refused while the session holds an
+        annotation made on the other one (Propagate checks the rectangle again)."""
+        self.update_selection()
+        try:
+            region = self.annotator.region() if on else None
+            self.annotator.check_keeps_annotation(self.image_size, region)
+        except Exception as exc:
+            if on and self.annotator.session() is None:  # no rectangle yet: say so
+                self.status.setText(f"{exc}")
+                return
+            self.region_check.blockSignals(True)
+            self.region_check.setChecked(not on)
+            self.region_check.blockSignals(False)
+            self.update_selection()
+            self.report_error(exc)
+            return
+        if on:
+            self.status.setText(f"region {region.describe()}: used from the next Propagate")
+        else:
+            self.status.setText("whole frames: used from the next Propagate")
+
+    def draw_region(self) -> Any:
+        """Add (or select) "<image> region" in rectangle mode; returns the layer."""
+        image = self.image_combo.layer
+        if image is None:
+            self.report_error("no image layer: open an image or a stack first")
+            return None
+        layer = make_region_layer(self.viewer, image)
+        self.status.setText(f"draw one rectangle in '{layer.name}', then tick 'only this region'")
+        return layer
+
     def _show_model_status(self, *_: Any) -> None:
         if self._run is None:
             self.status.setText(f"model: {self.model_combo.label} (loads on the first propagation)")
@@ -862,7 +972,16 @@ class SamLoraWidget(QWidget):
         if session is not None:
             frame = self.annotator.current_frame()
             sources = session.annotations.frame_sources(frame)
-            if sources:
+            if len(sources) > MANY_OBJECTS:  # a whole field: counts, not one entry each
+                counts: dict[str, int] = {}
+                for source in sources.values():
+                    counts[source] = counts.get(source, 0) + 1
+                parts.append(
+                    f"frame {frame}: {len(sources)} objects ("
+                    + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+                    + ")"
+                )
+            elif sources:
                 parts.append(
                     f"frame {frame}: "
                     + ", ".join(f"object {o} {s}" for o, s in sorted(sources.items()))
@@ -906,6 +1025,7 @@ class SamLoraWidget(QWidget):
             return  # "adding"/"removing"/"changing": wait for the change itself
         self._restyle()
         self.refresh_objects()
+        self.fields.prompts_edited()  # the instant preview (debounced, on the worker)
 
     def _restyle(self) -> None:
         style_prompt_layers(self.points_combo.layer, self.shapes_combo.layer, self._output())

@@ -17,14 +17,20 @@ Scripts can drive the same object without Qt::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from napari_sam_lora.annotator.learning import LearningControl
-from napari_sam_lora.annotator.sessions import PropagateRequest, SessionCache, build_request
+from napari_sam_lora.annotator.sessions import (
+    PropagateRequest,
+    Region,
+    SessionCache,
+    build_request,
+)
 from napari_sam_lora.engine.annotation.history import Signal
+from napari_sam_lora.engine.annotation.prompts import Prompt, prompt_key
 from napari_sam_lora.engine.core.errors import PromptError, StackError
 from napari_sam_lora.layers import (
     MasksView,
@@ -32,6 +38,7 @@ from napari_sam_lora.layers import (
     find_output_layer,
     frame_labels,
     output_labels_layer,
+    plane_index,
     prompt_items,
     prompt_layer_state,
     prompt_object_ids,
@@ -43,12 +50,14 @@ from napari_sam_lora.layers import (
     write_frame,
 )
 from napari_sam_lora.layers.masks_view import Stroke
+from napari_sam_lora.layers.prompts import region_from_shapes, region_layer_name
 
 __all__ = [
     "AnnotationChanged",
     "Annotator",
     "Painted",
     "PromptLayersChosen",
+    "RegionChosen",
     "Selection",
     "StackChanged",
 ]
@@ -59,7 +68,8 @@ class Selection:
     """What the user chose in the dock (the widgets keep it current).
 
     ``first``/``last`` are the frame range of Propagate (and of the re-propagation after
-    Learn and Accept); ``None`` means the whole stack.
+    Learn and Accept); ``None`` means the whole stack. ``only_region``: the next session is
+    made on the rectangle drawn in "<image> region" (:meth:`Annotator.region`).
     """
 
     image: Any = None
@@ -75,6 +85,7 @@ class Selection:
     first: int | None = None
     last: int | None = None
     assist: bool = True
+    only_region: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,14 @@ class PromptLayersChosen:
 
 
 @dataclass(frozen=True)
+class RegionChosen:
+    """Emitted when an action chose the region (a restore on a region): the dock ticks
+    *only this region* (``None``: whole frames, unticked)."""
+
+    region: Region | None
+
+
+@dataclass(frozen=True)
 class Painted:
     """Emitted after the user's strokes reached the annotation (frames they touched)."""
 
@@ -125,7 +144,7 @@ class Annotator:
         The learner of the session and the checks before each learning action.
     events : Signal
         Emits :class:`AnnotationChanged`, :class:`Painted`, :class:`StackChanged`,
-        :class:`PromptLayersChosen` and status texts (``str``).
+        :class:`PromptLayersChosen`, :class:`RegionChosen` and status texts (``str``).
     is_busy : callable
         ``() -> bool``: whether a job is running (the dock sets it to its job slot's).
     """
@@ -139,6 +158,7 @@ class Annotator:
         self.is_busy: Any = lambda: False
         self._view: MasksView | None = None
         self._queued: list[Stroke] = []
+        self._kept: set[tuple] = set()  # prompt keys of seeded objects (no prompt layer)
 
     # -- lookup: image -> stack -> session -----------------------------------------------
     def source(self) -> StackSource:
@@ -220,7 +240,16 @@ class Annotator:
             image's existing masks layer cannot hold (id 300 in a uint8 layer).
         """
         chosen = self.selection
-        return build_request(
+        if not self._layer_prompts() and self._session_keeps_prompts():
+            # seeded objects only (their prompts live in the session): propagate them
+            request = replace(
+                self.session_request(),
+                direction=chosen.direction,
+                frame_range=self.frame_range(),
+                assist=chosen.assist,
+            )
+            return request
+        request = build_request(
             chosen.image,
             stack_axis=chosen.stack_axis,
             dims_point=tuple(self.viewer.dims.point),
@@ -235,7 +264,147 @@ class Annotator:
             frame_range=self.frame_range(),
             assist=chosen.assist,
             masks_layer=self.output(),
+            region=self.region(),
         )
+        self.check_keeps_annotation(request.image_size, request.region)
+        return request
+
+    def session_request(self) -> PropagateRequest:
+        """What getting the session asks for, without prompts: the chosen stack, model,
+        size and region (Seed, Segment all and the preview make the session the way
+        Propagate does, through the same :class:`SessionCache`).
+
+        Raises
+        ------
+        StackError, PromptError
+            No image, a region that is not one rectangle, or a size or region the current
+            annotation was not made with.
+        """
+        chosen = self.selection
+        source = self.source()
+        region = self.region()
+        if region is not None:
+            region.check_fits(source.frame_shape, f"image '{chosen.image.name}'")
+        request = PropagateRequest(
+            chosen.image,
+            source,
+            [],
+            chosen.model,
+            chosen.device,
+            chosen.image_size,
+            chosen.direction,
+            None,
+            chosen.assist,
+            region,
+        )
+        self.check_keeps_annotation(request.image_size, request.region)
+        return request
+
+    def seed_plane(self, layer: Any) -> np.ndarray:
+        """The plane of a Labels layer at the current frame, as the session's frames see
+        it (cropped to the region): a 2D layer is one frame, a layer of the image's shape
+        or of the stack ``(T, H, W)`` gives its plane at the current frame.
+
+        Raises
+        ------
+        PromptError
+            A layer of another shape.
+        """
+        source = self.source()
+        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+        shape = tuple(int(s) for s in data.shape)
+        if shape == tuple(source.frame_shape):
+            plane = np.asarray(data)
+        else:
+            try:
+                plane = np.asarray(data[plane_index(layer, source, source.current_frame)])
+            except ValueError as exc:
+                raise PromptError(
+                    f"{exc}, or one frame {tuple(source.frame_shape)}: seed from a Labels "
+                    "layer of the image's shape or of one frame"
+                ) from exc
+        region = self.region()
+        return plane[region.slices] if region is not None else plane
+
+    def choose_region(self, region: Region | None) -> None:
+        """Choose the region (a restore on a region) and tell the dock, which ticks
+        *only this region* (unticks it for ``None``)."""
+        self.selection.only_region = region is not None
+        self.events.emit(RegionChosen(region))
+
+    def keep_prompts(self, prompts: list[Prompt]) -> None:
+        """Keep ``prompts`` (seeded objects' masks: in the session, in no prompt layer)
+        at each Propagate (:meth:`keeps_prompt`)."""
+        self._kept |= {prompt_key(p) for p in prompts}
+
+    def keeps_prompt(self, prompt: Prompt) -> bool:
+        """Whether Propagate keeps the session's ``prompt`` though no prompt layer holds
+        it: the mask of an object seeded from a Labels layer, by *Segment all* or by a
+        split. Undo removes it from the session (and Redo brings it back), Reset too."""
+        return prompt_key(prompt) in self._kept
+
+    def _session_keeps_prompts(self) -> bool:
+        session = self.session()
+        return session is not None and any(self.keeps_prompt(p) for p in session.prompts)
+
+    def _layer_prompts(self) -> bool:
+        """Whether the chosen prompt layers hold anything."""
+        chosen = self.selection
+        for layer in (chosen.points, chosen.shapes):
+            if layer is not None and len(layer.data):
+                return True
+        mask = chosen.mask
+        return mask is not None and bool(np.any(np.asarray(mask.data)))
+
+    def region(self) -> Region | None:
+        """The chosen region (``None`` unless *only this region* is ticked): the one
+        rectangle of the "<image> region" Shapes layer, in frame pixels.
+
+        Raises
+        ------
+        PromptError
+            Ticked, but no region layer or not one rectangle in it.
+        """
+        chosen = self.selection
+        if not chosen.only_region or chosen.image is None:
+            return None
+        name = region_layer_name(chosen.image)
+        layer = next((x for x in self.viewer.layers if x.name == name), None)
+        if layer is None or not hasattr(layer, "shape_type"):
+            raise PromptError(
+                f"'only this region' is ticked but there is no Shapes layer '{name}': "
+                "'Draw region' makes it; draw one rectangle in it"
+            )
+        return region_from_shapes(layer, self.source(), chosen.image)
+
+    def check_keeps_annotation(self, image_size: int | None, region: Region | None) -> None:
+        """Refuse a new image size or region while the session of the chosen stack holds
+        an annotation: a session sees one size and one region, and a new one would
+        start over without the user's work.
+
+        Raises
+        ------
+        PromptError
+            Naming what the annotation was made with and how to change it.
+        """
+        session, cache = self.session(), self.sessions
+        if session is None or not _holds_work(session):
+            return
+        now, new = cache.image_size or 1024, image_size or 1024
+        name = getattr(self.selection.image, "name", "the image")
+        work = f"'{name}' has an annotation"
+        how = "save it (Save session…) and Reset all first to start a new session"
+        if new != now:
+            raise PromptError(
+                f"image size stays {now} px: {work} made at {now} px and a session sees one "
+                f"size; {how} at {new} px (or choose {now} px again)"
+            )
+        if region != cache.region:
+            was = "the whole frames" if cache.region is None else cache.region.describe()
+            raise PromptError(
+                f"the region stays {was}: {work} made there and a session sees one region; "
+                f"{how}, or put the region back as it was"
+            )
 
     def frame_range(self) -> tuple[int, int] | None:
         """The chosen frame range, ``None`` for the whole stack."""
@@ -264,14 +433,30 @@ class Annotator:
         view = self._view
         if session is None or output is None or source is None:
             return view if view is not None and not view.closed else None
-        if view is not None and view.shows(session.annotation, output):
+        region = self.sessions.region
+        if view is not None and view.shows(session.annotation, output, region):
             return view
         if view is not None:
             view.close()
         self._view = MasksView(
-            session.annotation, output, source, self.on_strokes, self.undo, self.redo
+            session.annotation,
+            output,
+            source,
+            self.on_strokes,
+            self.undo,
+            self.redo,
+            region=region,
+            on_outside=self._painted_outside,
         )
         return self._view
+
+    def _painted_outside(self, pixels: int) -> None:
+        region = self.sessions.region
+        where = region.describe() if region is not None else "the region"
+        self.events.emit(
+            f"error: {pixels} pixel(s) painted outside the region ({where}) were put back: "
+            "this session sees only the region"
+        )
 
     def unbind(self) -> None:
         """Stop viewing (the dock closes, or the image went)."""
@@ -446,3 +631,14 @@ class Annotator:
         self.unbind()
         self.learning.release()
         self.sessions.release()
+        self._kept.clear()
+
+
+def _holds_work(session: Any) -> bool:
+    """Whether a session's annotation holds anything of the user's: a prompt, a confirmed
+    frame or a mask."""
+    return bool(
+        list(session.prompts)
+        or session.annotations.confirmed()
+        or np.any(np.asarray(session.labels))
+    )

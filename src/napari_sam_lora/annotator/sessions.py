@@ -1,5 +1,12 @@
 """The loaded model and the session of the dock's image, reused between jobs; what a
-propagation asks for, read on the main thread; the dock's teardown (all Qt-free)."""
+propagation asks for, read on the main thread; the dock's teardown (all Qt-free).
+
+A request may name a :class:`Region` (a rectangle of every frame): its session is made on
+the cropped stack ``frames[:, r0:r1, c0:c1]``, so small objects in big frames are seen at
+full resolution; its prompts are in the region's coordinates (a prompt outside it is
+refused before anything changes), and the masks layer shows the session's frames at the
+region's offset (:class:`~napari_sam_lora.layers.masks_view.MasksView`).
+"""
 
 from __future__ import annotations
 
@@ -20,15 +27,29 @@ from napari_sam_lora.layers import (
     point_prompts,
     stack_from_image_layer,
 )
+from napari_sam_lora.layers.masks_view import Region
+from napari_sam_lora.layers.prompts import prompts_in_region
 
 __all__ = [
     "Lifecycle",
     "LoadProgress",
     "ModelReady",
     "PropagateRequest",
+    "Region",
     "SessionCache",
     "build_request",
+    "feature_megabytes",
 ]
+
+#: SAM2's backbone features of one frame at its own input size (1024 px), in MB; they
+#: scale with the square of the input size.
+FEATURE_MB_AT_1024 = 16.0
+
+
+def feature_megabytes(image_size: int | None) -> float:
+    """The backbone features one frame costs at ``image_size`` (``None``: 1024), in MB."""
+    size = image_size or 1024
+    return FEATURE_MB_AT_1024 * (size / 1024) ** 2
 
 
 @dataclass(frozen=True)
@@ -53,7 +74,8 @@ class PropagateRequest:
 
     ``assist`` asks for adapter-assisted propagation (used once an object has an
     adapter). The masks layer is not part of it: the user's edits reached the session's
-    annotation model as they were painted.
+    annotation model as they were painted. With a ``region`` the prompts are in the
+    region's coordinates and the session sees only the region of each frame.
     """
 
     image_layer: Any
@@ -65,6 +87,13 @@ class PropagateRequest:
     direction: str
     frame_range: tuple[int, int] | None
     assist: bool = True
+    region: Region | None = None
+
+    @property
+    def frames_to_track(self) -> Any:
+        """The stack the session reads: the frames, or their region."""
+        frames = self.source.frames
+        return frames if self.region is None else self.region.crop(frames)
 
     @property
     def frames(self) -> list[int]:
@@ -81,6 +110,7 @@ class PropagateRequest:
             self.source.stack_axis,
             tuple(sorted(self.source.fixed_indices.items())),
             self.model_key,
+            self.region,
         )
 
     @property
@@ -105,12 +135,14 @@ def build_request(
     frame_range: tuple[int, int] | None,
     assist: bool = True,
     masks_layer: Any = None,
+    region: Region | None = None,
 ) -> PropagateRequest:
     """Read the stack and the prompts from the selected layers (main thread).
 
     ``masks_layer`` is the image's existing masks layer, if any: every prompt's object id
     must fit its dtype (id 300 does not fit a user's uint8 "<image> masks" layer), checked
-    here, before any job starts.
+    here, before any job starts. With a ``region`` the prompts are moved into its
+    coordinates; one outside it is refused here.
 
     Raises
     ------
@@ -140,6 +172,9 @@ def build_request(
             check_ids_fit(
                 max(int(p.obj_id) for p in prompts), dtype, where=f"of layer '{masks_layer.name}'"
             )
+    if region is not None:
+        region.check_fits(source.frame_shape, f"image '{image_layer.name}'")
+        prompts = prompts_in_region(prompts, region)
     if frame_range is not None and frame_range == (0, source.num_frames - 1):
         frame_range = None
     return PropagateRequest(
@@ -152,6 +187,7 @@ def build_request(
         direction,
         frame_range,
         assist,
+        region,
     )
 
 
@@ -225,6 +261,17 @@ class SessionCache:
         """The loaded model (``None`` before the first propagation or after :meth:`release`)."""
         return self._model
 
+    @property
+    def region(self) -> Region | None:
+        """The region the cached session annotates (``None``: whole frames, or no session)."""
+        return None if self._key is None else self._key[-1]
+
+    @property
+    def image_size(self) -> int | None:
+        """The input size of the cached session's model (``None``: no session, or the
+        model's own)."""
+        return None if self._key is None else self._key[4][2]
+
     def release(self) -> None:
         """Drop the session and the model (their memory is freed once nothing else holds
         them); the next propagation loads the model again."""
@@ -251,7 +298,7 @@ class SessionCache:
             steps = self._load(request.model, request.device, request.image_size)
             loaded = yield from relay(steps, lambda p: LoadProgress(*p))
             self._model_key, self._model = request.model_key, loaded
-        session = self._make(request.source.frames, self._model)
+        session = self._make(request.frames_to_track, self._model)
         self._key, self.session = request.session_key, session
         # hold the data so its id in the key cannot be reused while cached
         self._pinned = (request.image_layer.data,)

@@ -5,7 +5,8 @@ Points/Shapes/Labels layers (:mod:`.prompts`), writes per-frame results into an 
 layer as undoable edits (:mod:`.output`), keeps the masks layer a view of a session's
 annotation model and hands the user's strokes and Ctrl+Z to it (:mod:`.masks_view`), and
 shows the adapters' proposals as candidate layers that are accepted or rejected
-(:mod:`.candidates`).
+(:mod:`.candidates`), and the objects' centroids per frame as a Tracks layer
+(:mod:`.tracks`).
 
 Axis vocabulary
 ---------------
@@ -47,11 +48,19 @@ from napari_sam_lora.layers.prompts import (
     style_prompt_layers,
 )
 from napari_sam_lora.layers.stack import StackSource, StackView, stack_from_image_layer
+from napari_sam_lora.layers.tracks import (
+    TrackCache,
+    show_tracks,
+    tracks_data,
+    tracks_graph,
+    tracks_layer_name,
+)
 
 __all__ = [
     "MasksView",
     "StackSource",
     "StackView",
+    "TrackCache",
     "add_candidate_layer",
     "box_prompts",
     "candidate_layers",
@@ -74,7 +83,11 @@ __all__ = [
     "remove_prompt_items",
     "same_layer",
     "set_prompt_layer_state",
+    "show_tracks",
     "stack_from_image_layer",
     "style_prompt_layers",
+    "tracks_data",
+    "tracks_graph",
+    "tracks_layer_name",
     "write_frame",
 ]

@@ -7,6 +7,11 @@ pixels replaced by the mask, other objects kept) and drops the layer; rejecting 
 
 The candidate layer is the source of truth: what it shows when accepted is what is written
 (a user may touch it up first), and :func:`candidate_of` rebuilds the candidate from it.
+
+A session made on a :class:`~napari_sam_lora.layers.masks_view.Region` proposes masks of
+the region's shape: the candidate layer still has the image's shape, with the masks at the
+region's offset (0 outside), and reading it back crops the region again (what the session
+takes). The layer records its region, so a candidate of another region is refused.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ if TYPE_CHECKING:
     import napari
 
     from napari_sam_lora.engine.learning.learner import Candidate
+    from napari_sam_lora.layers.masks_view import Region
 
 __all__ = [
     "CANDIDATE_OPACITY",
@@ -83,7 +89,11 @@ def candidate_layers(viewer: napari.viewer.Viewer) -> list[Labels]:
 
 
 def add_candidate_layer(
-    viewer: napari.viewer.Viewer, image_layer: Image, source: StackSource, candidate: Candidate
+    viewer: napari.viewer.Viewer,
+    image_layer: Image,
+    source: StackSource,
+    candidate: Candidate,
+    region: Region | None = None,
 ) -> Labels:
     """Show a candidate as a new semi-transparent Labels layer.
 
@@ -98,6 +108,9 @@ def add_candidate_layer(
     candidate : Candidate
         ``obj_id``, ``adapter_name``, ``frames``, ``masks`` ``(n, H, W)`` and
         ``confidences`` ``(n,)``.
+    region : Region, optional
+        The rectangle the candidate's session annotates: the masks have its shape and are
+        placed at its offset (0 outside); ``None``: whole frames.
 
     Returns
     -------
@@ -105,19 +118,25 @@ def add_candidate_layer(
         Named ``"cand " + candidate.short_name`` (the adapter id stays visible in napari's
         layer list), drawn as a yellow outline; value ``obj_id`` on the masks; metadata
         ``{"napari_sam_lora": {"candidate": True, "obj_id", "adapter", "frames",
-        "confidences", "estimated_ious", "image"}}``. It becomes the selected layer.
+        "confidences", "estimated_ious", "image", "region"}}`` (``region``: ``[r0, r1, c0,
+        c1]`` or ``None``). It becomes the selected layer.
 
     Raises
     ------
     PromptError
-        If the masks do not match the stack's frames.
+        If the masks do not match the stack's frames (or the region), or the region does
+        not lie inside the image.
     """
     frames = [int(f) for f in candidate.frames]
     masks = np.asarray(candidate.masks, dtype=bool)
-    if masks.shape != (len(frames), *source.frame_shape):
+    if region is not None:
+        region.check_fits(source.frame_shape, f"image '{source.image_name}'")
+    shape = source.frame_shape if region is None else region.shape
+    if masks.shape != (len(frames), *shape):
+        where = "" if region is None else f" on the region {region.describe()}"
         raise PromptError(
             f"candidate '{candidate.name}' has masks of shape {masks.shape}; expected "
-            f"{(len(frames), *source.frame_shape)} for image '{source.image_name}'"
+            f"{(len(frames), *shape)} for image '{source.image_name}'{where}"
         )
     if any(not 0 <= f < source.num_frames for f in frames):
         raise PromptError(
@@ -128,6 +147,8 @@ def add_candidate_layer(
     data = np.zeros(source.layer_shape, dtype=np.min_scalar_type(max(obj_id, 1)))
     for frame, mask in zip(frames, masks, strict=True):
         plane = data[source.frame_index(frame)]  # a view: basic indexing only
+        if region is not None:
+            plane = plane[region.slices]  # still a view
         plane[mask] = obj_id
     metadata = {
         METADATA_KEY: {
@@ -138,6 +159,7 @@ def add_candidate_layer(
             "confidences": [float(c) for c in np.asarray(candidate.confidences)],
             "estimated_ious": [float(c) for c in np.asarray(_estimates(candidate))],
             "image": str(image_layer.name),
+            "region": _region_list(region),
         }
     }
     short = getattr(candidate, "short_name", None) or candidate.name
@@ -157,6 +179,10 @@ def add_candidate_layer(
     return layer
 
 
+def _region_list(region: Region | None) -> list[int] | None:
+    return None if region is None else [region.r0, region.r1, region.c0, region.c1]
+
+
 def _estimates(candidate: Any) -> Any:
     estimated = getattr(candidate, "estimated_ious", None)
     return candidate.confidences if estimated is None else estimated
@@ -173,10 +199,13 @@ def _info(candidate_layer: Any) -> dict[str, Any]:
     return candidate_layer.metadata[METADATA_KEY]
 
 
-def candidate_of(candidate_layer: Labels, source: StackSource) -> Candidate:
+def candidate_of(
+    candidate_layer: Labels, source: StackSource, region: Region | None = None
+) -> Candidate:
     """Rebuild the candidate a layer shows, from its metadata and its current pixels.
 
-    Edits made in the candidate layer count: a frame's mask is its non-zero pixels.
+    Edits made in the candidate layer count: a frame's mask is its non-zero pixels (with a
+    ``region``: inside it; what lies outside is not the session's).
 
     Parameters
     ----------
@@ -184,6 +213,9 @@ def candidate_of(candidate_layer: Labels, source: StackSource) -> Candidate:
         Made by :func:`add_candidate_layer`.
     source : StackSource
         The stack of the candidate's image.
+    region : Region, optional
+        The rectangle the session annotates (the masks get its shape); ``None``: whole
+        frames. It must be the one the layer was made with.
 
     Returns
     -------
@@ -192,17 +224,30 @@ def candidate_of(candidate_layer: Labels, source: StackSource) -> Candidate:
     Raises
     ------
     PromptError
-        If ``candidate_layer`` is ``None`` or not a candidate layer.
+        If ``candidate_layer`` is ``None`` or not a candidate layer, or was made on
+        another region than ``region``.
     ValueError
         If its shape does not match the stack.
     """
     from napari_sam_lora.engine.learning.learner import Candidate
+    from napari_sam_lora.layers.masks_view import Region
 
     info = _info(candidate_layer)
+    made_on = info.get("region")
+    made_on = None if made_on is None else [int(v) for v in made_on]
+    if made_on != _region_list(region):
+        now = "whole frames" if region is None else f"the region {region.describe()}"
+        was = "whole frames" if made_on is None else f"the region {Region(*made_on).describe()}"
+        raise PromptError(
+            f"candidate '{candidate_layer.name}' was proposed on {was}, but the session now "
+            f"annotates {now}: Propose again"
+        )
     frames = [int(f) for f in info["frames"]]
-    masks = np.zeros((len(frames), *source.frame_shape), dtype=bool)
+    shape = source.frame_shape if region is None else region.shape
+    masks = np.zeros((len(frames), *shape), dtype=bool)
     for i, frame in enumerate(frames):
-        masks[i] = frame_labels(candidate_layer, source, frame) != 0
+        plane = frame_labels(candidate_layer, source, frame)
+        masks[i] = (plane if region is None else plane[region.slices]) != 0
     confidences = np.asarray(info.get("confidences", [0.0] * len(frames)), dtype=np.float32)
     estimated = info.get("estimated_ious")
     return Candidate(

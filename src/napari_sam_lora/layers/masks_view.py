@@ -14,6 +14,10 @@ the user did:
 - **undo / redo**: the layer's ``undo`` and ``redo`` — what napari's Ctrl+Z and
   Ctrl+Shift+Z on a Labels layer call — become ``on_undo`` / ``on_redo`` (the model's
   history) instead of napari's own layer history, for as long as the view exists.
+- **region**: a session made on a :class:`Region` of the frames (small objects in big
+  frames, seen at full resolution) annotates only that rectangle: its frames are written at
+  the region's offset (the rest of the layer is left as it is), strokes are handed on in
+  the region's coordinates, and pixels painted outside it are put back and reported.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,12 +36,107 @@ from napari_sam_lora.engine.core.errors import PromptError
 from napari_sam_lora.layers.output import plane_index, write_frame
 from napari_sam_lora.layers.stack import StackSource
 
-__all__ = ["MasksView", "Stroke", "forget_layer_history"]
+__all__ = ["MasksView", "Region", "Stroke", "forget_layer_history"]
 
 #: ``(frame, rows, cols, values)`` of one stroke on one frame.
 Stroke = tuple[int, np.ndarray, np.ndarray, np.ndarray]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Region:
+    """A rectangle of every frame: rows ``r0:r1``, columns ``c0:c1`` (ends excluded).
+
+    A session made on ``region.crop(frames)`` sees that rectangle at full resolution; frame
+    coordinates ``(row, col)`` are ``(row - r0, col - c0)`` in the region.
+
+    Raises
+    ------
+    PromptError
+        An empty or negative rectangle.
+    """
+
+    r0: int
+    r1: int
+    c0: int
+    c1: int
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.r0 < self.r1 and 0 <= self.c0 < self.c1):
+            raise PromptError(f"the region {self.describe()} is empty; draw a larger rectangle")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(height, width)`` in pixels."""
+        return (self.r1 - self.r0, self.c1 - self.c0)
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        """``(rows, cols)`` slices selecting the region of a frame."""
+        return slice(self.r0, self.r1), slice(self.c0, self.c1)
+
+    def describe(self) -> str:
+        """E.g. ``"rows 16–47, columns 8–39 (32×32 px)"``."""
+        h, w = self.r1 - self.r0, self.c1 - self.c0
+        return f"rows {self.r0}–{self.r1 - 1}, columns {self.c0}–{self.c1 - 1} ({h}×{w} px)"
+
+    def contains(self, row: Any, col: Any) -> Any:
+        """Whether frame coordinates lie in the region (pixel centres; arrays work)."""
+        row, col = np.asarray(row, float), np.asarray(col, float)
+        return (
+            (row >= self.r0 - 0.5)
+            & (row < self.r1 - 0.5)
+            & (col >= self.c0 - 0.5)
+            & (col < self.c1 - 0.5)
+        )
+
+    def check_fits(self, frame_shape: tuple[int, int], name: str = "the image") -> None:
+        """Raise :class:`PromptError` unless the region lies inside frames of
+        ``frame_shape``."""
+        h, w = frame_shape
+        if self.r1 > h or self.c1 > w:
+            raise PromptError(
+                f"the region {self.describe()} is not inside {name} ({h}×{w} pixels); "
+                f"draw the rectangle on the image"
+            )
+
+    def crop(self, frames: Any) -> Any:
+        """A lazy ``(T, h, w[, C])`` view of the region of ``frames`` (nothing is read)."""
+        return _Cropped(frames, self)
+
+
+class _Cropped:
+    """Lazy view ``frames[:, r0:r1, c0:c1]`` of a stack (what a session reads)."""
+
+    def __init__(self, frames: Any, region: Region) -> None:
+        self._frames, self._region = frames, region
+        shape = tuple(int(s) for s in frames.shape)
+        self.shape = (shape[0], *region.shape, *shape[3:])
+        self.dtype = np.dtype(frames.dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"Cropped(shape={self.shape}, dtype={self.dtype})"
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        out = np.asarray(self[:])
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __getitem__(self, key: Any) -> Any:
+        key = key if isinstance(key, tuple) else (key,)
+        first, rest = (key[0], key[1:]) if key else (slice(None), ())
+        out = self._frames[(first, *self._region.slices)]
+        if rest:
+            lead = () if isinstance(first, int | np.integer) else (slice(None),)
+            out = np.asarray(out)[(*lead, *rest)]
+        return out
 
 
 class MasksView:
@@ -55,6 +155,12 @@ class MasksView:
         stroke touched), main thread.
     on_undo, on_redo : callable
         Called instead of the layer's ``undo`` / ``redo`` (Ctrl+Z / Ctrl+Shift+Z).
+    region : Region, optional
+        The rectangle of the frames the model annotates (the model's frames have its
+        shape); ``None``: whole frames.
+    on_outside : callable, optional
+        ``on_outside(pixels)``: a stroke painted that many pixels outside the region; they
+        were put back as they were (not sent to the model).
     """
 
     def __init__(
@@ -65,9 +171,13 @@ class MasksView:
         on_stroke: Callable[[list[Stroke]], Any],
         on_undo: Callable[[], Any],
         on_redo: Callable[[], Any],
+        region: Region | None = None,
+        on_outside: Callable[[int], Any] | None = None,
     ) -> None:
         self.model, self.layer, self.source = model, layer, source
+        self.region = region
         self._on_stroke = on_stroke
+        self._on_outside = on_outside
         self._dirty: set[int] = set()
         self._shown: dict[int, int] = {}  # frame -> the model's frame version it shows
         self._lock = threading.Lock()
@@ -95,9 +205,23 @@ class MasksView:
         """Whether :meth:`close` ran."""
         return self._closed
 
-    def shows(self, model: Any, layer: Any) -> bool:
-        """Whether this view binds ``model`` to ``layer``."""
-        return not self._closed and self.model is model and self.layer is layer
+    def shows(self, model: Any, layer: Any, region: Region | None = None) -> bool:
+        """Whether this view binds ``model`` to ``layer`` (on ``region``)."""
+        return (
+            not self._closed
+            and self.model is model
+            and self.layer is layer
+            and self.region == region
+        )
+
+    def _index(self, frame: int) -> tuple[int | slice, ...]:
+        """Index into the layer's data selecting what the model's ``frame`` shows: the
+        plane, or its region."""
+        index = plane_index(self.layer, self.source, frame)
+        if self.region is None:
+            return index
+        spatial = iter(self.region.slices)  # the plane's two slices are rows, then columns
+        return tuple(next(spatial) if isinstance(k, slice) else k for k in index)
 
     # -- model -> layer ------------------------------------------------------------------
     def _on_change(self, change: Any) -> None:  # any thread
@@ -131,9 +255,12 @@ class MasksView:
         # a job's step shows the frame's latest write (steps arrive in write order)
         self._shown[frame] = int(self.model.frame_versions[frame])
         new = self.model.labels[frame] if labels is None else np.asarray(labels)
-        index = plane_index(self.layer, self.source, frame)
-        if np.array_equal(np.asarray(self.layer.data[index]), new):
+        if np.array_equal(np.asarray(self.layer.data[self._index(frame)]), new):
             return False
+        if self.region is not None:  # the plane as it is, with the region's pixels new
+            plane = np.array(self.layer.data[plane_index(self.layer, self.source, frame)])
+            plane[self.region.slices] = new
+            new = plane
         self._writing = True
         try:
             write_frame(self.layer, self.source, frame, new)
@@ -155,10 +282,7 @@ class MasksView:
     def equal(self) -> bool:
         """Whether the layer shows exactly the model's labels (every frame)."""
         return all(
-            np.array_equal(
-                np.asarray(self.layer.data[plane_index(self.layer, self.source, f)]),
-                self.model.labels[f],
-            )
+            np.array_equal(np.asarray(self.layer.data[self._index(f)]), self.model.labels[f])
             for f in range(self.model.num_frames)
         )
 
@@ -166,24 +290,49 @@ class MasksView:
     def _on_paint(self, event: Any) -> None:
         if self._writing or self._closed:
             return
-        strokes = self.strokes(getattr(event, "value", None) or [])
+        atoms = list(getattr(event, "value", None) or [])
+        strokes = self.strokes(atoms)
+        outside = self._put_back_outside(atoms) if self.region is not None else 0
         forget_layer_history(self.layer)  # the model's history is the only one
+        if outside and self._on_outside is not None:
+            self._on_outside(outside)
         if strokes:
             self._on_stroke(strokes)
+
+    def _axes(self) -> tuple[int | None, int, int, dict[int, int]]:
+        """``(stack axis, row axis, column axis, fixed axes)`` of the layer's data."""
+        source = self.source
+        if tuple(int(s) for s in np.shape(self.layer.data)) == source.frames_shape:
+            return 0, 1, 2, {}
+        return source.stack_axis, *source.spatial_axes, source.fixed_indices
+
+    def _put_back_outside(self, atoms: list[Any]) -> int:
+        """Restore the pixels the atoms painted outside the region; returns how many."""
+        _, row_axis, col_axis, _ = self._axes()
+        ndim, count = len(np.shape(self.layer.data)), 0
+        self._writing = True
+        try:
+            for indices, old, _new in atoms:
+                indices = tuple(np.asarray(i).reshape(-1) for i in indices)
+                if len(indices) != ndim or indices[0].size == 0:
+                    continue
+                out = ~self.region.contains(indices[row_axis], indices[col_axis])
+                if out.any():
+                    back = np.broadcast_to(np.asarray(old).reshape(-1), indices[0].shape)
+                    self.layer.data_setitem(tuple(i[out] for i in indices), back[out])
+                    count += int(out.sum())
+        finally:
+            self._writing = False
+        return count
 
     def strokes(self, atoms: Iterable[Any]) -> list[Stroke]:
         """napari history atoms ``(indices, old values, new values)`` as one
         :data:`Stroke` per frame of this stack (pixels on other planes of a 4D+ layer are
-        left out), in the order they were painted."""
-        source = self.source
+        left out), in the order they were painted. With a region, rows and columns are the
+        region's and pixels outside it are left out."""
         ndim = len(np.shape(self.layer.data))
-        stack_shape = tuple(int(s) for s in np.shape(self.layer.data)) == source.frames_shape
-        if stack_shape:
-            stack_axis, row_axis, col_axis, fixed = 0, 1, 2, {}
-        else:
-            stack_axis = source.stack_axis
-            row_axis, col_axis = source.spatial_axes
-            fixed = source.fixed_indices
+        stack_axis, row_axis, col_axis, fixed = self._axes()
+        region = self.region
         per_frame: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
         for atom in atoms:
             indices, _old, new = atom
@@ -194,12 +343,16 @@ class MasksView:
             keep = np.ones(indices[0].shape, bool)
             for axis, value in fixed.items():
                 keep &= indices[axis] == value
+            if region is not None:
+                keep &= region.contains(indices[row_axis], indices[col_axis])
             frames = indices[stack_axis] if stack_axis is not None else np.zeros_like(indices[0])
             for frame in np.unique(frames[keep]):
                 here = keep & (frames == frame)
-                per_frame.setdefault(int(frame), []).append(
-                    (indices[row_axis][here], indices[col_axis][here], values[here])
-                )
+                rows, cols = indices[row_axis][here], indices[col_axis][here]
+                if region is not None:
+                    rows = rows.astype(np.int64) - region.r0
+                    cols = cols.astype(np.int64) - region.c0
+                per_frame.setdefault(int(frame), []).append((rows, cols, values[here]))
         return [
             (
                 frame,

@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.layers import Image, Labels, Points, Shapes
 
-from napari_sam_lora.engine.annotation.prompts import BoxPrompt, MaskPrompt, PointPrompt
+from napari_sam_lora.engine.annotation.prompts import BoxPrompt, MaskPrompt, PointPrompt, Prompt
 from napari_sam_lora.engine.core.errors import PromptError
 from napari_sam_lora.layers._common import find_layer, transform_kwargs
+from napari_sam_lora.layers.masks_view import Region
 from napari_sam_lora.layers.stack import StackSource
 
 if TYPE_CHECKING:
@@ -24,9 +25,13 @@ __all__ = [
     "box_prompts",
     "install_click_labels",
     "make_prompt_layers",
+    "make_region_layer",
     "mask_prompts",
     "object_color",
     "point_prompts",
+    "prompts_in_region",
+    "region_from_shapes",
+    "region_layer_name",
     "style_prompt_layers",
 ]
 
@@ -502,3 +507,112 @@ def remove_prompt_items(layer: Points | Shapes, indices: list[int]) -> None:
     if indices:
         layer.selected_data = set(indices)
         layer.remove_selected()
+
+
+def region_layer_name(image_layer: Image) -> str:
+    """The name of an image's region layer: ``"<image> region"``."""
+    return f"{image_layer.name} region"
+
+
+def make_region_layer(viewer: napari.viewer.Viewer, image_layer: Image) -> Shapes:
+    """Add (or find) "<image> region": a 2D Shapes layer shown on every frame, with the
+    image's spatial transform, selected in rectangle mode (draw one rectangle)."""
+    name = region_layer_name(image_layer)
+    layer = find_layer(viewer, name, Shapes, 2)
+    if layer is None:
+        layer = viewer.add_shapes(
+            ndim=2,
+            name=name,
+            edge_color="yellow",
+            face_color="transparent",
+            edge_width=2,
+            scale=tuple(image_layer.scale)[-2:],
+            translate=tuple(image_layer.translate)[-2:],
+        )
+    viewer.layers.selection.active = layer
+    layer.mode = "add_rectangle"
+    return layer
+
+
+def region_from_shapes(shapes_layer: Shapes, source: StackSource, image_layer: Image) -> Region:
+    """The region the one rectangle of ``shapes_layer`` covers, in frame pixels (the same
+    rectangle on every frame), clipped to the image.
+
+    Raises
+    ------
+    PromptError
+        Naming the layer: no shape, more than one, not a rectangle, or outside the image.
+    """
+    shapes, kinds = list(shapes_layer.data), list(shapes_layer.shape_type)
+    if len(shapes) != 1 or kinds[0] != "rectangle":
+        found = f"{len(shapes)} shapes" if len(shapes) != 1 else f"a {kinds[0]}"
+        raise PromptError(
+            f"'{shapes_layer.name}' holds {found}: draw exactly one rectangle in it to choose "
+            f"the region (or untick 'only this region')"
+        )
+    corners = [
+        _to_image_coords(shapes_layer, v, image_layer, source)
+        for v in np.asarray(shapes[0], dtype=float)
+    ]
+    rows = [source.to_frame_coords(c)[1] for c in corners]
+    cols = [source.to_frame_coords(c)[2] for c in corners]
+    h, w = source.frame_shape
+    # the pixels whose centres the rectangle covers
+    r0, r1 = max(int(np.ceil(min(rows))), 0), min(int(np.floor(max(rows))) + 1, h)
+    c0, c1 = max(int(np.ceil(min(cols))), 0), min(int(np.floor(max(cols))) + 1, w)
+    if r1 - r0 < 2 or c1 - c0 < 2:
+        raise PromptError(
+            f"the rectangle of '{shapes_layer.name}' covers no part of image "
+            f"'{source.image_name}' ({h}×{w} pixels); draw it on the image"
+        )
+    return Region(r0, r1, c0, c1)
+
+
+def prompts_in_region(prompts: list[Prompt], region: Region) -> list[Prompt]:
+    """The prompts in the region's coordinates (what a session on the region takes).
+
+    Raises
+    ------
+    PromptError
+        Naming the first prompt that lies (even in part) outside the region: nothing is
+        translated then.
+    """
+    out: list[Prompt] = []
+    h, w = region.shape
+    where = f"the region ({region.describe()})"
+    hint = "move it into the region, or draw the region around it"
+    for p in prompts:
+        what = f"object {p.obj_id} on frame {p.frame}"
+        if isinstance(p, PointPrompt):
+            inside = region.contains(p.points[:, 0], p.points[:, 1])
+            if not inside.all():
+                row, col = p.points[int(np.argmin(inside))]
+                raise PromptError(
+                    f"the click of {what} at (row {row:.1f}, col {col:.1f}) is outside "
+                    f"{where}; {hint}"
+                )
+            points = p.points - (region.r0, region.c0)
+            points = np.clip(points, 0.0, (h - 1.0, w - 1.0))
+            out.append(PointPrompt(p.frame, p.obj_id, points, p.labels))
+        elif isinstance(p, BoxPrompt):
+            r0, c0, r1, c1 = (float(v) for v in p.box)
+            if not bool(region.contains([r0, r1], [c0, c1]).all()):
+                raise PromptError(
+                    f"the box of {what} (rows {r0:.0f}–{r1:.0f}, columns {c0:.0f}–{c1:.0f}) "
+                    f"is not inside {where}; {hint}"
+                )
+            box = np.clip(
+                np.array([r0 - region.r0, c0 - region.c0, r1 - region.r0, c1 - region.c0]),
+                0.0,
+                (h - 1.0, w - 1.0, h - 1.0, w - 1.0),
+            )
+            out.append(BoxPrompt(p.frame, p.obj_id, box))
+        elif isinstance(p, MaskPrompt):
+            mask = np.asarray(p.mask, bool)
+            inner = mask[region.slices]
+            if int(inner.sum()) != int(mask.sum()):
+                raise PromptError(f"the painted mask of {what} reaches outside {where}; {hint}")
+            out.append(MaskPrompt(p.frame, p.obj_id, inner))
+        else:
+            raise PromptError(f"a {type(p).__name__} cannot be moved into a region")
+    return out
