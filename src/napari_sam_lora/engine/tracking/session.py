@@ -42,8 +42,6 @@ from napari_sam_lora.engine.core.jobs import drain
 from napari_sam_lora.engine.core.validation import (
     check_frame,
     check_frames,
-    check_label_image,
-    check_mask,
     check_object_id,
     short_repr,
 )
@@ -418,20 +416,9 @@ class Session:
             Frame out of range, a label image of another shape, no object in it, or values
             that are no object ids (fractions, negatives, beyond 2³¹ − 1).
         """
-        frame = check_frame(frame, self.num_frames)
-        labels = check_label_image(label_image, "the seed labels")
-        if labels.shape != self.frame_shape:
-            raise PromptError(
-                f"the seed labels have shape {labels.shape}; frames are {self.frame_shape}"
-            )
-        ids = np.unique(labels)
-        ids = [int(i) for i in ids[ids != 0]]
-        if not ids:
-            raise PromptError(f"the seed labels of frame {frame} hold no object (all 0)")
-        prompts = [MaskPrompt(frame, obj_id, labels == obj_id) for obj_id in ids]
-        with self.annotation.action(f"seed {len(ids)} object(s) on frame {frame}"):
-            self.add_prompts(prompts)
-        return ids
+        from napari_sam_lora.engine.tracking import fields
+
+        return fields.seed_label_image(self, frame, label_image)
 
     def segment_all(self, frame: int, options: Any = None) -> list[int]:
         """*Segment all* on ``frame``: sam2's automatic mask generator, its masks made
@@ -477,27 +464,9 @@ class Session:
         PromptError
             A prompt SAM2 cannot use, of another frame or object, or no prompt.
         """
-        prompts = list(prompts)
-        frame, obj_id = check_frame(frame, self.num_frames), int(obj_id)
-        if not prompts:
-            raise PromptError("nothing to preview: click on the object or draw a box")
-        if any((int(p.frame), int(p.obj_id)) != (frame, obj_id) for p in prompts):
-            raise PromptError(f"a preview is of one object on one frame ({obj_id}, {frame})")
-        validate_prompts(prompts, self.num_frames, self.frame_shape, [*self.object_ids, obj_id])
-        masks = [p for p in prompts if isinstance(p, MaskPrompt)]
-        if masks:
-            return np.asarray(masks[-1].mask, bool).copy()
-        points = [p for p in prompts if isinstance(p, PointPrompt)]
-        boxes = [p for p in prompts if isinstance(p, BoxPrompt)]
-        xy = np.concatenate([p.points[:, ::-1] for p in points]) if points else None
-        codes = np.concatenate([p.labels for p in points]) if points else None
-        box = None
-        if boxes:
-            r0, c0, r1, c1 = boxes[-1].box
-            box = np.array([c0, r0, c1, r1], dtype=np.float32)
-        with self.model.precision():
-            logits = bridge.preview_logits(self.model.predictor, self.state, frame, xy, codes, box)
-            return bridge.video_masks(self.model.predictor, self.state, logits)[0, 0] > 0
+        from napari_sam_lora.engine.tracking import fields
+
+        return fields.preview_mask(self, frame, obj_id, prompts)
 
     def split_object(self, frame: int, obj_id: int, daughter_masks: Sequence[Any]) -> list[int]:
         """A division: from ``frame`` on, ``obj_id`` is gone and its two daughters — new
@@ -519,45 +488,9 @@ class Session:
             Not an object, not two non-empty, non-overlapping masks of the frame's shape, or
             ``obj_id`` already divided.
         """
-        frame = check_frame(frame, self.num_frames)
-        obj_id = check_object_id(obj_id, where="split_object")
-        if obj_id not in self.object_ids:
-            raise PromptError(f"object {obj_id} does not exist (objects: {self.object_ids})")
-        if obj_id in self.annotation.parents().values():
-            raise PromptError(f"object {obj_id} has already divided")
-        masks = [check_mask(m) for m in daughter_masks]
-        if len(masks) != 2:
-            raise PromptError(f"a division makes two daughters; got {len(masks)} mask(s)")
-        for k, mask in enumerate(masks):
-            if mask.shape != self.frame_shape:
-                raise PromptError(
-                    f"daughter mask {k + 1} has shape {mask.shape}; frames are {self.frame_shape}"
-                )
-            if not mask.any():
-                raise PromptError(f"daughter mask {k + 1} is empty: paint each daughter")
-        if (masks[0] & masks[1]).any():
-            raise PromptError("the two daughter masks overlap: each pixel belongs to one")
-        first = max([*self.object_ids, int(self.labels.max())]) + 1
-        daughters = [first, first + 1]
-        with self.annotation.action(f"split object {obj_id} on frame {frame}"):
-            self.annotation.set_lineage(
-                {**self.annotation.lineage, **{d: (obj_id, frame) for d in daughters}}
-            )
-            kept = [p for p in self.annotation.prompts if not _after(p, obj_id, frame)]
-            if len(kept) != len(self.annotation.prompts):
-                self.set_prompts(kept)
-            for t, o in self.annotations.keys_in_order():
-                if o == obj_id and t >= frame:
-                    self.annotation.erase_entry(t, o)
-            for t in self.labels.frames_with(obj_id):
-                if t >= frame:
-                    plane = self.labels[t].copy()
-                    plane[plane == obj_id] = 0
-                    self.annotation.write_frame(t, plane)
-            self.add_prompts(
-                [MaskPrompt(frame, d, m) for d, m in zip(daughters, masks, strict=True)]
-            )
-        return daughters
+        from napari_sam_lora.engine.tracking import fields
+
+        return fields.split_object(self, frame, obj_id, daughter_masks)
 
     def set_prompts(self, prompts: Sequence[Prompt]) -> bool:
         """Make the prompts equal to ``prompts``, keeping corrections and accepts (one undo
@@ -935,10 +868,6 @@ class Session:
             self.reset()
             self.add_prompts(prompts)
             yield from self.propagate_steps(direction, frame_range)
-
-
-def _after(prompt: Prompt, obj_id: int, frame: int) -> bool:
-    return int(prompt.obj_id) == obj_id and int(prompt.frame) >= frame
 
 
 def _describe(prompts: Sequence[Prompt]) -> str:
