@@ -155,3 +155,22 @@ def test_the_ids_of_a_frame_follow_strokes_and_undo():
         model.undo()
         assert model.labels.ids(1) == set(np.unique(model.labels[1]).tolist()) - {0}
     assert not model.labels.any()
+
+
+def test_a_long_action_keeps_compressed_frames_not_pixels():
+    """A 50-frame 'propagation' that fills half of every 512² frame: its undo data is the
+    compressed frames (kilobytes each), not 6 bytes per changed pixel (~800 kB each)."""
+    from napari_sam_lora.engine.annotation.model import AnnotationModel
+
+    model = AnnotationModel(50, (512, 512))
+    with model.action("propagate"):
+        for t in range(50):
+            plane = np.zeros((512, 512), np.int32)
+            plane[:, : 256 + t] = 1 + t % 3
+            model.write_frame(t, plane)
+    changed = sum(512 * (256 + t) for t in range(50))
+    assert model._undo[-1].nbytes < changed * 6 / 100
+    model.undo()
+    assert not model.labels.any()
+    model.redo()
+    assert model.labels[49][0, 300] == 2 and model.labels.ids(10) == {2}

@@ -8,8 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
+from napari_sam_lora.engine.annotation.label_frames import FrameSnapshot
 from napari_sam_lora.engine.annotation.prompts import Prompt
 from napari_sam_lora.engine.annotation.state import Entry
 
@@ -71,7 +70,8 @@ class Signal:
 class Action:
     """One history entry: everything an action changed, in order, to undo and redo it.
 
-    ``pixels`` holds ``(frame, flat indices, old values, new values)``; ``entries``
+    ``pixels`` holds ``(frame, before, after)``: the frame's compressed snapshots
+    (:class:`~napari_sam_lora.engine.annotation.label_frames.FrameSnapshot`); ``entries``
     ``((frame, obj_id), old entry, new entry)`` (``None``: no entry); ``prompts``
     ``(old list, new list)``; ``lineage`` ``(old, new)`` daughter → ``(parent, division
     frame)`` mappings; ``effects`` ``(undo, redo)`` callables a view attached with
@@ -79,7 +79,7 @@ class Action:
     """
 
     name: str
-    pixels: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    pixels: list[tuple[int, FrameSnapshot, FrameSnapshot]] = field(default_factory=list)
     entries: list[tuple[Key, Entry | None, Entry | None]] = field(default_factory=list)
     prompts: list[tuple[list[Prompt], list[Prompt]]] = field(default_factory=list)
     lineage: list[tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]]]] = field(
@@ -113,6 +113,6 @@ class Action:
     @property
     def nbytes(self) -> int:
         """Bytes its undo data holds."""
-        return sum(i.nbytes + o.nbytes + n.nbytes for _, i, o, n in self.pixels) + sum(
+        return sum(old.nbytes + new.nbytes for _, old, new in self.pixels) + sum(
             e.mask.nbytes for _, a, b in self.entries for e in (a, b) if e and e.mask is not None
         )

@@ -19,15 +19,30 @@ import threading
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["LabelFrames"]
+__all__ = ["FrameSnapshot", "LabelFrames"]
 
 #: Decoded frames kept (the frames being shown, painted or tracked).
 DECODED_FRAMES = 4
 _LEVEL = 1  # zlib: fast, and label images compress well at any level
+
+
+@dataclass(frozen=True)
+class FrameSnapshot:
+    """One frame as stored: its compressed bytes (``None``: all background) and the pixels
+    per id; what an undo step keeps of a frame before and after a change."""
+
+    packed: tuple[np.dtype, bytes] | None
+    counts: dict[int, int]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of its compressed pixels."""
+        return 0 if self.packed is None else len(self.packed[1])
 
 
 class LabelFrames:
@@ -208,6 +223,21 @@ class LabelFrames:
             self._decoded.pop(frame, None)
         if packed is not None:
             self._keep(frame, decoded)
+
+    def snapshot(self, frame: int) -> FrameSnapshot:
+        """Frame ``frame`` as stored (no copy, no decoding)."""
+        frame = self._index(frame)
+        with self._lock:
+            return FrameSnapshot(self._packed[frame], self._counts[frame])
+
+    def restore(self, frame: int, snapshot: FrameSnapshot) -> None:
+        """Make frame ``frame`` what ``snapshot`` holds (an undo or a redo)."""
+        frame = self._index(frame)
+        with self._lock:
+            self._packed[frame] = snapshot.packed
+            self._counts[frame] = snapshot.counts
+            self._ids[frame] = frozenset(i for i in snapshot.counts if i != 0)
+            self._decoded.pop(frame, None)
 
     def _keep(self, frame: int, decoded: np.ndarray) -> None:
         with self._lock:

@@ -298,20 +298,10 @@ class AnnotationModel:
         return change
 
     def _apply(self, action: Action, undoing: bool) -> None:
-        planes: dict[int, np.ndarray] = {}  # frames being changed, written once each
-        changes: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
         pixels = reversed(action.pixels) if undoing else action.pixels
-        for frame, index, old, new in pixels:
-            if frame not in planes:
-                planes[frame] = self.labels.frame(frame).reshape(-1).copy()
-            before, after = (new, old) if undoing else (old, new)
-            planes[frame][index] = after
-            changes.setdefault(frame, []).append((before, after))
+        for frame, before, after in pixels:
+            self.labels.restore(frame, before if undoing else after)
             self.frame_versions[frame] += 1
-        for frame, plane in planes.items():
-            befores, afters = zip(*changes[frame], strict=True)
-            changed = (np.concatenate(befores), np.concatenate(afters))
-            self.labels.write(frame, plane.reshape(self.frame_shape), changed)
         entries = reversed(action.entries) if undoing else action.entries
         for key, old_entry, new_entry in entries:
             self.entries.put(key, old_entry if undoing else new_entry)
@@ -335,11 +325,9 @@ class AnnotationModel:
         if index.size == 0:
             return False
         action = self._current()
-        before, after = old[index], new[index]
-        values = np.min_scalar_type(max(int(before.max()), int(after.max()), 0))  # compact
-        index = index.astype(np.int32 if old.size < 2**31 else np.int64)
-        action.pixels.append((frame, index, before.astype(values), after.astype(values)))
-        self.labels.write(frame, new.reshape(self.frame_shape), (before, after))
+        before = self.labels.snapshot(frame)
+        self.labels.write(frame, new.reshape(self.frame_shape), (old[index], new[index]))
+        action.pixels.append((frame, before, self.labels.snapshot(frame)))  # compressed
         self.frame_versions[frame] += 1
         return True
 
