@@ -2,8 +2,8 @@
 
 Opens the viewer at 1366×768 with the *decoy* sample and the SAM2 LoRA panel, then drives
 the panel's own methods the way a user's clicks do: prompts (positive and negative
-clicks), propagation, a correction learned with its loss plot, and the adapter's
-candidates. Everything uses the untrained model (``untrained:sam2.1_hiera_tiny``, random
+clicks), propagation, a correction learned with its loss plot, the adapter's candidates,
+and a whole field of nuclei seeded from a label image with its tracks. Everything uses the untrained model (``untrained:sam2.1_hiera_tiny``, random
 weights): the canvas says so. Writes PNGs (< 300 KB each) into ``docs/images/``.
 
 Usage (no display needed)::
@@ -143,6 +143,28 @@ def main() -> None:
     viewer.dims.set_current_step(0, 6)
     show_sections(widget, "prompts", "learn")
     save(viewer, app, args.out / "candidates.png")
+
+    # 5. whole fields: nuclei seeded from a label image, propagated, their tracks shown
+    from napari_sam_lora.synthetic import make_stack
+
+    nuclei, nuclei_truth = make_stack("nuclei", n_frames=6, shape=(192, 192))
+    for name in [layer.name for layer in viewer.layers]:
+        viewer.layers.remove(name)
+    field = viewer.add_image(nuclei, name="nuclei")
+    seeds = viewer.add_labels(nuclei_truth[0].astype(np.int32), name="nuclei seeds")
+    widget.image_combo.set_layer(field)
+    viewer.dims.set_current_step(0, 0)
+    settle(app)
+    assert widget.fields.seed(seeds), widget.fields.status.text()
+    wait(widget, app)
+    seeds.visible = False
+    assert widget.propagate(), widget.status.text()
+    wait(widget, app)
+    widget.fields.tracks_check.setChecked(True)
+    settle(app, 1.0)
+    viewer.dims.set_current_step(0, 5)
+    show_sections(widget, "fields")
+    save(viewer, app, args.out / "fields.png")
     viewer.close()
 
 

@@ -167,7 +167,9 @@ class Session:
     # -- the annotation --------------------------------------------------------------------
     @property
     def labels(self) -> np.ndarray:
-        """``(T, H, W)`` int32 label images: the annotation model's (see :attr:`annotation`)."""
+        """``(T, H, W)`` int32 label images: the annotation model's, kept compressed per
+        frame (:class:`~napari_sam_lora.engine.annotation.label_frames.LabelFrames`:
+        ``labels[t]`` is a read-only frame, ``np.asarray(labels)`` a numpy copy)."""
         return self.annotation.labels
 
     @property
@@ -730,7 +732,8 @@ class Session:
         frame_range: tuple[int, int] | None = None,
         assist: bridge.AssistHook | None = None,
     ) -> np.ndarray:
-        """Run :meth:`propagate_steps` to the end; return :attr:`labels` ``(T, H, W)`` int32."""
+        """Run :meth:`propagate_steps` to the end; return :attr:`labels` (``(T, H, W)``
+        int32, array-like: ``np.asarray`` for a numpy copy)."""
         for _ in self.propagate_steps(direction, frame_range, assist):
             pass
         return self.labels
