@@ -34,7 +34,7 @@ from napari.layers import Labels
 
 from napari_sam_lora.engine.core.errors import PromptError
 from napari_sam_lora.layers.output import plane_index, write_frame
-from napari_sam_lora.layers.stack import StackSource
+from napari_sam_lora.layers.stack import LazyArray, StackSource
 
 __all__ = ["MasksView", "Region", "Stroke", "forget_layer_history"]
 
@@ -106,7 +106,7 @@ class Region:
         return _Cropped(frames, self)
 
 
-class _Cropped:
+class _Cropped(LazyArray):
     """Lazy view ``frames[:, r0:r1, c0:c1]`` of a stack (what a session reads)."""
 
     def __init__(self, frames: Any, region: Region) -> None:
@@ -115,23 +115,11 @@ class _Cropped:
         self.shape = (shape[0], *region.shape, *shape[3:])
         self.dtype = np.dtype(frames.dtype)
 
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __repr__(self) -> str:
-        return f"Cropped(shape={self.shape}, dtype={self.dtype})"
-
-    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        out = np.asarray(self[:])
-        return out if dtype is None else out.astype(dtype, copy=False)
-
     def __getitem__(self, key: Any) -> Any:
         key = key if isinstance(key, tuple) else (key,)
         first, rest = (key[0], key[1:]) if key else (slice(None), ())
+        if first is Ellipsis:  # the whole stack (np.asarray)
+            first = slice(None)
         out = self._frames[(first, *self._region.slices)]
         if rest:
             lead = () if isinstance(first, int | np.integer) else (slice(None),)

@@ -22,7 +22,33 @@ from napari_sam_lora.engine.core.errors import StackError
 __all__ = ["StackSource", "StackView", "stack_from_image_layer"]
 
 
-class StackView:
+class LazyArray:
+    """What a lazy array-like view needs besides ``shape``, ``dtype`` and ``__getitem__``:
+    ``ndim``, ``len``, a repr and ``np.asarray`` (which reads everything)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def ndim(self) -> int:
+        """Number of dimensions."""
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(shape={self.shape}, dtype={self.dtype})"
+
+    def __getitem__(self, key: Any) -> Any:
+        raise NotImplementedError
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        out = np.asarray(self[...])
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
+class StackView(LazyArray):
     """Lazy ``(T, H, W[, C])`` view of an array with its axes moved and some axes fixed.
 
     Indexing returns the sub-array of the underlying data (numpy, dask, zarr...), indexed with
@@ -58,21 +84,6 @@ class StackView:
         shape = tuple(int(s) for s in data.shape)
         self.shape: tuple[int, ...] = tuple(1 if a is None else shape[a] for a in self._axes)
         self.dtype = np.dtype(data.dtype)
-
-    @property
-    def ndim(self) -> int:
-        """Number of dimensions (3 for grey, 4 for RGB(A))."""
-        return len(self.shape)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __repr__(self) -> str:
-        return f"StackView(shape={self.shape}, dtype={self.dtype})"
-
-    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        out = np.asarray(self[...])
-        return out if dtype is None else out.astype(dtype, copy=False)
 
     def __getitem__(self, key: Any) -> Any:
         key = _expand_key(key, self.ndim)
