@@ -171,6 +171,8 @@ def test_corrupt_stack_is_reported_and_the_cli_runs_on_a_scheduler_address(
             "--scheduler",
             client.scheduler.address,
             "--no-progress",
+            "--tracks",
+            "ctc",
         ]
     )
     out, err = capsys.readouterr()
@@ -181,6 +183,11 @@ def test_corrupt_stack_is_reported_and_the_cli_runs_on_a_scheduler_address(
     assert [summary[n]["status"] for n in ("s0", "s1", "s9")] == ["done", "done", "failed"]
     assert "s9.tif: cannot read the stack" in summary["s9"]["error"]
     assert not (tmp_path / "out" / "s9_labels.ome.zarr").exists()
+    for name in ("s0", "s1"):  # --tracks: CTC tracks beside each stack's labels
+        tracks = tmp_path / "out" / f"{name}_labels.tracks.ctc"
+        assert (tracks / "man_track.txt").read_text().split()[0] == "1"
+        assert f"tracks: {tracks}" in out
+    assert not (tmp_path / "out" / "s9_labels.tracks.ctc").exists()
     assert client.scheduler_info()["workers"]  # the test's cluster is still up
 
 

@@ -90,6 +90,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--axis", choices=("t", "z"), default="t", help="stack axis: time or z (metadata)"
     )
     parser.add_argument(
+        "--tracks",
+        choices=("ctc", "geff"),
+        help="also write each segmented stack's tracks beside its labels "
+        "(<name>.tracks.ctc/ or <name>.tracks.geff; docs/export.md)",
+    )
+    parser.add_argument(
         "--restart", action="store_true", help="redo every stack (ignore the manifest)"
     )
     cluster = parser.add_argument_group("dask")
@@ -172,6 +178,32 @@ def run(args: argparse.Namespace) -> int:
     print(", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
     for row in result.failed:
         print(f"FAILED {row['stack']}: {row.get('error')}")
+    tracks_ok = _write_tracks(result, args.tracks) if args.tracks else True
     print(f"summary: {result.summary}")
     print(f"manifest: {result.manifest}")
-    return 0 if result.ok else 1
+    return 0 if result.ok and tracks_ok else 1
+
+
+def _write_tracks(result: Any, fmt: str) -> bool:
+    """Export the tracks of every stack segmented now or before (``--tracks``), reading
+    each labels output lazily; says whether all were written."""
+    from pathlib import Path
+
+    from napari_sam_lora.data.readers import open_stack
+    from napari_sam_lora.export import ExportError, export_tracks
+
+    ok = True
+    for row in result.rows:
+        if row.get("status") not in ("done", "skipped") or not row.get("output"):
+            continue
+        labels_path = Path(row["output"])
+        name = labels_path.name.split(".")[0]
+        target = labels_path.parent / f"{name}.tracks.{fmt}"
+        try:
+            export_tracks(open_stack(labels_path), {}, fmt, target, overwrite=True)
+        except (ExportError, OSError, ValueError) as exc:
+            print(f"FAILED tracks of {row['stack']}: {exc}")
+            ok = False
+        else:
+            print(f"tracks: {target}")
+    return ok
