@@ -138,7 +138,7 @@ def test_preview_shows_a_mask_after_a_click_and_changes_nothing(tiny_widget, qtb
     assert session.annotation.undo_names == ["propagate"] and notes == []
 
 
-def test_split_records_the_lineage_and_the_tracks_show_it(tiny_widget, qtbot, notes):
+def test_split_records_the_lineage_and_the_tracks_show_it(tiny_widget, qtbot, notes, tmp_path):
     viewer, widget = tiny_widget
     image, truth = disk_image()
     viewer.add_image(image, name="img")
@@ -190,6 +190,12 @@ def test_split_records_the_lineage_and_the_tracks_show_it(tiny_widget, qtbot, no
     assert widget.job.state == "finished" and notes == [], widget.status.text()
     assert 1 not in out.data[2] and session.annotation.parents() == {a: 1, b: 1}
     qtbot.waitUntil(lambda: 2 in set(viewer.layers["img tracks"].data[:, 1]), timeout=5000)
+    # the masks layer carries the lineage: saving it as CTC (the napari writer) keeps it
+    assert out.metadata["lineage"] == {a: 1, b: 1}
+    ctc = tmp_path / "img.ctc"
+    out.save(str(ctc))
+    lines = {int(r.split()[0]): r.split() for r in (ctc / "man_track.txt").read_text().splitlines()}
+    assert lines[a][3] == "1" and lines[b][3] == "1"
     # Ctrl+Z of the propagation, then of the split: no lineage, no daughters
     undo(viewer, out)
     undo(viewer, out)

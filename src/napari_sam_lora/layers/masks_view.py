@@ -221,12 +221,22 @@ class MasksView:
             self._dirty.update(int(f) for f in frames)
 
     def flush(self) -> list[int]:
-        """Write the frames the model changed into the layer (main thread); returns them."""
+        """Write the frames the model changed into the layer (main thread); returns them.
+
+        The layer's ``metadata["lineage"]`` (daughter → parent) follows the model's
+        divisions, so saving the layer as tracks (the napari writers) keeps them."""
+        self._show_lineage()
         with self._lock:
             frames, self._dirty = sorted(self._dirty), set()
         versions = self.model.frame_versions
         frames = [f for f in frames if self._shown.get(f) != int(versions[f])]
         return [f for f in frames if self.show(f)]
+
+    def _show_lineage(self) -> None:
+        parents = getattr(self.model, "parents", None)
+        lineage = parents() if callable(parents) else {}
+        if lineage or "lineage" in self.layer.metadata:
+            self.layer.metadata["lineage"] = dict(lineage)
 
     def show(self, frame: int, labels: np.ndarray | None = None) -> bool:
         """Write ``labels`` (default: the model's) as ``frame`` of the layer; says whether
