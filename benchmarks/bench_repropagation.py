@@ -12,7 +12,7 @@ Reported, in one run: frames tracked and seconds of each, their ratios, and the 
 IoU between the two results (min and mean). Target (issue 9, 2-core CPU, 40 frames at
 ``--image-size 512``): ≥ 3× fewer frames, ≥ 2.5× less time, IoU ≥ 0.98.
 
-Usage: ``python benchmarks/bench_repropagation.py [--frames 40] [--image-size 512]
+Usage: ``python benchmarks/bench_repropagation.py [--frames 40] [--image-size 1024]
 [--device cpu]``
 """
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=40)
     parser.add_argument("--size", type=int, default=128, help="frame side in pixels")
-    parser.add_argument("--image-size", type=int, default=512)
+    parser.add_argument("--image-size", type=int, default=1024, help="SAM2 input size")
     parser.add_argument("--device", default=None, help="cuda, mps or cpu (default: best)")
     parser.add_argument("--agree-iou", type=float, default=0.98)
     args = parser.parse_args(argv)

@@ -21,7 +21,7 @@ Target (issue 12): no stall over 200 ms.
 With ``--training-ratio`` it also trains one adapter on the main thread and on the worker
 (same seed) and reports the per-step time ratio (issue 3 target ≤ 1.15).
 
-Usage: ``xvfb-run -a python benchmarks/bench_responsiveness.py [--image-size 256]
+Usage: ``xvfb-run -a python benchmarks/bench_responsiveness.py [--image-size 1024]
 [--device cpu] [--frames 8]``
 """
 
@@ -303,7 +303,7 @@ def training_ratio(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--image-size", type=int, default=1024, help="SAM2 input size")
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: auto)")
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--size", type=int, default=128, help="frame height and width")
