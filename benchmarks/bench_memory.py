@@ -4,7 +4,9 @@ number of objects (prints figures; not a test).
 Untrained SAM2 (random weights): the masks are meaningless, the memory and the time are
 what a user's session costs. Every configuration runs in its own subprocess, so each peak
 is its own: a session is made on a synthetic 16-bit stack (bright disks moving on noise),
-every object is clicked on frame 0, and the stack is propagated forward once.
+every object is clicked on frame 0, and the stack is propagated forward once. The stack is
+lazy (frames made when read, as from a file) so the peak is the session's; ``--in-memory``
+hands it a numpy array instead (its bytes then count too).
 
 Reported per run: peak resident memory (``ru_maxrss``), seconds per tracked frame, and what
 the session holds at the end (features, decoder-input records, SAM2's per-frame outputs,
@@ -35,22 +37,37 @@ MODEL = "untrained:sam2.1_hiera_tiny"
 _MB = 2**20
 
 
-def make_stack(frames: int, size: int, objects: int) -> tuple[np.ndarray, int]:
-    """A uint16 stack of ``objects`` bright disks drifting across noise (built frame by
-    frame: no float copy of the whole stack inflates the peak), and the disks' grid side."""
-    rng = np.random.default_rng(0)
-    rows, cols = np.mgrid[:size, :size]
-    stack = np.empty((frames, size, size), dtype=np.uint16)
-    grid = int(np.ceil(np.sqrt(objects)))
-    radius = max(3, size // (4 * grid))
-    for t in range(frames):
-        frame = rng.normal(1000, 200, (size, size))
-        for k in range(objects):
-            r0 = (k // grid + 0.5) * size / grid
-            c0 = (k % grid + 0.5) * size / grid + radius * np.sin(2 * np.pi * t / frames)
-            frame[(rows - r0) ** 2 + (cols - c0) ** 2 < radius**2] += 20000
-        stack[t] = np.clip(frame, 0, 65535)
-    return stack, grid
+class SyntheticStack:
+    """A lazy uint16 stack of ``objects`` bright disks drifting across noise: each frame is
+    made when it is read (as a reader of a file on disk would give it), so the peak measured
+    is the session's, not the input array's."""
+
+    def __init__(self, frames: int, size: int, objects: int) -> None:
+        self.shape = (frames, size, size)
+        self.dtype = np.dtype(np.uint16)
+        self.ndim = 3
+        self.grid = int(np.ceil(np.sqrt(objects)))
+        self._objects = objects
+        self._radius = max(3, size // (4 * self.grid))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def centre(self, k: int) -> list[int]:
+        """Where disk ``k`` is on frame 0, ``(row, col)``."""
+        size, grid = self.shape[1], self.grid
+        return [int((k // grid + 0.5) * size / grid), int((k % grid + 0.5) * size / grid)]
+
+    def __getitem__(self, t: int) -> np.ndarray:
+        frames, size, _ = self.shape
+        t = int(t)
+        rows, cols = np.mgrid[:size, :size]
+        frame = np.random.default_rng(t).normal(1000, 200, (size, size))
+        for k in range(self._objects):
+            r0, c0 = self.centre(k)
+            c0 += self._radius * np.sin(2 * np.pi * t / frames)
+            frame[(rows - r0) ** 2 + (cols - c0) ** 2 < self._radius**2] += 20000
+        return np.clip(frame, 0, 65535).astype(np.uint16)
 
 
 def _storage_mb(value) -> float:
@@ -77,7 +94,9 @@ def _storage_mb(value) -> float:
     return sum(seen.values()) / _MB
 
 
-def run_one(frames: int, objects: int, size: int, image_size: int, device: str) -> dict:
+def run_one(
+    frames: int, objects: int, size: int, image_size: int, device: str, in_memory: bool = False
+) -> dict:
     """One configuration, in this process."""
     import torch
 
@@ -85,12 +104,12 @@ def run_one(frames: int, objects: int, size: int, image_size: int, device: str) 
     from napari_sam_lora.engine.tracking.session import Session
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    stack, grid = make_stack(frames, size, objects)
+    lazy = SyntheticStack(frames, size, objects)
+    stack = np.stack([lazy[t] for t in range(frames)]) if in_memory else lazy
     model = load_model(MODEL, device=device, image_size=image_size)
     session = Session(stack, model=model)
     for k in range(objects):
-        centre = [int((k // grid + 0.5) * size / grid), int((k % grid + 0.5) * size / grid)]
-        session.add_points(0, k + 1, [centre])
+        session.add_points(0, k + 1, [lazy.centre(k)])
     start, first = time.perf_counter(), None
     for step in session.propagate_steps("forward"):
         if first is None:
@@ -110,6 +129,7 @@ def run_one(frames: int, objects: int, size: int, image_size: int, device: str) 
         "objects": objects,
         "image_size": image_size,
         "device": device,
+        "stack": "numpy" if in_memory else "lazy",
         "s_per_frame": seconds / max(frames - 1, 1),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         **{k: round(v, 1) for k, v in held.items()},
@@ -124,7 +144,7 @@ def _spawn(args: argparse.Namespace, frames: int, objects: int) -> dict:
         sys.executable,
         __file__,
         "--one",
-        json.dumps([frames, objects, args.size, args.image_size, args.device]),
+        json.dumps([frames, objects, args.size, args.image_size, args.device, args.in_memory]),
     ]
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
@@ -143,6 +163,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="side of the stack's frames")
     parser.add_argument("--image-size", type=int, default=1024, help="SAM2's input size")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or mps")
+    parser.add_argument(
+        "--in-memory",
+        action="store_true",
+        help="hand the session a numpy stack (its bytes count in the peak) instead of a lazy one",
+    )
     parser.add_argument("--old-src", default=None, help="run another checkout's src/")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -151,7 +176,8 @@ def main() -> None:
         return
     print(
         f"untrained SAM2.1 hiera-tiny (random weights), image size {args.image_size}, "
-        f"{args.size}² uint16 frames, {args.device}",
+        f"{args.size}² uint16 frames ({'numpy' if args.in_memory else 'lazy'} stack), "
+        f"{args.device}",
         flush=True,
     )
     rows = []
