@@ -174,3 +174,22 @@ def test_a_long_action_keeps_compressed_frames_not_pixels():
     assert not model.labels.any()
     model.redo()
     assert model.labels[49][0, 300] == 2 and model.labels.ids(10) == {2}
+
+
+def test_the_heap_is_kept_from_growing_once_and_never_against_the_users_setting(monkeypatch):
+    from napari_sam_lora.engine.core import memory
+
+    calls = []
+
+    class Libc:
+        def mallopt(self, option, value):
+            calls.append((option, value))
+            return 1
+
+    monkeypatch.setattr(memory, "_heap_limited", False)
+    monkeypatch.setattr("ctypes.CDLL", lambda name: Libc())
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert not memory.limit_heap_growth() and calls == []  # the user's choice stands
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    assert memory.limit_heap_growth() and calls == [(-3, memory.MMAP_THRESHOLD)]
+    assert not memory.limit_heap_growth() and len(calls) == 1  # once per process

@@ -6,11 +6,47 @@ import os
 
 from napari_sam_lora.engine.core.errors import StackError
 
-__all__ = ["available_bytes", "check_stack_fits", "frame_bytes", "stack_bytes"]
+__all__ = [
+    "available_bytes",
+    "check_stack_fits",
+    "frame_bytes",
+    "limit_heap_growth",
+    "stack_bytes",
+]
 
 #: Share of the free memory one stack may plan to use.
 USABLE_SHARE = 0.8
 _GB = 1e9
+
+
+#: Allocations from this size on get their own pages, given back to the system when freed.
+MMAP_THRESHOLD = 4 << 20
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+_heap_limited = False
+
+
+def limit_heap_growth() -> bool:
+    """Keep the C heap from growing with a long stack (Linux, glibc; once per process).
+
+    A session allocates and frees tensors of many megabytes per frame (features, records,
+    SAM2's outputs). glibc raises its mmap threshold each time such a block is freed, so
+    later ones come from the heap, where freed space is fragmented and never returned: the
+    resident memory then creeps up frame after frame although the budgets hold. A fixed
+    threshold (:data:`MMAP_THRESHOLD`) keeps large blocks in their own pages. Nothing is
+    changed where ``MALLOC_MMAP_THRESHOLD_`` is set (the user's choice) or off glibc.
+    Returns whether the setting was made.
+    """
+    global _heap_limited
+    if _heap_limited or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        _heap_limited = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    except (OSError, AttributeError):  # not Linux/glibc
+        return False
+    return _heap_limited
 
 
 def available_bytes() -> int | None:

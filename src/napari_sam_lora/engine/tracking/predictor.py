@@ -17,6 +17,7 @@ from sam2.build_sam import build_sam2_video_predictor
 
 from napari_sam_lora.engine.core.errors import CheckpointError, ModelError
 from napari_sam_lora.engine.core.jobs import drain, relay
+from napari_sam_lora.engine.core.memory import limit_heap_growth
 from napari_sam_lora.engine.core.validation import check_image_size
 from napari_sam_lora.engine.tracking.models import (
     ModelSpec,
@@ -157,6 +158,7 @@ def iter_load_model(
     if not spec.untrained and path is None:
         path = yield from relay(iter_download(spec.variant), lambda p: ("download", *p))
     yield ("build", 0, 1)
+    limit_heap_growth()  # sessions free big tensors every frame (engine/core/memory.py)
     predictor = _build(spec, torch_device, image_size)
     if path is not None:
         if spec.path is None:
