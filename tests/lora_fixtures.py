@@ -138,3 +138,17 @@ def identity_adapter_file(model, path):
     finally:
         delete_adapter(decoder, "obj1_a0")
     return path.parent / f"{path.name}.json"
+
+
+@pytest.fixture(autouse=True)
+def clean_decoder(tiny_model):
+    """The shared test model leaves each test without adapters (use as an autouse fixture:
+    ``_clean_decoder = lora_fixtures.clean_decoder``)."""
+    yield
+    from napari_sam_lora.engine.learning.adapters import activate, adapter_names, delete_adapter
+
+    decoder = tiny_model.predictor.sam_mask_decoder
+    for name in adapter_names(decoder):
+        delete_adapter(decoder, name)
+    if adapter_names(decoder) == []:
+        activate(decoder, None)

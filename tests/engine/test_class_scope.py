@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+import lora_fixtures
 from napari_sam_lora.engine.core.errors import PromptError, SamLoraError
 from napari_sam_lora.engine.learning.adapters import AdapterFileError
 from napari_sam_lora.engine.learning.learner import Learner
@@ -17,17 +18,7 @@ from napari_sam_lora.engine.tracking.session import Session
 N_FRAMES, SHAPE = 4, (64, 64)
 
 
-@pytest.fixture(autouse=True)
-def _clean_decoder(tiny_model):
-    """The shared test model leaves each test without adapters."""
-    yield
-    from napari_sam_lora.engine.learning.adapters import activate, adapter_names, delete_adapter
-
-    decoder = tiny_model.predictor.sam_mask_decoder
-    for name in adapter_names(decoder):
-        delete_adapter(decoder, name)
-    if adapter_names(decoder) == []:
-        activate(decoder, None)
+_clean_decoder = lora_fixtures.clean_decoder  # autouse: no adapters left behind
 
 
 @pytest.fixture

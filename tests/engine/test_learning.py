@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import lora_fixtures
 from napari_sam_lora.engine.core.errors import PromptError
 from napari_sam_lora.engine.tracking.session import Session
 
@@ -15,17 +16,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max((a | b).sum(), 1))
 
 
-@pytest.fixture(autouse=True)
-def _clean_decoder(tiny_model):
-    """The shared test model leaves each test without adapters."""
-    yield
-    from napari_sam_lora.engine.learning.adapters import activate, adapter_names, delete_adapter
-
-    decoder = tiny_model.predictor.sam_mask_decoder
-    for name in adapter_names(decoder):
-        delete_adapter(decoder, name)
-    if adapter_names(decoder) == []:
-        activate(decoder, None)
+_clean_decoder = lora_fixtures.clean_decoder  # autouse: no adapters left behind
 
 
 @pytest.fixture
