@@ -18,7 +18,7 @@ distributed = pytest.importorskip("distributed")
 tifffile = pytest.importorskip("tifffile")
 zarr = pytest.importorskip("zarr")
 
-from napari_sam_lora.batch import cluster, job, segment, segment_steps  # noqa: E402
+from napari_sam_lora.batch import cluster, job, memory_limits, segment, segment_steps  # noqa: E402
 from napari_sam_lora.cli import main as cli_main  # noqa: E402
 
 N_FRAMES = 6
@@ -125,13 +125,13 @@ def test_huge_stack_refused_before_anything_is_allocated(tmp_path, monkeypatch):
 
 
 def test_memory_refusal_counts_pixels_labels_and_model():
-    size = job._Size(frames=10, shape=(1000, 1000), channels=1, pixels=10_000_000)
-    model = job.model_bytes(TEST_MODEL)
+    size = memory_limits.StackSize(frames=10, shape=(1000, 1000), channels=1, pixels=10_000_000)
+    model = memory_limits.model_bytes(TEST_MODEL)
     assert 1e9 < model < 2e9
-    assert job.memory_refusal("s", size, 64e9, "--memory-limit", model) is None
-    assert job.memory_refusal("s", size, None, "--memory-limit", model) is None  # unknown
-    assert job.memory_refusal("s", None, 1e6, "--memory-limit", model) is None
-    why = job.memory_refusal("s", size, 1.4e9, "the workers' memory_limit", model)
+    assert memory_limits.memory_refusal("s", size, 64e9, "--memory-limit", model) is None
+    assert memory_limits.memory_refusal("s", size, None, "--memory-limit", model) is None  # unknown
+    assert memory_limits.memory_refusal("s", None, 1e6, "--memory-limit", model) is None
+    why = memory_limits.memory_refusal("s", size, 1.4e9, "the workers' memory_limit", model)
     needed = size.needs(model) / 1e9
     assert why.startswith(f"stack s needs about {needed:.1f} GB, a worker has 1.4 GB")
     assert "the workers' memory_limit" in why and "pauses a worker at 80%" in why
@@ -139,7 +139,7 @@ def test_memory_refusal_counts_pixels_labels_and_model():
 
 def test_paused_workers_end_the_wait():
     now = [0.0]
-    watch = job.PauseWatch(timeout=30, clock=lambda: now[0])
+    watch = memory_limits.PauseWatch(timeout=30, clock=lambda: now[0])
     paused = {"workers": {"a": {"status": "paused", "memory_limit": 1e9}}}
     running = {"workers": {"a": {"status": "running", "memory_limit": 1e9}}}
     busy = {"status": "running", "memory_limit": 1e9, "metrics": {"memory": 9e8}}
@@ -152,9 +152,9 @@ def test_paused_workers_end_the_wait():
     now[0] = 56
     assert watch.update(paused) == pytest.approx(31)
     mixed = {"workers": {**paused["workers"], "b": running["workers"]["a"]}}
-    assert job.PauseWatch(0).update(mixed) is None  # one worker still runs
-    assert job.PauseWatch(0).update({"workers": {}}) is None
-    message = job._paused_message(31, paused, "--memory-limit")
+    assert memory_limits.PauseWatch(0).update(mixed) is None  # one worker still runs
+    assert memory_limits.PauseWatch(0).update({"workers": {}}) is None
+    message = memory_limits.paused_message(31, paused, "--memory-limit")
     assert "paused for 31 s" in message and "(1.0 GB, --memory-limit)" in message
 
 

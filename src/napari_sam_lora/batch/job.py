@@ -26,13 +26,11 @@ yield) are the same job:
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
 import json
 import logging
 import os
 import sys
-import tempfile
 import uuid
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
@@ -42,10 +40,29 @@ from typing import Any
 
 from napari_sam_lora import __version__
 from napari_sam_lora.batch import cluster, outputs
+from napari_sam_lora.batch.checks import (
+    DIRECTIONS,
+    check_adapter_files,
+    check_adapters,
+    check_names,
+    check_options,
+    check_output,
+    expand_inputs,
+)
 from napari_sam_lora.batch.cluster import local_cluster_size
-from napari_sam_lora.batch.stack import START_CHOICES, PointRow
+from napari_sam_lora.batch.memory_limits import (
+    PAUSE_TIMEOUT,
+    PauseWatch,
+    StackSize,
+    memory_refusal,
+    model_bytes,
+    parse_memory_limit,
+    paused_message,
+    stack_sizes,
+)
+from napari_sam_lora.batch.stack import PointRow
 from napari_sam_lora.engine.core import memory
-from napari_sam_lora.engine.core.errors import ConfigError, PromptError
+from napari_sam_lora.engine.core.errors import PromptError
 
 __all__ = [
     "DIRECTIONS",
@@ -57,7 +74,6 @@ __all__ = [
     "segment_steps",
 ]
 
-DIRECTIONS = ("forward", "backward", "both")
 DEFAULT_MODEL = "sam2.1_hiera_tiny"
 logger = logging.getLogger(__name__)
 
@@ -118,24 +134,6 @@ class BatchResult:
         return all(r.get("status") in ("done", "skipped") for r in self.rows)
 
 
-@dataclass(frozen=True)
-class _Size:
-    """What a stack holds: frames, frame shape, channels, and its pixel data's bytes."""
-
-    frames: int
-    shape: tuple[int, int]
-    channels: int
-    pixels: int
-
-    def needs(self, model_bytes: int) -> int:
-        """Bytes one worker needs for this stack: its pixels as read, the session's label
-        images and working frames (:func:`~napari_sam_lora.engine.core.memory.stack_bytes`),
-        and the model."""
-        from napari_sam_lora.engine.core.memory import stack_bytes
-
-        return stack_bytes(self.frames, self.shape, self.channels) + self.pixels + model_bytes
-
-
 @dataclass
 class _Plan:
     tasks: list[Any]
@@ -143,370 +141,13 @@ class _Plan:
     order: list[str]
     job: dict[str, Any]
     manifest: dict[str, Any] = field(default_factory=dict)
-    sizes: dict[str, _Size | None] = field(default_factory=dict)
+    sizes: dict[str, StackSize | None] = field(default_factory=dict)
     model_bytes: int = 0
     model: str = DEFAULT_MODEL
 
 
-# --------------------------------------------------------------------------- checks
-
-
-def _is_output(path: Path, output_dir: Path, searched: Path | None = None) -> bool:
-    """Whether ``path`` is the output folder or something in it (so never an input).
-
-    When the input pattern itself searches the output folder (``searched``, the pattern's
-    folder, is the output folder or inside it: ``'data/*.tif' -o data``), only what the job
-    writes there — labels outputs, ``summary.csv``, ``manifest.json``, temporary entries —
-    is left out, not the stacks the user keeps beside them.
-    """
-    if path == output_dir:
-        return True
-    if output_dir not in path.parents:
-        return False
-    if searched is None or not (searched == output_dir or output_dir in searched.parents):
-        return True
-    relative = path.relative_to(output_dir)
-    name = relative.parts[0]
-    written = (outputs.SUMMARY_NAME, outputs.MANIFEST_NAME)
-    return (
-        name.startswith(".")
-        or name in written
-        or any(name.endswith(f"_labels{s}") for s in outputs.FORMATS.values())
-    )
-
-
-def _pattern_folder(pattern: str) -> Path:
-    """The folder a glob pattern searches in: its parts before the first wildcard."""
-    parts = Path(os.path.expanduser(pattern)).parts
-    plain = []
-    for part in parts[:-1]:
-        if glob.has_magic(part):
-            break
-        plain.append(part)
-    return Path(*plain).resolve() if plain else Path.cwd().resolve()
-
-
-def expand_inputs(
-    inputs: Sequence[str | os.PathLike[str]], exclude: str | os.PathLike[str] | None = None
-) -> list[Path]:
-    """Paths and glob patterns → stack paths, in order, without duplicates.
-
-    A folder is one stack (zarr / OME-Zarr or a folder of frames); to segment every stack
-    in a folder, give a pattern (``"data/*.tif"``). ``exclude`` is the job's output folder:
-    it and what it holds are never inputs (a pattern that matches them on a rerun skips
-    them); where a pattern searches the output folder itself, only the job's own outputs
-    are skipped.
-
-    Raises
-    ------
-    ConfigError
-        Listing every path that does not exist and every pattern that matched nothing, or
-        an input given by name that is (inside) the output folder.
-    """
-    if isinstance(inputs, str | os.PathLike):
-        inputs = [inputs]
-    out = Path(exclude).expanduser().resolve() if exclude is not None else None
-    found: list[Path] = []
-    missing: list[str] = []
-    for item in inputs:
-        text = os.fspath(item)
-        if glob.has_magic(text):
-            matches = sorted(glob.glob(os.path.expanduser(text)))
-            matches = [m for m in matches if not Path(m).name.startswith(".")]
-            if out is not None:
-                searched = _pattern_folder(text)
-                matches = [m for m in matches if not _is_output(Path(m).resolve(), out, searched)]
-            if not matches:
-                missing.append(f"{text} (matched nothing)")
-            found.extend(Path(m) for m in matches)
-        elif Path(text).expanduser().exists():
-            path = Path(text).expanduser()
-            if out is not None and _is_output(path.resolve(), out, path.resolve().parent):
-                missing.append(f"{text} (the output folder or an output in it, not a stack)")
-                continue
-            found.append(path)
-        else:
-            missing.append(f"{text} (no such file or folder)")
-    if missing:
-        raise ConfigError("input stacks not found:\n  " + "\n  ".join(missing))
-    unique = list(dict.fromkeys(p.resolve() for p in found))
-    if not unique:
-        raise ConfigError("no input stacks given")
-    return unique
-
-
-def _check_names(paths: Sequence[Path]) -> list[str]:
-    from napari_sam_lora.data.readers import stack_name
-
-    names = [stack_name(p) for p in paths]
-    seen: dict[str, list[Path]] = {}
-    for name, path in zip(names, paths, strict=True):
-        seen.setdefault(name, []).append(path)
-    clashes = {n: ps for n, ps in seen.items() if len(ps) > 1}
-    if clashes:
-        lines = [f"{n}: {', '.join(str(p) for p in ps)}" for n, ps in clashes.items()]
-        raise ConfigError(
-            "stacks with the same name would write the same output; rename or split the "
-            "job:\n  " + "\n  ".join(lines)
-        )
-    return names
-
-
-def _check_options(
-    direction: str, start: str | int, output_format: str, axis: str, image_size: Any
-) -> int | None:
-    if direction not in DIRECTIONS:
-        raise ConfigError(f"direction {direction!r}: choose {', '.join(DIRECTIONS)}")
-    text = str(start)
-    if text not in START_CHOICES and not (text.isdigit()):
-        raise ConfigError(f"start {start!r}: choose first, middle, last or a frame index ≥ 0")
-    if output_format not in outputs.FORMATS:
-        raise ConfigError(f"output format {output_format!r}: choose {', '.join(outputs.FORMATS)}")
-    if axis not in ("t", "z"):
-        raise ConfigError(f"axis {axis!r}: choose t (time-lapse) or z (z-stack)")
-    if image_size is None:
-        return None
-    try:
-        from napari_sam_lora.engine.core.validation import check_image_size
-    except ImportError:
-        size = int(image_size)
-        if size % 32 or not 64 <= size <= 4096:
-            raise ConfigError(
-                f"image size {image_size}: SAM2 needs a multiple of 32 in 64–4096"
-            ) from None
-        return size
-    return check_image_size(image_size)
-
-
-def _check_output(out: Path) -> None:
-    """The output folder exists or can be created, and files can be written in it.
-
-    Nothing is created: the probe is a temporary file in the folder (or in its nearest
-    existing parent), removed at once.
-
-    Raises
-    ------
-    ConfigError
-        Naming the folder and what is wrong with it.
-    """
-    hint = "choose another output folder (-o) or fix its permissions"
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output folder {out} is a file, not a folder; {hint}")
-    existing = next(p for p in [out, *out.parents] if p.exists())
-    if not existing.is_dir():
-        raise ConfigError(
-            f"output folder {out} cannot be created: {existing} is a file, not a folder; {hint}"
-        )
-    try:
-        handle, probe = tempfile.mkstemp(prefix=".napari-sam-lora-probe-", dir=existing)
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as exc:
-        what = "is not writable" if existing == out else f"cannot be created in {existing}"
-        reason = exc.strerror or type(exc).__name__
-        raise ConfigError(f"output folder {out} {what} ({reason}); {hint}") from exc
-
-
-def _check_adapters(adapters: Sequence[str | os.PathLike[str]], model: str) -> list[str]:
-    """Adapter files exist and were trained on this model variant (the decoder checksum is
-    checked on the workers, against the loaded model, before any stack runs)."""
-    if not adapters:
-        return []
-    from napari_sam_lora.engine.learning.adapter_files import adapter_paths
-    from napari_sam_lora.engine.learning.adapters import AdapterFileError
-    from napari_sam_lora.engine.tracking.models import parse_model
-
-    variant = parse_model(model).variant.name
-    problems, paths = [], []
-    for item in adapters:
-        st_path, json_path = adapter_paths(item)
-        if not (st_path.is_file() and json_path.is_file()):
-            problems.append(f"{item}: needs {st_path.name} and {json_path.name}")
-            continue
-        try:
-            doc = json.loads(json_path.read_text(encoding="utf-8"))
-            recorded = str(doc["base"]["variant"])
-            trained_on = recorded.removeprefix("untrained:")
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            problems.append(f"{json_path}: not a readable adapter record ({exc!r})")
-            continue
-        if trained_on != variant:
-            problems.append(
-                f"{json_path} was trained on {recorded}, not on the model {model} "
-                f"({variant}); use --model {recorded} or an adapter trained on {variant}"
-            )
-        paths.append(str(st_path.with_suffix("").resolve()))
-    if problems:
-        raise AdapterFileError(
-            "adapter file(s) refused; nothing was run:\n  " + "\n  ".join(problems)
-        )
-    return paths
-
-
-def _check_adapter_files(paths: Sequence[str], model: str, image_size: int | None) -> None:
-    """Validate every adapter file in full against the model's decoder, here on the driver.
-
-    The engine's own check (``engine.adapter_files.check_adapters``: decoder checksum,
-    modules, every tensor's shape, dtype and finiteness) on the model loaded on the CPU,
-    before any cluster starts, so a bad file is one error naming it, not a worker plugin's
-    traceback. The workers check again against the model they load.
-
-    Raises
-    ------
-    AdapterFileError
-        Listing every refused file with the reason.
-    """
-    if not paths:
-        return
-    import gc
-
-    from napari_sam_lora.engine.learning.adapter_files import adapter_paths, check_adapters
-    from napari_sam_lora.engine.learning.adapters import AdapterFileError
-    from napari_sam_lora.engine.tracking.predictor import load_model
-
-    loaded = load_model(model, "cpu", image_size)
-    problems = []
-    try:
-        decoder = loaded.predictor.sam_mask_decoder
-        for path in paths:
-            try:
-                check_adapters(path, decoder)
-            except AdapterFileError as exc:
-                st_path = adapter_paths(path)[0]
-                text = " ".join(str(exc).split())
-                named = str(st_path.with_suffix("")) in text
-                problems.append(text if named else f"{st_path}: {text}")
-    finally:
-        del loaded
-        gc.collect()
-    if problems:
-        raise AdapterFileError(
-            "adapter file(s) refused; nothing was run:\n  " + "\n  ".join(problems)
-        )
-
-
-def _sizes(paths: Sequence[Path], names: Sequence[str]) -> dict[str, _Size | None]:
-    """Each stack's geometry and pixel bytes, read lazily (no pixel is read)."""
-    import numpy as np
-
-    from napari_sam_lora.data.readers import open_stack
-    from napari_sam_lora.engine.tracking.frames import stack_geometry
-
-    found: dict[str, _Size | None] = {}
-    for name, path in zip(names, paths, strict=True):
-        try:
-            stack = open_stack(path)
-            num_frames, frame_shape, rgb = stack_geometry(stack)
-            channels = int(stack.shape[-1]) if rgb else 1
-            pixels = int(np.prod([int(n) for n in stack.shape])) * np.dtype(stack.dtype).itemsize
-            found[name] = _Size(int(num_frames), tuple(frame_shape), channels, pixels)
-        except Exception:  # the stack fails on its own, in the summary
-            found[name] = None
-    return found
-
-
-def _geometry(sizes: dict[str, _Size | None]) -> dict[str, Any]:
+def _geometry(sizes: dict[str, StackSize | None]) -> dict[str, Any]:
     return {n: None if z is None else (z.frames, z.shape) for n, z in sizes.items()}
-
-
-#: What a worker needs for the model besides twice its weights (weights and their working
-#: copies): torch, SAM2's activations, dask itself (measured: 1.1 GB peak per worker with
-#: hiera-tiny, 149 MB of weights).
-MODEL_BASE_BYTES = 800_000_000
-
-
-def model_bytes(model: Any) -> int:
-    """A worker's memory allowance for ``model`` (its weights, activations, the runtime).
-
-    ``model`` is a model name, ``untrained:<variant>``, a checkpoint path, or an already
-    parsed ``ModelSpec`` (no checkpoint is read again).
-    """
-    from napari_sam_lora.engine.tracking.models import parse_model
-
-    spec = model if hasattr(model, "variant") else parse_model(model)
-    return int(MODEL_BASE_BYTES + 2 * spec.variant.size_mb * 1_000_000)
-
-
-def _gb(nbytes: float) -> str:
-    return f"{nbytes / 1e9:.1f} GB" if nbytes >= 1e8 else f"{nbytes / 1e6:.0f} MB"
-
-
-def _pause_fraction() -> float:
-    """dask's ``distributed.worker.memory.pause`` (0.8): where a worker stops running tasks."""
-    import dask
-
-    value = dask.config.get("distributed.worker.memory.pause", 0.8)
-    return float(value) if value else 1.0
-
-
-def memory_refusal(
-    name: str, size: _Size | None, limit: float | None, source: str, model: int
-) -> str | None:
-    """Why stack ``name`` cannot run on a worker with ``limit`` bytes; ``None`` if it can.
-
-    First the engine's own check (:func:`~napari_sam_lora.engine.core.memory.check_stack_fits`,
-    which says what would fit), then the whole need — the stack's pixels, its label images
-    and the model (``model`` bytes) — against the share of ``limit`` where dask pauses a
-    worker (``distributed.worker.memory.pause``, 80 %): a worker that reaches it stops
-    running tasks and the stack would never finish.
-
-    Parameters
-    ----------
-    name : str
-        The stack's name (for the message).
-    size : _Size or None
-        The stack's geometry (``None``: unknown, never refused here).
-    limit : float or None
-        Bytes one worker may use (``None``: unknown, nothing is refused).
-    source : str
-        Where ``limit`` comes from, as the user knows it (``--memory-limit``).
-    model : int
-        The model's allowance (:func:`model_bytes`).
-    """
-    from napari_sam_lora.engine.core.errors import StackError
-    from napari_sam_lora.engine.core.memory import check_stack_fits
-
-    if size is None or not limit:
-        return None
-    hint = (
-        "raise --memory-limit, use fewer workers (more memory each), a region of interest "
-        "or a downsampled copy"
-    )
-    try:
-        check_stack_fits(size.frames, size.shape, size.channels, available=int(limit))
-    except StackError as exc:
-        return f"stack {name}: {exc} (a worker has {_gb(limit)}, {source}); {hint}"
-    needed = size.needs(model)
-    labels = size.frames * size.shape[0] * size.shape[1] * 4
-    fraction = _pause_fraction()
-    if needed <= fraction * limit:
-        return None
-    return (
-        f"stack {name} needs about {_gb(needed)}, a worker has {_gb(limit)} ({source}): "
-        f"dask pauses a worker at {fraction:.0%} of it, so the stack would never finish; "
-        f"{hint} (pixels {_gb(size.pixels)}, labels {_gb(labels)}, model about {_gb(model)})"
-    )
-
-
-def _limit_of(memory_limit: str | float | None) -> float | None:
-    """``--memory-limit`` in bytes (``"4GB"``, ``4e9``); ``None`` when not given or ``auto``."""
-    if memory_limit in (None, "", "auto"):
-        return None
-    from dask.utils import parse_bytes
-
-    try:
-        value = (
-            float(memory_limit)
-            if isinstance(memory_limit, int | float)
-            else float(parse_bytes(str(memory_limit)))
-        )
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(
-            f"memory limit {memory_limit!r}: give a size such as 4GB or 8000MB"
-        ) from exc
-    if value <= 0:
-        raise ConfigError(f"memory limit {memory_limit!r}: give a size such as 4GB or 8000MB")
-    return value
 
 
 def _absolute(path: str | os.PathLike[str]) -> str:
@@ -538,19 +179,19 @@ def _plan(
     from napari_sam_lora.batch.worker import StackTask
     from napari_sam_lora.engine.tracking.models import parse_model
 
-    size = _check_options(direction, start, output_format, axis, image_size)
-    _check_output(output_dir)
+    size = check_options(direction, start, output_format, axis, image_size)
+    check_output(output_dir)
     paths = expand_inputs(inputs, exclude=output_dir)
-    names = _check_names(paths)
+    names = check_names(paths)
     spec = parse_model(model)
     if spec.path is not None:  # a checkpoint file: the workers get its absolute path
         model = str(Path(spec.path).expanduser().resolve())
-    adapter_paths = _check_adapters(adapters, model)
+    adapter_paths = check_adapters(adapters, model)
     if (seeds is None) == (points is None):
         raise PromptError("give the prompts: seed labels (--seeds) or a points table (--points)")
     seed_files: dict[str, Path] = {}
     clicks: dict[str, list[PointRow]] = {}
-    sizes = _sizes(paths, names)
+    sizes = stack_sizes(paths, names)
     if seeds is not None:
         seed_files = {n: p.resolve() for n, p in match_seeds(_absolute(seeds), names).items()}
     else:
@@ -602,7 +243,7 @@ def _plan(
             )
         )
     if tasks:  # before any cluster starts: one error naming the file, no worker traceback
-        _check_adapter_files(adapter_paths, model, size)
+        check_adapter_files(adapter_paths, model, size)
     plan = _Plan(
         tasks, skipped, names, job, manifest["stacks"], sizes, model_bytes(spec), str(model)
     )
@@ -679,7 +320,7 @@ def segment_steps(
     :func:`segment`.
     """
     out = Path(output_dir).expanduser().resolve()
-    limit = _limit_of(memory_limit)
+    limit = parse_memory_limit(memory_limit)
     cluster = {
         "client": client,
         "scheduler": scheduler,
@@ -775,74 +416,10 @@ def _finish(plan: _Plan, state: _State, task: Any, row: dict[str, Any]) -> None:
     state.stacks[task.name] = {**entry, "fingerprint": task.fingerprint, "finished": _now()}
 
 
-#: Seconds every worker may stay paused (over dask's memory pause threshold) before the
-#: job gives up on the stacks not finished instead of waiting forever.
-PAUSE_TIMEOUT = 30.0
 #: Seconds between looks at the workers' status.
 WATCH_INTERVAL = 1.0
 #: Seconds the driver waits for a frame or a finished stack before looking again.
 POLL = 0.2
-
-
-def _all_paused(info: dict[str, Any]) -> bool:
-    """Whether every worker of the scheduler ``info`` is paused (or over dask's pause share
-    of its memory limit); ``False`` without workers."""
-    workers = list((info or {}).get("workers", {}).values())
-    if not workers:
-        return False
-    fraction = _pause_fraction()
-    for worker in workers:
-        limit = worker.get("memory_limit") or 0
-        used = (worker.get("metrics") or {}).get("memory") or 0
-        over = bool(limit) and used >= fraction * limit
-        if worker.get("status") != "paused" and not over:
-            return False
-    return True
-
-
-class PauseWatch:
-    """Notices that every worker has stayed paused for ``timeout`` seconds.
-
-    dask pauses a worker at 80 % of its memory limit (``distributed.worker.memory.pause``):
-    it stops running tasks, and a job whose every worker is paused would wait forever.
-
-    Parameters
-    ----------
-    timeout : float
-        Seconds all workers may stay paused.
-    clock : callable
-        Seconds now (``time.monotonic``; tests pass their own).
-    """
-
-    def __init__(self, timeout: float = PAUSE_TIMEOUT, clock: Any = None) -> None:
-        import time
-
-        self.timeout = float(timeout)
-        self.clock = clock or time.monotonic
-        self.since: float | None = None
-
-    def update(self, info: dict[str, Any]) -> float | None:
-        """Look at the scheduler's ``info``; the seconds paused once past the timeout."""
-        now = self.clock()
-        if not _all_paused(info):
-            self.since = None
-            return None
-        if self.since is None:
-            self.since = now
-        paused = now - self.since
-        return paused if paused >= self.timeout else None
-
-
-def _paused_message(seconds: float, info: dict[str, Any], source: str) -> str:
-    limits = [w.get("memory_limit") for w in info.get("workers", {}).values()]
-    limits = [x for x in limits if x]
-    limit = f"{_gb(min(limits))}, {source}" if limits else source
-    return (
-        f"every worker has been paused for {seconds:.0f} s: it reached "
-        f"{_pause_fraction():.0%} of its memory limit ({limit}) and dask stopped running "
-        "tasks on it; the stack needs more memory than a worker has: raise --memory-limit, "
-        "use fewer workers (more memory each), a region of interest or a downsampled copy"
-    )
 
 
 def _record(plan: _Plan, state: _State, out: Path) -> BatchResult:
@@ -984,7 +561,7 @@ def _run(
                     info = dask.scheduler_info()
                     paused = watch.update(info)
                     if paused is not None:
-                        why = _paused_message(paused, info, source)
+                        why = paused_message(paused, info, source)
                         stuck = list(futures.items())
                         dask.cancel([f for f, _ in stuck])
                         futures.clear()
