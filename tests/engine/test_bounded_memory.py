@@ -140,6 +140,34 @@ def test_a_prompt_on_a_frame_sam2_no_longer_holds_keeps_the_other_objects(tiny_m
     assert np.array_equal(after == 1, (before == 1) & (after != 2))
 
 
+def test_sam2_keeps_no_copy_of_mask_prompts_and_tracks_the_same(tiny_model, monkeypatch):
+    stack, (_, second) = _disks(8)
+    rows, cols = np.mgrid[:64, :64]
+    disk = (rows - 20) ** 2 + (cols - 14) ** 2 < 49
+
+    def run() -> tuple[Session, np.ndarray]:
+        session = Session(stack, model=tiny_model)
+        session.add_mask(0, 1, disk)
+        session.add_points(0, 2, [second])
+        session.add_mask(4, 1, np.roll(disk, 2, axis=1))
+        session.add_points(4, 2, [[44, 38]])
+        labels = np.asarray(session.propagate_all("forward")).copy()
+        return session, labels
+
+    compact, labels = run()
+    stored = compact.state["mask_inputs_per_obj"][0]
+    assert sorted(stored) == [0, 4]  # SAM2 still sees which frames have a mask prompt
+    assert all(t.numel() == 0 for t in stored.values())  # and holds no copy of them
+    bridge.remove_object(compact.model.predictor, compact.state, 1)  # reads those frames
+    monkeypatch.setattr(
+        bridge.StackPredictor, "add_new_mask", bridge._svp.SAM2VideoPredictor.add_new_mask
+    )
+    full, everything = run()
+    assert all(t.numel() > 0 for t in full.state["mask_inputs_per_obj"][0].values())
+    assert np.array_equal(labels, everything)  # dropping the copies changed no mask
+    assert np.array_equal(np.asarray(compact.labels), np.asarray(full.labels))
+
+
 def test_the_ids_of_a_frame_follow_strokes_and_undo():
     from napari_sam_lora.engine.annotation.model import AnnotationModel
 

@@ -46,6 +46,7 @@ AssistHook = Callable[[int, int, dict, tuple], "tuple | None"]
 
 #: The private methods we override or call, with the parameters we rely on.
 _PRIVATE_API: dict[str, tuple[str, ...]] = {
+    "add_new_mask": ("inference_state", "frame_idx", "obj_id", "mask"),
     "_get_image_feature": ("inference_state", "frame_idx", "batch_size"),
     "_run_single_frame_inference": (
         "inference_state",
@@ -84,6 +85,11 @@ _STATE_KEYS = (
     "point_inputs_per_obj",
     "mask_inputs_per_obj",
 )
+
+
+#: What SAM2's store of mask prompts holds once a prompt is used (see
+#: :meth:`StackPredictor.add_new_mask`): an empty tensor, where SAM2 kept the full mask.
+_USED_MASK_PROMPT = torch.zeros(0, dtype=torch.bool)
 
 
 class Sam2ApiError(SamLoraError):
@@ -190,6 +196,21 @@ class StackPredictor(_svp.SAM2VideoPredictor):
             )
         out["maskmem_features"] = self._storable(out["maskmem_features"])
         return out, masks
+
+    def add_new_mask(self, inference_state: dict, frame_idx: int, obj_id: int, mask: Any):
+        """SAM2's ``add_new_mask``, without keeping the mask prompt it has just used.
+
+        SAM2 stores every mask prompt resized to the model's input size as float32 (4 MB a
+        (frame, object) at 1024) and never reads it again: it only pops it, or looks at
+        which frames have one (``remove_object``). The entry is kept, empty, so those
+        still see the frame; the annotation model keeps the mask itself.
+        """
+        result = super().add_new_mask(inference_state, frame_idx, obj_id, mask)
+        obj_idx = inference_state["obj_id_to_idx"][obj_id]
+        stored = inference_state["mask_inputs_per_obj"][obj_idx]
+        if frame_idx in stored:
+            stored[frame_idx] = _USED_MASK_PROMPT
+        return result
 
     def _run_memory_encoder(self, inference_state: dict, *args: Any, **kwargs: Any):
         features, pos_enc = super()._run_memory_encoder(inference_state, *args, **kwargs)
