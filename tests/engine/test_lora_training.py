@@ -104,6 +104,19 @@ def test_stop_rules():
     assert _stop(plateau, [0.5, 0.502, 0.503, *[0.504] * 8]) == (11, "plateau")
 
 
+def test_a_fit_that_has_not_started_is_no_plateau():
+    # a hard correction at 1024 (a real CHO nucleus) sits at IoU 0.02 for tens of steps
+    # before it fits: only the fail rule or the step cap may end it, never the plateau rule
+    for name in ("default", "strong"):
+        settings = load_settings(name)
+        stalled = [0.02] * 200
+        assert _stop(settings, stalled) == (settings.fail_step, "failed")
+        assert _stop(settings, stalled, max_steps=30) == (30, "max_steps")
+        started = [0.02] * 30 + [0.5] + [0.5] * 60
+        assert _stop(settings, started) == (31 + settings.plateau_patience, "plateau")
+    assert _stop(DEFAULT.replace(fail_iou=None), [0.02] * 200, max_steps=60) == (60, "max_steps")
+
+
 # --------------------------------------------------------------------------- training
 
 

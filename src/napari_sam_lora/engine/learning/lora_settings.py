@@ -115,7 +115,7 @@ class LoraSettings:
     target_iou: float | None = 0.95
     patience: int = 3
     plateau_patience: int | None = 10
-    plateau_min_iou: float = 0.0
+    plateau_min_iou: float = 0.3
     min_improvement: float = 0.005
     fail_iou: float | None = 0.05
     fail_step: int = 40
