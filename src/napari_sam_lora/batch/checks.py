@@ -17,6 +17,7 @@ from typing import Any
 from napari_sam_lora.batch import outputs
 from napari_sam_lora.batch.stack import START_CHOICES
 from napari_sam_lora.engine.core.errors import ConfigError
+from napari_sam_lora.engine.core.validation import check_image_size
 
 __all__ = [
     "DIRECTIONS",
@@ -117,6 +118,13 @@ def expand_inputs(
 
 
 def check_names(paths: Sequence[Path]) -> list[str]:
+    """Each stack's name (its output's name); refused when two stacks share one.
+
+    Raises
+    ------
+    ConfigError
+        Listing every name given by more than one stack, with their paths.
+    """
     from napari_sam_lora.data.readers import stack_name
 
     names = [stack_name(p) for p in paths]
@@ -136,6 +144,13 @@ def check_names(paths: Sequence[Path]) -> list[str]:
 def check_options(
     direction: str, start: str | int, output_format: str, axis: str, image_size: Any
 ) -> int | None:
+    """The job's options; returns the image size (``None``: the model's own).
+
+    Raises
+    ------
+    ConfigError
+        Naming the first option that is not one of its choices.
+    """
     if direction not in DIRECTIONS:
         raise ConfigError(f"direction {direction!r}: choose {', '.join(DIRECTIONS)}")
     text = str(start)
@@ -147,15 +162,6 @@ def check_options(
         raise ConfigError(f"axis {axis!r}: choose t (time-lapse) or z (z-stack)")
     if image_size is None:
         return None
-    try:
-        from napari_sam_lora.engine.core.validation import check_image_size
-    except ImportError:
-        size = int(image_size)
-        if size % 32 or not 64 <= size <= 4096:
-            raise ConfigError(
-                f"image size {image_size}: SAM2 needs a multiple of 32 in 64–4096"
-            ) from None
-        return size
     return check_image_size(image_size)
 
 
