@@ -124,9 +124,40 @@ def test_labels_written_atomically_and_read_back(tmp_path):
         assert np.array_equal(np.asarray(open_stack(path)[...]), labels)
     attrs = json.loads((tmp_path / "s0_labels.ome.zarr" / ".zattrs").read_text())
     (multiscale,) = attrs["multiscales"]
-    assert multiscale["version"] == "0.4" and multiscale["datasets"][0]["path"] == "0"
+    assert multiscale["version"] == "0.4"
+    assert (tmp_path / "s0_labels.ome.zarr" / multiscale["datasets"][0]["path"]).is_dir()
     assert [a["name"] for a in multiscale["axes"]] == ["z", "y", "x"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s0_labels.ome.zarr", "s0_labels.tif"]
+    assert attrs["napari-sam-lora"] == {"model": "m"}
+
+
+def test_ome_zarr_output_is_read_by_ome_zarr(tmp_path):
+    """The batch output is a valid NGFF image for ome-zarr's own reader (not a look-alike)."""
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    labels = (np.arange(2 * 6 * 7, dtype=np.int32).reshape(2, 6, 7) % 3).astype(np.int32)
+    path = outputs.output_path(tmp_path, "s0", "ome-zarr")
+    outputs.write_labels(labels, path, "ome-zarr", axis="t", attrs={"model": "m"})
+    (node, *_) = list(Reader(parse_url(str(path)))())
+    assert [a["name"] for a in node.metadata["axes"]] == ["t", "y", "x"]
+    assert np.array_equal(np.asarray(node.data[0]), labels)
+    assert np.asarray(node.data[0]).dtype == np.int32
+
+
+def test_ome_zarr_format_refused_up_front_without_ome_zarr(monkeypatch):
+    import importlib.util
+
+    from napari_sam_lora.batch.checks import check_options
+    from napari_sam_lora.engine.core.errors import ConfigError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "ome_zarr" else real(name, *a)
+    )
+    with pytest.raises(ConfigError, match=r"needs the ome-zarr package.*--format tiff"):
+        check_options("forward", "first", "ome-zarr", "t", None)
+    assert check_options("forward", "first", "tiff", "t", None) is None
 
 
 def test_partials_removed_and_manifest_round_trip(tmp_path):

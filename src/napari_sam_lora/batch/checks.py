@@ -7,6 +7,7 @@ Each check raises one error that lists every problem it found; nothing has run y
 from __future__ import annotations
 
 import glob
+import importlib.util
 import json
 import os
 import tempfile
@@ -149,7 +150,8 @@ def check_options(
     Raises
     ------
     ConfigError
-        Naming the first option that is not one of its choices.
+        Naming the first option that is not one of its choices, or an output format whose
+        package is not installed.
     """
     if direction not in DIRECTIONS:
         raise ConfigError(f"direction {direction!r}: choose {', '.join(DIRECTIONS)}")
@@ -158,6 +160,11 @@ def check_options(
         raise ConfigError(f"start {start!r}: choose first, middle, last or a frame index ≥ 0")
     if output_format not in outputs.FORMATS:
         raise ConfigError(f"output format {output_format!r}: choose {', '.join(outputs.FORMATS)}")
+    if output_format == "ome-zarr" and importlib.util.find_spec("ome_zarr") is None:
+        raise ConfigError(
+            "output format ome-zarr needs the ome-zarr package: "
+            "pip install 'napari-sam-lora[batch]', or choose --format tiff"
+        )
     if axis not in ("t", "z"):
         raise ConfigError(f"axis {axis!r}: choose t (time-lapse) or z (z-stack)")
     if image_size is None:

@@ -105,37 +105,10 @@ def write_labels(
     return final
 
 
-def ome_metadata(ndim: int, axis: str = "t", name: str = "labels") -> dict[str, Any]:
-    """OME-Zarr 0.4 ``multiscales`` for one full-resolution level ``"0"``."""
-    stack_axis = {"name": "t", "type": "time"} if axis == "t" else {"name": "z", "type": "space"}
-    axes = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
-    if ndim == 3:
-        axes.insert(0, stack_axis)
-    return {
-        "version": "0.4",
-        "name": name,
-        "axes": axes,
-        "datasets": [
-            {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0] * ndim}]}
-        ],
-    }
-
-
 def _write_ome_zarr(labels: np.ndarray, path: Path, axis: str, attrs: Mapping) -> None:
-    import zarr
+    from napari_sam_lora.data.ome_zarr_labels import write_ome_zarr_labels
 
-    labels = np.asarray(labels)
-    chunks = (1, *labels.shape[1:]) if labels.ndim == 3 else labels.shape
-    v3 = int(zarr.__version__.split(".")[0]) >= 3
-    if v3:
-        group = zarr.open_group(str(path), mode="w", zarr_format=2)
-        array = group.create_array("0", shape=labels.shape, dtype=labels.dtype, chunks=chunks)
-    else:  # zarr 2
-        group = zarr.open_group(str(path), mode="w")
-        array = group.create_dataset("0", shape=labels.shape, dtype=labels.dtype, chunks=chunks)
-    array[...] = labels
-    group.attrs["multiscales"] = [ome_metadata(labels.ndim, axis)]
-    group.attrs["napari-sam-lora"] = dict(attrs)
+    write_ome_zarr_labels(path, labels, axis=axis, metadata={"napari-sam-lora": dict(attrs)})
 
 
 def _write_tiff(labels: np.ndarray, path: Path, axis: str, attrs: Mapping) -> None:

@@ -4,8 +4,10 @@ The store's root is a one-level ``multiscales`` image with axes ``t``, ``y``, ``
 chunk per frame) and ``image-label`` metadata whose ``properties`` give each object's
 first and last frame and, for a daughter, its ``parent``; there is no intensity image in
 an annotation session, so the label image is the root rather than a ``labels/`` group of
-one. Written with ``ome_zarr.writer``, one frame at a time; the object ids are kept as
-they are (gaps need no splitting in a label image).
+one. Written by the project's one OME-Zarr writer
+(:func:`napari_sam_lora.data.ome_zarr_labels.write_ome_zarr_labels`, with ``ome-zarr``), one
+frame at a time; the object ids are kept as they are (gaps need no splitting in a label
+image).
 """
 
 from __future__ import annotations
@@ -44,36 +46,19 @@ def write_ome_zarr(
     store: Path, labels: Any, tracks: Tracks, parents: dict[int, int], max_id: int
 ) -> None:
     """Write the OME-Zarr group ``store`` (created here), reading ``labels`` frame by frame."""
-    try:
-        import dask
-        import dask.array as da
-        import zarr
-        from ome_zarr.format import FormatV04
-        from ome_zarr.writer import add_metadata, write_multiscale
-    except ImportError as exc:  # pragma: no cover - the export extra is not installed
-        raise ExportError(
-            "the ome-zarr format needs the ome-zarr package: pip install 'napari-sam-lora[export]'"
-        ) from exc
+    from napari_sam_lora.data.ome_zarr_labels import write_ome_zarr_labels
 
-    num_frames = int(np.shape(labels)[0])
     frame_shape = tuple(int(s) for s in np.shape(labels)[1:3])
-    dtype = label_dtype(max_id)
-
-    def frame(t: int) -> np.ndarray:
-        return read_frame(labels, t, frame_shape).astype(dtype)  # type: ignore[arg-type]
-
-    stack = da.stack(
-        [
-            da.from_delayed(dask.delayed(frame)(t), shape=frame_shape, dtype=dtype)
-            for t in range(num_frames)
-        ]
-    )
-    fmt = FormatV04()
-    root = zarr.open_group(str(store), mode="w", zarr_format=2)
-    with dask.config.set(scheduler="synchronous"):  # one frame in memory at a time
-        write_multiscale([stack], root, fmt=fmt, axes=["t", "y", "x"], name="labels")
-    add_metadata(
-        root,
-        {"image-label": {"version": fmt.version, "properties": label_properties(tracks, parents)}},
-        fmt=fmt,
-    )
+    image_label = {"version": "0.4", "properties": label_properties(tracks, parents)}
+    try:
+        write_ome_zarr_labels(
+            store,
+            labels,
+            axis="t",
+            dtype=label_dtype(max_id),
+            metadata={"image-label": image_label},
+            read_frame=lambda t: read_frame(labels, t, frame_shape),  # type: ignore[arg-type]
+            extra="export",
+        )
+    except ImportError as exc:  # pragma: no cover - the export extra is not installed
+        raise ExportError(str(exc)) from exc
