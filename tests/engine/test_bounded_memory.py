@@ -140,6 +140,44 @@ def test_a_prompt_on_a_frame_sam2_no_longer_holds_keeps_the_other_objects(tiny_m
     assert np.array_equal(after == 1, (before == 1) & (after != 2))
 
 
+def test_a_click_on_a_frame_sam2_no_longer_holds_refines_the_mask_shown(tiny_model, monkeypatch):
+    """SAM2 refines a click from its previous mask on the frame; where that was dropped,
+    the mask the user sees stands in for it (for that call only)."""
+    reach = bridge.memory_reach(tiny_model.predictor)
+    stack, (first, second) = _disks(reach + 6)
+    session = Session(stack, model=tiny_model)
+    session.add_points(0, 1, [first])
+    session.add_points(0, 2, [second])
+    session.propagate_all("forward")
+    assert bridge.frame_output(session.state, 1, 2) is None  # pruned
+    shown = session.labels[2] == 1
+    assert shown.any()
+    seen: list = []
+    real = bridge._svp.SAM2VideoPredictor._run_single_frame_inference
+
+    def spy(self, inference_state, output_dict, **kwargs):
+        seen.append(kwargs.get("prev_sam_mask_logits"))
+        return real(self, inference_state=inference_state, output_dict=output_dict, **kwargs)
+
+    monkeypatch.setattr(bridge._svp.SAM2VideoPredictor, "_run_single_frame_inference", spy)
+    session.add_points(2, 1, [[20, 15]])
+    (prior,) = seen
+    assert prior is not None  # without the stand-in SAM2 would get None here
+    side = tiny_model.predictor.image_size // 4
+    assert tuple(prior.shape[-2:]) == (side, side)
+    low = np.asarray(
+        bridge.video_masks(tiny_model.predictor, session.state, prior.float().cpu()) > 0
+    )[0, 0]
+    assert (low & shown).sum() / (low | shown).sum() > 0.8  # it is the mask shown
+    tracked = session.state["output_dict_per_obj"][0]["non_cond_frame_outputs"]
+    assert all("obj_ptr" in out for out in tracked.values())  # the stand-in is gone
+    # where SAM2 still holds its mask, that mask is used, not the one shown
+    seen.clear()
+    session.add_points(2, 1, [[20, 16]])
+    (own,) = seen
+    assert own is not None and not np.allclose(own.float().cpu().numpy(), prior.float().numpy())
+
+
 def test_sam2_keeps_no_copy_of_mask_prompts_and_tracks_the_same(tiny_model, monkeypatch):
     stack, (_, second) = _disks(8)
     rows, cols = np.mgrid[:64, :64]

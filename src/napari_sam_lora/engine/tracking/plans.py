@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -157,8 +157,18 @@ def prompted_frames(prompts: Iterable[Prompt]) -> list[int]:
     return sorted({int(p.frame) for p in prompts})
 
 
-def send_prompts(predictor: Any, state: dict, prompts: Sequence[Prompt]) -> None:
-    """Give validated prompts to SAM2: per (frame, object) a mask first, then box + points."""
+def send_prompts(
+    predictor: Any,
+    state: dict,
+    prompts: Sequence[Prompt],
+    shown_mask: Callable[[int, int], np.ndarray | None] | None = None,
+) -> None:
+    """Give validated prompts to SAM2: per (frame, object) a mask first, then box + points.
+
+    ``shown_mask(frame, obj_id)`` gives what the user sees of the object there, for clicks
+    and boxes on frames whose SAM2 outputs were dropped (see
+    :meth:`~napari_sam_lora.engine.tracking.sam2_bridge.StackPredictor.add_new_points_or_box`).
+    """
     grouped: dict[tuple[int, int], list[Prompt]] = defaultdict(list)
     for prompt in prompts:
         grouped[(int(prompt.frame), int(prompt.obj_id))].append(prompt)
@@ -176,6 +186,8 @@ def send_prompts(predictor: Any, state: dict, prompts: Sequence[Prompt]) -> None
         if boxes:
             r0, c0, r1, c1 = boxes[0].box
             kwargs["box"] = np.array([c0, r0, c1, r1], dtype=np.float32)
+        if shown_mask is not None:
+            kwargs["shown_mask"] = shown_mask(frame, obj_id)
         predictor.add_new_points_or_box(state, frame_idx=frame, obj_id=obj_id, **kwargs)
 
 

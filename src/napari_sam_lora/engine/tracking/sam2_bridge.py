@@ -47,6 +47,7 @@ AssistHook = Callable[[int, int, dict, tuple], "tuple | None"]
 #: The private methods we override or call, with the parameters we rely on.
 _PRIVATE_API: dict[str, tuple[str, ...]] = {
     "add_new_mask": ("inference_state", "frame_idx", "obj_id", "mask"),
+    "add_new_points_or_box": ("inference_state", "frame_idx", "obj_id", "points", "labels", "box"),
     "_get_image_feature": ("inference_state", "frame_idx", "batch_size"),
     "_run_single_frame_inference": (
         "inference_state",
@@ -86,6 +87,9 @@ _STATE_KEYS = (
     "mask_inputs_per_obj",
 )
 
+
+#: Where SAM2 keeps an object's outputs, per frame.
+_OUTPUT_KEYS = ("cond_frame_outputs", "non_cond_frame_outputs")
 
 #: What SAM2's store of mask prompts holds once a prompt is used (see
 #: :meth:`StackPredictor.add_new_mask`): an empty tensor, where SAM2 kept the full mask.
@@ -211,6 +215,58 @@ class StackPredictor(_svp.SAM2VideoPredictor):
         if frame_idx in stored:
             stored[frame_idx] = _USED_MASK_PROMPT
         return result
+
+    def add_new_points_or_box(
+        self,
+        inference_state: dict,
+        frame_idx: int,
+        obj_id: int,
+        *args: Any,
+        shown_mask: np.ndarray | None = None,
+        **kwargs: Any,
+    ):
+        """SAM2's ``add_new_points_or_box``; ``shown_mask`` stands in for the mask SAM2 no
+        longer holds.
+
+        SAM2 refines a click on a tracked frame from its own previous mask logits there. On
+        a frame whose outputs :func:`prune_tracking` dropped, it would answer the click as
+        if nothing had been there, and a click that fixes an edge would replace the whole
+        mask. ``shown_mask`` (``(H, W)`` bool at the stack's resolution: what the user sees
+        of this object on this frame) is given to SAM2 as those logits, the way SAM2 turns
+        a mask into logits (``20 · mask − 10`` at its low resolution), for this call only.
+        Ignored where SAM2 still holds an output of the object on the frame.
+        """
+        obj_idx = object_index(inference_state, obj_id)
+        stand_in = None
+        if shown_mask is not None and obj_idx is not None:
+            held = (
+                inference_state["output_dict_per_obj"][obj_idx],
+                inference_state["temp_output_dict_per_obj"][obj_idx],
+            )
+            if not any(frame_idx in outputs[key] for outputs in held for key in _OUTPUT_KEYS):
+                stand_in = {"pred_masks": self._mask_logits(shown_mask)}
+                held[0]["non_cond_frame_outputs"][frame_idx] = stand_in
+        try:
+            return super().add_new_points_or_box(
+                inference_state, frame_idx, obj_id, *args, **kwargs
+            )
+        finally:
+            if stand_in is not None:
+                tracked = inference_state["output_dict_per_obj"][obj_idx]["non_cond_frame_outputs"]
+                if tracked.get(frame_idx) is stand_in:
+                    del tracked[frame_idx]
+
+    def _mask_logits(self, mask: np.ndarray) -> torch.Tensor:
+        """``(1, 1, s, s)`` low-resolution logits of a bool mask, as SAM2 makes them from a
+        mask (``s`` = image size / 4)."""
+        import torch.nn.functional as F
+
+        side = int(self.image_size) // 4
+        pixels = torch.as_tensor(np.asarray(mask, dtype=np.float32))[None, None]
+        low = F.interpolate(
+            pixels, size=(side, side), mode="bilinear", align_corners=False, antialias=True
+        )
+        return (low * 20.0 - 10.0).to(self.device)
 
     def _run_memory_encoder(self, inference_state: dict, *args: Any, **kwargs: Any):
         features, pos_enc = super()._run_memory_encoder(inference_state, *args, **kwargs)

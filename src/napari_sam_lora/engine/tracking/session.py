@@ -369,7 +369,7 @@ class Session:
         """Give validated prompts to SAM2 and confirm what they produce (job and action
         held; SAM2 already follows the annotation)."""
         with self.model.precision():
-            send_prompts(self.model.predictor, self.state, prompts)
+            send_prompts(self.model.predictor, self.state, prompts, self._shown_mask)
         self.annotation.set_prompts([*self.annotation.prompts, *prompts])
         answered = {}
         for frame, obj_id in sorted({(int(p.frame), int(p.obj_id)) for p in prompts}):
@@ -384,6 +384,12 @@ class Session:
         self._conditioning.sent(prompts, answered)
         for frame in prompted_frames(prompts):
             self.annotation.write_frame(frame, self._frame_labels(frame))
+
+    def _shown_mask(self, frame: int, obj_id: int) -> np.ndarray | None:
+        """What the labels show of ``obj_id`` on ``frame`` (``None``: nothing), for SAM2 to
+        refine a click from where it no longer holds its own mask there."""
+        shown = self.labels[frame] == obj_id
+        return shown if shown.any() else None
 
     def add_points(self, frame: int, obj_id: int, points: Any, labels: Any = None) -> np.ndarray:
         """Clicks ``(N, 2)`` in ``(row, col)``; labels 1 positive / 0 negative (default 1).
