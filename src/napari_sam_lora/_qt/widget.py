@@ -36,8 +36,9 @@ from napari_sam_lora._qt._fields import FieldsPanel
 from napari_sam_lora._qt._layer_combo import LayerCombo
 from napari_sam_lora._qt._layout import ShortcutHelp, form, row, section
 from napari_sam_lora._qt._learning import LearningPanel
-from napari_sam_lora._qt._model_combo import MODELS, ImageSizeCombo, ModelCombo
+from napari_sam_lora._qt._model_combo import MODELS
 from napari_sam_lora._qt._objects import ObjectList, ObjectRow
+from napari_sam_lora._qt._setup import DEVICES, SetupPanel
 from napari_sam_lora._qt._shortcuts import bind_shortcuts, with_key
 from napari_sam_lora._qt._slot import Activity, JobSlot
 from napari_sam_lora.annotator import (
@@ -51,7 +52,6 @@ from napari_sam_lora.annotator import (
     SessionCache,
 )
 from napari_sam_lora.annotator import imports as _imports
-from napari_sam_lora.annotator.annotator import RegionChosen
 from napari_sam_lora.annotator.jobs import propagation_job
 from napari_sam_lora.engine.tracking.plans import PropagationStep
 from napari_sam_lora.layers import (
@@ -63,14 +63,12 @@ from napari_sam_lora.layers import (
     stack_from_image_layer,
     style_prompt_layers,
 )
-from napari_sam_lora.layers.prompts import make_region_layer
 
 if TYPE_CHECKING:
     import napari
 
 __all__ = ["DEVICES", "MODELS", "SamLoraWidget", "live_widgets"]
 
-DEVICES = ("auto", "cuda", "mps", "cpu")
 DIRECTIONS = ("forward", "backward", "both")
 #: Above this many objects on a frame the frame line counts them by source.
 MANY_OBJECTS = 8
@@ -99,6 +97,10 @@ class SamLoraWidget(QWidget):
     image_size : int or None
         SAM2 input size (the *image size* box); ``None`` uses the model's own (1024).
         Smaller is faster and coarser.
+    setup : SetupPanel
+        The *Image and model* section: image, stack axis, model, image size, device and
+        region (``image_combo``, ``axis_spin``, ``model_combo``, ``size_combo``,
+        ``size_label``, ``device_combo`` and ``region_check`` are its widgets).
     sessions : SessionCache
         Reuses the loaded model and session between propagations.
     slot : JobSlot
@@ -124,7 +126,7 @@ class SamLoraWidget(QWidget):
         self._layer_freezes: dict[Any, int] = {}  # layer unique_id -> heap freezes then
         self._build_ui()
         self._connect()
-        self._on_image_changed()
+        self._on_image_changed()  # the panel showed the first image's axis: the rest here
         self._show_history()
         _LIVE.add(self)
         # pandas (the prompt layers' features) on a worker now, not at the first click
@@ -147,26 +149,12 @@ class SamLoraWidget(QWidget):
     # -- UI ---------------------------------------------------------------------------------
     def _build_ui(self) -> None:
         v = self.viewer
-        self.image_combo = LayerCombo(v, napari.layers.Image, parent=self)
-        self.axis_spin = QSpinBox(self)
-        self.axis_spin.setToolTip("Axis of the image that is the stack (time or z)")
-        self.axis_label = QLabel("stack axis", self)
-        self.model_combo = ModelCombo(self)
-        self.device_combo = QComboBox(self)
-        self.device_combo.addItems(DEVICES)
-        self.size_combo = ImageSizeCombo(self)
-        self.size_label = QLabel(self)
-        self.size_label.setWordWrap(True)
-        self.region_check = QCheckBox("only this region", self)
-        self.region_check.setToolTip(
-            "Track only inside the rectangle drawn in '<image> region', at full resolution "
-            "(small objects in big frames); prompts must lie inside it"
-        )
-        self.region_button = QPushButton("Draw region", self)
-        self.region_button.setToolTip(
-            "Add '<image> region' in rectangle mode: draw one rectangle, then tick "
-            "'only this region'"
-        )
+        self.setup = SetupPanel(self.annotator, self.slot, self.life, sync=self.update_selection)
+        setup = self.setup
+        self.image_combo, self.axis_spin = setup.image_combo, setup.axis_spin
+        self.model_combo, self.device_combo = setup.model_combo, setup.device_combo
+        self.size_combo, self.size_label = setup.size_combo, setup.size_label
+        self.region_check = setup.region_check
 
         self.obj_spin = QSpinBox(self)
         self.obj_spin.setRange(1, 65535)
@@ -244,9 +232,6 @@ class SamLoraWidget(QWidget):
         self.help_button.setToolTip("The keyboard shortcuts of this panel")
 
         for combo in (
-            self.image_combo,
-            self.model_combo,
-            self.device_combo,
             self.points_combo,
             self.shapes_combo,
             self.mask_combo,
@@ -255,15 +240,6 @@ class SamLoraWidget(QWidget):
             combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
             combo.setMinimumContentsLength(10)
         self.help_button.setMaximumWidth(90)
-        setup = form(
-            ("image", self.image_combo),
-            (self.axis_label, self.axis_spin),
-            ("model", self.model_combo),
-            ("image size", self.size_combo),
-            self.size_label,
-            ("device", self.device_combo),
-            ("region", row(self.region_check, self.region_button)),
-        )
         prompts = form(
             self.add_prompts_button,
             ("points", self.points_combo),
@@ -310,7 +286,6 @@ class SamLoraWidget(QWidget):
         layout.addLayout(row(self.status, self.help_button))
         self._fit_width()
         self._show_model_status()
-        self._show_size()
 
     def _fit_width(self) -> None:
         """Wide enough for the widest section (nothing clipped), scrolled vertically."""
@@ -347,12 +322,11 @@ class SamLoraWidget(QWidget):
 
     def _connect(self) -> None:
         life = self.life
-        self.image_combo.currentIndexChanged.connect(self._on_image_changed)
-        self.axis_spin.valueChanged.connect(self._on_axis_changed)
+        self.setup.image_changed.connect(self._on_image_changed)
+        self.setup.axis_changed.connect(self._on_axis_changed)
+        self.setup.message.connect(self.status.setText)
+        self.setup.error.connect(self.report_error)
         self.model_combo.model_changed.connect(self._show_model_status)
-        self.size_combo.size_changed.connect(self._on_size_changed)
-        self.region_check.toggled.connect(self._on_region_toggled)
-        self.region_button.clicked.connect(lambda *_: self.draw_region())
         self.obj_spin.valueChanged.connect(self._apply_obj_id)
         self.negative_check.toggled.connect(self._apply_obj_id)
         self.points_combo.currentIndexChanged.connect(self._on_prompt_layers_changed)
@@ -443,22 +417,21 @@ class SamLoraWidget(QWidget):
     @property
     def model(self) -> str:
         """The selected model: a variant name, ``untrained:<variant>`` or a checkpoint path."""
-        return self.model_combo.model
+        return self.setup.model
 
     @property
     def device(self) -> str | None:
         """The selected device; ``None`` for auto."""
-        text = self.device_combo.currentText()
-        return None if text == "auto" else text
+        return self.setup.device
 
     @property
     def image_size(self) -> int | None:
         """SAM2's input size (``None``: the model's own, 1024)."""
-        return self.size_combo.image_size
+        return self.setup.image_size
 
     @image_size.setter
     def image_size(self, size: int | None) -> None:
-        self.size_combo.set_size(size)
+        self.setup.image_size = size
 
     @property
     def busy(self) -> bool:
@@ -467,7 +440,11 @@ class SamLoraWidget(QWidget):
 
     def set_model(self, name: str) -> None:
         """Select a model by variant name, ``untrained:<variant>`` or checkpoint path."""
-        self.model_combo.set_model(name)
+        self.setup.set_model(name)
+
+    def draw_region(self) -> Any:
+        """Add (or select) "<image> region" in rectangle mode; returns the layer."""
+        return self.setup.draw_region()
 
     def report_error(self, exc: BaseException | str, quiet: bool = False) -> None:
         """Show an error in full in the status line, and as a napari notification unless
@@ -481,7 +458,7 @@ class SamLoraWidget(QWidget):
         """Add "<image> prompts" (Points) and "<image> boxes" (Shapes) and select them, and
         the (empty) "<image> masks" layer below them when no session exists yet (so no
         propagation has to create a layer while it runs)."""
-        image = self.image_combo.layer
+        image = self.setup.image
         if image is None:
             self.report_error("no image layer: open an image or a stack first")
             return
@@ -649,9 +626,8 @@ class SamLoraWidget(QWidget):
     def update_selection(self, *_: Any) -> None:
         """Write the dock's choices into the annotator (its panels read them there)."""
         chosen = self.annotator.selection
-        image = self.image_combo.layer
-        chosen.image = image
-        chosen.stack_axis = self.axis_spin.value() if image is not None and image.ndim >= 4 else 0
+        chosen.image = self.setup.image
+        chosen.stack_axis = self.setup.stack_axis
         chosen.points, chosen.shapes = self.points_combo.layer, self.shapes_combo.layer
         chosen.mask = self.mask_combo.layer
         chosen.obj_id = self.obj_spin.value()
@@ -659,7 +635,7 @@ class SamLoraWidget(QWidget):
         chosen.direction = self.direction_combo.currentText()
         chosen.first, chosen.last = self.from_spin.value(), self.to_spin.value()
         chosen.assist = self.assist_check.isChecked()
-        chosen.only_region = self.region_check.isChecked()
+        chosen.only_region = self.setup.only_region
 
     def _on_annotator_event(self, event: Any) -> None:
         if not self.life.alive:
@@ -668,11 +644,6 @@ class SamLoraWidget(QWidget):
             self.refresh_objects()
             self.show_frame_info()
             self._show_history()
-        elif isinstance(event, RegionChosen):  # a restore on a region: tick the box
-            self.region_check.blockSignals(True)
-            self.region_check.setChecked(event.region is not None)
-            self.region_check.blockSignals(False)
-            self.update_selection()
         elif isinstance(event, PromptLayersChosen):
             self.points_combo.set_layer(event.points)
             self.shapes_combo.set_layer(event.shapes)
@@ -695,7 +666,7 @@ class SamLoraWidget(QWidget):
         )
 
     def _source(self, image: Any) -> Any:
-        axis = self.axis_spin.value() if image.ndim >= 4 else 0
+        axis = self.setup.axis_spin.value() if image.ndim >= 4 else 0
         return stack_from_image_layer(image, axis, tuple(self.viewer.dims.point))
 
     def _session(self) -> Any:
@@ -707,8 +678,8 @@ class SamLoraWidget(QWidget):
         return self.annotator.output()
 
     def _request(self) -> PropagateRequest:
-        image = self.image_combo.layer
-        if image is not None and self._frame_count() != self.to_spin.maximum() + 1:
+        image = self.setup.image
+        if image is not None and self.setup.frame_count() != self.to_spin.maximum() + 1:
             self._reset_frame_range()  # the image data changed since it was selected
         self.update_selection()
         return self.annotator.propagate_request()
@@ -810,16 +781,9 @@ class SamLoraWidget(QWidget):
     def _on_slot(self, kind: str, running: bool) -> None:
         if not self.life.alive or kind == "preview":  # a preview gives way to any action
             return
-        for widget in (
+        for widget in (  # the setup panel locks its own choices
             self.propagate_button,
             self.add_prompts_button,
-            self.image_combo,
-            self.axis_spin,
-            self.model_combo,
-            self.size_combo,
-            self.region_check,
-            self.region_button,
-            self.device_combo,
             self.reset_object_button,
             self.reset_all_button,
         ):
@@ -863,7 +827,8 @@ class SamLoraWidget(QWidget):
     def _refresh_layers(self, *_: Any) -> None:
         if not self.life.alive:
             return
-        for combo in (self.image_combo, self.points_combo, self.shapes_combo, self.mask_combo):
+        self.setup.refresh_layers()
+        for combo in (self.points_combo, self.shapes_combo, self.mask_combo):
             combo.refresh()
         self.fields.refresh_layers()
 
@@ -873,92 +838,20 @@ class SamLoraWidget(QWidget):
         self.annotator.stack_changed()
 
     def _on_image_changed(self, *_: Any) -> None:
-        image = self.image_combo.layer
-        ndim = 0 if image is None else image.ndim
-        self.axis_spin.blockSignals(True)
-        self.axis_spin.setRange(0, max(ndim - 1, 0))
-        self.axis_spin.setValue(0)
-        self.axis_spin.blockSignals(False)
-        self.axis_label.setVisible(ndim >= 4)
-        self.axis_spin.setVisible(ndim >= 4)
         self._reset_frame_range()
         self.update_selection()
         self.annotator.stack_changed()
         self.refresh_objects()
 
-    def _frame_count(self) -> int:
-        image = self.image_combo.layer
-        if image is None:
-            return 1
-        try:
-            axis = self.axis_spin.value() if image.ndim >= 4 else 0
-            return stack_from_image_layer(image, axis).num_frames
-        except Exception:  # unsupported image: Propagate will say why
-            return 1
-
     def _reset_frame_range(self, *_: Any) -> None:
-        count = self._frame_count()
+        count = self.setup.frame_count()
         for spin in (self.from_spin, self.to_spin):
             spin.setRange(0, count - 1)
         self.from_spin.setValue(0)
         self.to_spin.setValue(count - 1)
 
-    def _show_size(self) -> None:
-        self.size_label.setText(self.size_combo.describe())
-
-    def _on_size_changed(self, size: int) -> None:
-        """A new image size applies to the next session; refused (the box goes back) while
-        the chosen stack's session holds an annotation: it would start over without it."""
-        self.update_selection()
-        try:
-            self.annotator.check_keeps_annotation(self.image_size, self.sessions.region)
-        except Exception as exc:
-            self.size_combo.set_size(self.sessions.image_size, emit=False)
-            self.update_selection()
-            self._show_size()
-            self.report_error(exc)
-            return
-        self._show_size()
-        if self.annotator.session() is not None:
-            self.status.setText(
-                f"image size {size} px: the next Propagate starts a new session at this size"
-            )
-        else:
-            self.status.setText(f"image size {size} px: used from the next Propagate")
-
-    def _on_region_toggled(self, on: bool) -> None:
-        """Ticking or unticking the region is refused while the session holds an
-        annotation made on the other one (Propagate checks the rectangle again)."""
-        self.update_selection()
-        try:
-            region = self.annotator.region() if on else None
-            self.annotator.check_keeps_annotation(self.image_size, region)
-        except Exception as exc:
-            if on and self.annotator.session() is None:  # no rectangle yet: say so
-                self.status.setText(f"{exc}")
-                return
-            self.region_check.blockSignals(True)
-            self.region_check.setChecked(not on)
-            self.region_check.blockSignals(False)
-            self.update_selection()
-            self.report_error(exc)
-            return
-        if on:
-            self.status.setText(f"region {region.describe()}: used from the next Propagate")
-        else:
-            self.status.setText("whole frames: used from the next Propagate")
-
-    def draw_region(self) -> Any:
-        """Add (or select) "<image> region" in rectangle mode; returns the layer."""
-        image = self.image_combo.layer
-        if image is None:
-            self.report_error("no image layer: open an image or a stack first")
-            return None
-        layer = make_region_layer(self.viewer, image)
-        self.status.setText(f"draw one rectangle in '{layer.name}', then tick 'only this region'")
-        return layer
-
     def _show_model_status(self, *_: Any) -> None:
+        """The model in the status line, unless a propagation reports there."""
         if self._run is None:
             self.status.setText(f"model: {self.model_combo.label} (loads on the first propagation)")
 
