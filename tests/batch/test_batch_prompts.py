@@ -131,6 +131,28 @@ def test_labels_written_atomically_and_read_back(tmp_path):
     assert attrs["napari-sam-lora"] == {"model": "m"}
 
 
+def test_a_sessions_compressed_labels_are_written_frame_by_frame(tmp_path, monkeypatch):
+    """segment hands the writers the session's compressed labels: they read one frame at a
+    time and never ask for the whole dense stack."""
+    from napari_sam_lora.engine.annotation.label_frames import LabelFrames
+
+    labels = LabelFrames(3, (8, 9))
+    expected = np.zeros((3, 8, 9), np.int32)
+    for t in range(3):
+        expected[t, t : t + 3, 2:5] = t + 1
+        labels.write(t, expected[t])
+
+    def dense(*_args, **_kwargs):
+        raise AssertionError("the whole label stack was made dense")
+
+    monkeypatch.setattr(LabelFrames, "__array__", dense)
+    for fmt in outputs.FORMATS:
+        path = outputs.output_path(tmp_path, "s0", fmt)
+        outputs.write_labels(labels, path, fmt, axis="t", attrs={})
+        assert np.array_equal(np.asarray(open_stack(path)[...]), expected)
+        assert np.asarray(open_stack(path)[...]).dtype == np.int32
+
+
 def test_ome_zarr_output_is_read_by_ome_zarr(tmp_path):
     """The batch output is a valid NGFF image for ome-zarr's own reader (not a look-alike)."""
     from ome_zarr.io import parse_url

@@ -105,10 +105,10 @@ def memory_refusal(
     """Why stack ``name`` cannot run on a worker with ``limit`` bytes; ``None`` if it can.
 
     First the engine's own check (:func:`~napari_sam_lora.engine.core.memory.check_stack_fits`,
-    which says what would fit), then the whole need — the stack's pixels, its label images
-    and the model (``model`` bytes) — against the share of ``limit`` where dask pauses a
-    worker (``distributed.worker.memory.pause``, 80 %): a worker that reaches it stops
-    running tasks and the stack would never finish.
+    which says what would fit), then the whole need — the stack's pixels, its compressed
+    label images with one frame's working copies, and the model (``model`` bytes) — against
+    the share of ``limit`` where dask pauses a worker (``distributed.worker.memory.pause``,
+    80 %): a worker that reaches it stops running tasks and the stack would never finish.
 
     Parameters
     ----------
@@ -124,7 +124,7 @@ def memory_refusal(
         The model's allowance (:func:`model_bytes`).
     """
     from napari_sam_lora.engine.core.errors import StackError
-    from napari_sam_lora.engine.core.memory import check_stack_fits
+    from napari_sam_lora.engine.core.memory import check_stack_fits, stack_bytes
 
     if size is None or not limit:
         return None
@@ -137,7 +137,7 @@ def memory_refusal(
     except StackError as exc:
         return f"stack {name}: {exc} (a worker has {format_bytes(limit)}, {source}); {hint}"
     needed = size.needs(model)
-    labels = size.frames * size.shape[0] * size.shape[1] * 4
+    session = stack_bytes(size.frames, size.shape, size.channels)
     fraction = pause_fraction()
     if needed <= fraction * limit:
         return None
@@ -145,7 +145,8 @@ def memory_refusal(
         f"stack {name} needs about {format_bytes(needed)}, a worker has "
         f"{format_bytes(limit)} ({source}): dask pauses a worker at {fraction:.0%} of it, so "
         f"the stack would never finish; {hint} (pixels {format_bytes(size.pixels)}, "
-        f"labels {format_bytes(labels)}, model about {format_bytes(model)})"
+        f"compressed labels and one frame's working copies {format_bytes(session)}, model "
+        f"about {format_bytes(model)})"
     )
 
 

@@ -73,19 +73,21 @@ def remove_partials(output_dir: str | os.PathLike[str]) -> list[Path]:
 
 
 def write_labels(
-    labels: np.ndarray,
+    labels: Any,
     path: str | os.PathLike[str],
     fmt: str = "ome-zarr",
     *,
     axis: str = "t",
     attrs: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write a ``(T, H, W)`` labels image atomically as OME-Zarr 0.4 or TIFF.
+    """Write a ``(T, H, W)`` labels image atomically as OME-Zarr 0.4 or TIFF, reading it
+    one frame at a time.
 
     Parameters
     ----------
-    labels : np.ndarray
-        Integer label images (0 = background).
+    labels : array-like
+        Integer label images (0 = background): a numpy array, or anything with ``shape``,
+        ``dtype`` and ``labels[t]`` (a session's compressed labels).
     path : path
         Final path (see :func:`output_path`).
     fmt : {"ome-zarr", "tiff"}
@@ -105,21 +107,28 @@ def write_labels(
     return final
 
 
-def _write_ome_zarr(labels: np.ndarray, path: Path, axis: str, attrs: Mapping) -> None:
+def _write_ome_zarr(labels: Any, path: Path, axis: str, attrs: Mapping) -> None:
     from napari_sam_lora.data.ome_zarr_labels import write_ome_zarr_labels
 
     write_ome_zarr_labels(path, labels, axis=axis, metadata={"napari-sam-lora": dict(attrs)})
 
 
-def _write_tiff(labels: np.ndarray, path: Path, axis: str, attrs: Mapping) -> None:
+def _write_tiff(labels: Any, path: Path, axis: str, attrs: Mapping) -> None:
     import tifffile
 
-    labels = np.asarray(labels)
-    axes = ("T" if axis == "t" else "Z") + "YX" if labels.ndim == 3 else "YX"
+    shape = tuple(int(n) for n in np.shape(labels))
+    dtype = np.dtype(getattr(labels, "dtype", np.int32))
+    if len(shape) == 3:  # one page at a time: a lazy or compressed stack is never dense
+        axes = ("T" if axis == "t" else "Z") + "YX"
+        pages: Any = (np.asarray(labels[t], dtype=dtype) for t in range(shape[0]))
+    else:
+        axes, pages = "YX", np.asarray(labels, dtype=dtype)
     with open(path, "wb") as handle:
         tifffile.imwrite(
             handle,
-            labels,
+            pages,
+            shape=shape,
+            dtype=dtype,
             compression="zlib",
             photometric="minisblack",
             metadata={"axes": axes},

@@ -50,8 +50,11 @@ class StackResult:
 
     Attributes
     ----------
-    labels : np.ndarray
-        ``(T, H, W)`` int32 label images (value = object id).
+    labels : array-like
+        The session's ``(T, H, W)`` int32 label images (value = object id,
+        :attr:`Session.labels`), kept compressed: ``labels[t]`` decodes one frame,
+        ``np.asarray(labels)`` all of them; the writers read them frame by frame, so a
+        stack's labels are never dense in memory at once.
     object_ids : list of int
         The prompted objects.
     adapter_frames : dict
@@ -193,8 +196,8 @@ def segment_stack(
         for step in session.propagate_steps(direction, frame_range, assist):
             if progress is not None:
                 progress(int(step.done), int(step.total))
-        # the session ends here: its label array is the result (no second copy of the stack)
-        return np.asarray(session.labels, dtype=np.int32)
+        # the session ends here: its compressed label frames are the result (never dense)
+        return session.labels
 
     if not adapters:
         return StackResult(track(), object_ids)
