@@ -7,31 +7,33 @@
 - **Split object at this frame**: *Start split* adds "<image> daughters" (one frame, the
   object's mask painted with label 1); paint one daughter with label 2 over it, then *Split*:
   two daughters with new ids, the lineage recorded (one undo step).
-- **Instant preview**: a click or box of the current object shows SAM2's mask on that frame
-  in "<image> preview" (decoder only, on the worker, debounced; no undo step, nothing
-  changed); hidden when the frame changes and when Propagate runs.
-- **Show tracks**: "<image> tracks" follows the masks (centroids per frame, divisions as
-  its graph), refreshed after each change on the main thread (only changed frames are
-  re-read).
+- **Instant preview** (:mod:`~napari_sam_lora._qt._preview`): a click or box of the current
+  object shows SAM2's mask on that frame in "<image> preview" (decoder only, on the worker,
+  debounced; no undo step, nothing changed); hidden when the frame changes and when
+  Propagate runs.
+- **Show tracks** (:mod:`~napari_sam_lora._qt._tracks_view`): "<image> tracks" follows the
+  masks (centroids per frame, divisions as its graph), refreshed after each change on the
+  main thread (only changed frames are re-read).
 
 A thin view like the other panels: it takes the dock's
 :class:`~napari_sam_lora.annotator.Annotator`, job slot and lifecycle; the jobs and their
 typed results are in :mod:`napari_sam_lora.annotator.jobs`. Seeded objects' prompts live in
 the session (no prompt layer holds them): Propagate keeps them
-(:meth:`~napari_sam_lora.annotator.Annotator.keeps_prompt`).
+(:meth:`~napari_sam_lora.annotator.Annotator.keeps_prompt`). The panel keeps the job
+plumbing (the preview's job is its job too) and routes the dock's events and the slot's to
+its two helpers, :class:`~napari_sam_lora._qt._preview.InstantPreview` and
+:class:`~napari_sam_lora._qt._tracks_view.TracksView`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
+from collections.abc import Callable, Generator
 from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels
-from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
-    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QLabel,
@@ -44,7 +46,9 @@ from qtpy.QtWidgets import (
 
 from napari_sam_lora._qt import threading as _threading
 from napari_sam_lora._qt._layout import form, row
+from napari_sam_lora._qt._preview import ROLE_KEY, InstantPreview, plane_transform
 from napari_sam_lora._qt._slot import Activity, JobSlot, PanelJobs
+from napari_sam_lora._qt._tracks_view import TracksView
 from napari_sam_lora.annotator import (
     AnnotationChanged,
     Annotator,
@@ -57,36 +61,18 @@ from napari_sam_lora.annotator.jobs import (
     Divided,
     Previewed,
     Seeded,
-    preview_job,
     seed_job,
     segment_all_job,
     split_job,
 )
 from napari_sam_lora.engine.core.errors import PromptError, StackError
-from napari_sam_lora.layers import (
-    TrackCache,
-    box_prompts,
-    is_candidate_layer,
-    point_prompts,
-    same_layer,
-    show_tracks,
-    tracks_layer_name,
-)
-from napari_sam_lora.layers.prompts import prompts_in_region
+from napari_sam_lora.layers import is_candidate_layer, same_layer
 
 __all__ = ["KINDS", "FieldsPanel"]
 
 #: The job kinds this panel starts (its Cancel button is enabled for these only; a
 #: ``preview`` is cancelled by the next click or by Propagate).
 KINDS = ("seed", "segment_all", "split", "preview")
-#: Milliseconds after the last click before a preview starts (a newer click supersedes).
-PREVIEW_DELAY_MS = 250
-#: Milliseconds after the last change before the tracks are refreshed.
-TRACKS_DELAY_MS = 200
-#: The metadata key marking this panel's own layers (never offered as seed layers).
-ROLE_KEY = "napari_sam_lora_role"
-#: Colour of the preview (one colour, semi-transparent).
-PREVIEW_COLOR = "yellow"
 
 
 class FieldsPanel(PanelJobs, QWidget):
@@ -107,6 +93,10 @@ class FieldsPanel(PanelJobs, QWidget):
         The last job this panel started (a preview's too).
     last : Seeded or Divided or None
         The result of the last seed, segment-all or split that finished.
+    instant_preview : InstantPreview
+        The instant preview; its checkbox is also ``preview_check``.
+    tracks_view : TracksView
+        "<image> tracks"; its checkbox is also ``tracks_check``.
     """
 
     def __init__(self, annotator: Annotator, slot: JobSlot, life: Lifecycle) -> None:
@@ -119,13 +109,6 @@ class FieldsPanel(PanelJobs, QWidget):
         self._result: Any = None
         self._activity: Activity | None = None
         self._seed_layers: list[Any] = []
-        self._preview_frame: int | None = None
-        self._preview_again = False
-        self._track_frames: set[int] | None = set()
-        self._tracks = TrackCache()
-        self._model: Any = None  # the annotation model whose changes the tracks follow
-        self._changed: set[int] = set()  # its frames changed since the last refresh
-        self._changed_lock = threading.Lock()
         self._build_ui()
         self._connect()
 
@@ -172,16 +155,12 @@ class FieldsPanel(PanelJobs, QWidget):
             "The current object divides on this frame into the two painted daughters (new "
             "ids, lineage recorded) — one undo step"
         )
-        self.preview_check = QCheckBox("instant preview of clicks", self)
-        self.preview_check.setChecked(True)
-        self.preview_check.setToolTip(
-            "Show SAM2's mask of the current object's clicks and box on this frame in "
-            "'<image> preview' (no propagation, no undo step)"
+        self.instant_preview = InstantPreview(
+            self.annotator, self.slot, self.life, self._start_quietly, self._say, self
         )
-        self.tracks_check = QCheckBox("show tracks", self)
-        self.tracks_check.setToolTip(
-            "'<image> tracks': the objects' centroids per frame, divisions linked"
-        )
+        self.preview_check = self.instant_preview.check
+        self.tracks_view = TracksView(self.annotator, self.life, self._say, self)
+        self.tracks_check = self.tracks_view.check
         self.progress = QProgressBar(self)
         self.progress.setFormat("idle")
         self.progress.setValue(0)
@@ -202,12 +181,6 @@ class FieldsPanel(PanelJobs, QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(content)
         layout.addWidget(self.status)
-        self._preview_timer = QTimer(self)
-        self._preview_timer.setSingleShot(True)
-        self._preview_timer.setInterval(PREVIEW_DELAY_MS)
-        self._tracks_timer = QTimer(self)
-        self._tracks_timer.setSingleShot(True)
-        self._tracks_timer.setInterval(TRACKS_DELAY_MS)
         self.refresh_layers()
 
     def _connect(self) -> None:
@@ -220,19 +193,11 @@ class FieldsPanel(PanelJobs, QWidget):
             (self.split_button, self.split),
         ):
             button.clicked.connect(lambda *_, a=action: a())
-        self.preview_check.toggled.connect(self._on_preview_toggled)
-        self.tracks_check.toggled.connect(self._on_tracks_toggled)
-        self._preview_timer.timeout.connect(self.preview)
-        self._tracks_timer.timeout.connect(self._refresh_tracks_now)
         self.annotator.events.connect(self._on_annotator_event)
         life.on_shutdown(lambda: self.annotator.events.disconnect(self._on_annotator_event))
-        life.on_shutdown(self._preview_timer.stop)
-        life.on_shutdown(self._tracks_timer.stop)
-        life.on_shutdown(lambda: self._watch(None))
         events = self.viewer.layers.events
         for emitter in (events.inserted, events.removed):
             life.connect(emitter, self.refresh_layers)
-        life.connect(self.viewer.dims.events.current_step, self._on_step)
         self.slot.add_listener(self._on_slot)
 
     # -- public API --------------------------------------------------------------------------
@@ -365,7 +330,7 @@ class FieldsPanel(PanelJobs, QWidget):
                 plane,
                 name=f"{image.name} daughters",
                 metadata={ROLE_KEY: "daughters"},
-                **_plane_transform(image),
+                **plane_transform(image),
             )
         else:
             layer.data = plane
@@ -420,114 +385,31 @@ class FieldsPanel(PanelJobs, QWidget):
         self.status.setText(f"splitting object {obj_id} on frame {frame}…")
         return self._run("split", split_job, session, frame, obj_id, masks)
 
-    # -- the instant preview -------------------------------------------------------------------
+    # -- the instant preview and the tracks (their helpers) ----------------------------------
     def prompts_edited(self) -> None:
         """A click or box was added, moved or removed: preview after a short pause (a
         newer click supersedes an older preview)."""
-        if not self.life.alive or not self.preview_check.isChecked():
-            return
-        self._preview_timer.start()
+        self.instant_preview.prompts_edited()
 
     def preview(self) -> bool:
         """Start the preview of the current object's clicks and box on the current frame
         (on the worker); returns whether it started. Problems show quietly in the panel."""
-        if not self.life.alive or not self.preview_check.isChecked():
-            return False
-        if self.slot.busy:
-            if self.slot.kind == "preview":  # superseded: the running one's result is dropped
-                self._preview_again = True
-                self.slot.cancel()
-            return False
-        try:
-            found = self._preview_request()
-        except Exception as exc:
-            self.status.setText(f"preview: {_threading.describe_error(exc)}")
-            return False
-        if found is None:
-            self.hide_preview()
-            return False
-        request, frame, obj_id, prompts = found
-        self._kind = "preview"
-        try:
-            self.job = self.slot.start(
-                "preview",
-                preview_job,
-                self.annotator.sessions,
-                request,
-                frame,
-                obj_id,
-                prompts,
-                on_yield=self._on_yield,
-                on_done=self._on_preview_done,
-            )
-        except Exception:  # another job began meanwhile: no preview
-            return False
-        self.life.job = self.job
-        return True
+        return self.instant_preview.start()
 
     def preview_layer(self) -> Any:
         """The "<image> preview" layer, or ``None``."""
-        image = self.annotator.selection.image
-        if image is None:
-            return None
-        name = f"{image.name} preview"
-        return next(
-            (x for x in self.viewer.layers if x.name == name and isinstance(x, Labels)), None
-        )
+        return self.instant_preview.layer()
 
     def hide_preview(self) -> None:
         """Clear and hide the preview."""
-        self._preview_frame = None
-        layer = self.preview_layer()
-        if layer is not None and layer.visible:
-            with contextlib.suppress(Exception):  # the viewer may be closing
-                layer.data = np.zeros_like(np.asarray(layer.data))
-                layer.visible = False
+        self.instant_preview.hide()
 
-    # -- tracks --------------------------------------------------------------------------------
     def refresh_tracks(self, frames: Any = None) -> Any:
         """Add or update "<image> tracks" from the session's masks (only ``frames`` re-read;
         all for ``None``); returns the layer (``None`` without a session or tracks)."""
-        if not self.life.alive or not self.tracks_check.isChecked():
-            return None
-        image, session = self.annotator.selection.image, self.annotator.session()
-        if image is None or session is None:
-            return None
-        region = self.annotator.sessions.region
-        offset = (0.0, 0.0) if region is None else (float(region.r0), float(region.c0))
-        source = self.annotator.try_source()
-        axis = 0 if source is None else source.stack_axis
-        if session.annotation is not self._model:
-            self._watch(session.annotation)
-            frames = None
-        with self._changed_lock:
-            changed, self._changed = self._changed, set()
-        if frames is not None:
-            frames = set(frames) | changed
-        try:
-            data = self._tracks.update(session.labels, session.annotation, frames)
-            return show_tracks(self.viewer, image, data, session.annotation.parents(), offset, axis)
-        except Exception as exc:  # a display problem: say it, never fail the change
-            self.status.setText(f"tracks: {_threading.describe_error(exc)}")
-            return None
+        return self.tracks_view.refresh(frames)
 
     # -- internals ---------------------------------------------------------------------------
-    def _watch(self, model: Any) -> None:
-        """Follow ``model``'s changes (the frames each action, undo or redo changed: a
-        propagation's frames reach the masks layer before its end, so the dock's event
-        does not name them)."""
-        if self._model is not None:
-            self._model.events.disconnect(self._on_model_change)
-        self._model = model
-        with self._changed_lock:
-            self._changed = set()
-        if model is not None:
-            model.events.connect(self._on_model_change)
-
-    def _on_model_change(self, change: Any) -> None:  # any thread
-        with self._changed_lock:
-            self._changed |= {int(t) for t in getattr(change, "frames", ())}
-
     def _request(self) -> tuple[Any, int]:
         request = self.annotator.session_request()
         return request, int(request.source.current_frame)
@@ -558,79 +440,6 @@ class FieldsPanel(PanelJobs, QWidget):
             )
         return session, obj_id, frame
 
-    def _preview_request(self) -> tuple[Any, int, int, list[Any]] | None:
-        chosen = self.annotator.selection
-        if chosen.image is None or (chosen.points is None and chosen.shapes is None):
-            return None
-        request = self.annotator.session_request()
-        cache = self.annotator.sessions
-        if cache.session_for(request) is None and self.annotator.session() is not None:
-            return None  # another model or size: only Propagate starts a new session
-        source, obj_id = request.source, int(chosen.obj_id)
-        frame = int(source.current_frame)
-        prompts: list[Any] = []
-        if chosen.points is not None and len(chosen.points.data):
-            prompts += point_prompts(chosen.points, source, chosen.image, obj_id)
-        if chosen.shapes is not None and len(chosen.shapes.data):
-            prompts += box_prompts(chosen.shapes, source, chosen.image, obj_id)
-        prompts = [p for p in prompts if int(p.frame) == frame and int(p.obj_id) == obj_id]
-        if not prompts:
-            return None
-        if request.region is not None:
-            prompts = prompts_in_region(prompts, request.region)
-        return request, frame, obj_id, prompts
-
-    def _show_preview(self, item: Previewed) -> None:
-        source = self.annotator.try_source()
-        image = self.annotator.selection.image
-        if source is None or image is None or item.frame != source.current_frame:
-            return  # the user moved on
-        plane = np.zeros(source.frame_shape, np.uint8)
-        region = self.annotator.sessions.region
-        inner = plane if region is None else plane[region.slices]
-        inner[np.asarray(item.mask, bool)] = 1
-        layer = self.preview_layer()
-        if layer is None:
-            layer = self._add_preview_layer(image, plane)
-        else:
-            layer.data = plane
-            layer.visible = True
-        self._preview_frame = item.frame
-        self.status.setText(
-            f"preview of object {item.obj_id} on frame {item.frame}: {int(plane.sum())} px "
-            "(Propagate tracks it)"
-        )
-
-    def _add_preview_layer(self, image: Any, plane: np.ndarray) -> Any:
-        viewer = self.viewer
-        active = viewer.layers.selection.active
-        layer = viewer.add_labels(
-            plane,
-            name=f"{image.name} preview",
-            opacity=0.5,
-            metadata={ROLE_KEY: "preview"},
-            **_plane_transform(image),
-        )
-        with contextlib.suppress(Exception):  # older napari: its default colour
-            from napari.utils.colormaps import DirectLabelColormap
-
-            layer.colormap = DirectLabelColormap(
-                color_dict={None: "transparent", 0: "transparent", 1: PREVIEW_COLOR}
-            )
-        layer.editable = False
-        chosen = self.annotator.selection
-        prompts = [
-            viewer.layers.index(x)
-            for x in viewer.layers
-            if any(same_layer(x, p) for p in (chosen.points, chosen.shapes))
-        ]
-        here = viewer.layers.index(layer)
-        if prompts and min(prompts) < here:  # below the clicks: it must not hide them
-            viewer.layers.move(here, min(prompts))
-        if active is not None:  # keep the user's tool (adding points) active
-            viewer.layers.selection.active = active
-        return layer
-
     def _run(self, kind: str, fn: Any, *args: Any) -> bool:
         self._result = None
         if not self._start(kind, fn, *args):
@@ -649,20 +458,9 @@ class FieldsPanel(PanelJobs, QWidget):
         elif isinstance(item, ModelReady):
             self.annotator.bind()  # the masks layer now shows this session's annotation
         elif isinstance(item, Previewed):
-            if item.mask is not None:
-                self._show_preview(item)
-            elif item.error is not None:
-                self.status.setText(f"preview: {_threading.describe_error(item.error)}")
+            self.instant_preview.show(item)
         elif isinstance(item, Seeded | Divided):
             self._result = item
-
-    def _on_preview_done(self, state: str) -> None:
-        if not self.life.alive:
-            return
-        self.annotator.apply_strokes()  # strokes painted while it ran
-        if self._preview_again:
-            self._preview_again = False
-            self._preview_timer.start()
 
     def _on_done(self, state: str) -> None:
         if self._activity is not None:
@@ -696,55 +494,23 @@ class FieldsPanel(PanelJobs, QWidget):
             )
         elif isinstance(result, Seeded):
             self.status.setText(_describe_seeded(result))
-        self._refresh_tracks_now()
+        self.tracks_view.refresh_now()
 
     def _on_annotator_event(self, event: Any) -> None:
         if not self.life.alive:
             return
         if isinstance(event, StackChanged):
-            self.hide_preview()
-            self._tracks.clear()
-        elif isinstance(event, AnnotationChanged) and self.tracks_check.isChecked():
-            if self._track_frames is not None:
-                self._track_frames |= {int(t) for t in event.frames}
-            self._tracks_timer.start()
-
-    def _refresh_tracks_now(self) -> None:
-        frames, self._track_frames = self._track_frames, set()
-        self.refresh_tracks(frames)
-
-    def _on_tracks_toggled(self, on: bool) -> None:
-        if on:
-            self._track_frames = None  # every frame
-            self._refresh_tracks_now()
-            return
-        image = self.annotator.selection.image
-        self._tracks.clear()
-        self._watch(None)
-        if image is not None:
-            name = tracks_layer_name(image)
-            for layer in [x for x in self.viewer.layers if x.name == name]:
-                self.viewer.layers.remove(layer)
-
-    def _on_preview_toggled(self, on: bool) -> None:
-        if on:
-            self.prompts_edited()
-        else:
-            self._preview_timer.stop()
-            self.hide_preview()
-
-    def _on_step(self, *_: Any) -> None:
-        if self._preview_frame is not None and self.annotator.current_frame() != (
-            self._preview_frame
-        ):
-            self.hide_preview()
+            self.instant_preview.hide()
+            self.tracks_view.forget()
+        elif isinstance(event, AnnotationChanged):
+            self.tracks_view.frames_changed(event.frames)
 
     def _on_slot(self, kind: str, running: bool) -> None:
         if not self.life.alive or kind == "preview":
             return
         if running and kind == "propagate":
-            self._preview_timer.stop()
-            self.hide_preview()
+            self.instant_preview.cancel_pending()
+            self.instant_preview.hide()
         for widget in (
             self.seed_button,
             self.segment_button,
@@ -767,11 +533,29 @@ class FieldsPanel(PanelJobs, QWidget):
         starts when it has ended)."""
         job = self.slot.job
         if self.slot.busy and self.slot.kind == "preview" and job is not None:
-            self._preview_timer.stop()
+            self.instant_preview.cancel_pending()
             job.cancel()
             job.when_done(lambda _state: self._start(kind, fn, *args) if self.life.alive else None)
             return True
         return super()._start(kind, fn, *args)
+
+    def _start_quietly(
+        self, kind: str, fn: Callable[..., Generator], *args: Any, on_done: Callable[[str], None]
+    ) -> bool:
+        """Start on the slot as :meth:`_start` does (recorded in ``job``, its yields to
+        :meth:`_on_yield`), but ended by ``on_done`` and silent when refused: the
+        preview's start (it does not wait for another job)."""
+        self._kind = kind
+        try:
+            self.job = self.slot.start(kind, fn, *args, on_yield=self._on_yield, on_done=on_done)
+        except Exception:  # another job began meanwhile: no preview
+            return False
+        self.life.job = self.job
+        return True
+
+    def _say(self, text: str) -> None:
+        """``text`` in this panel's status line (the helpers' messages)."""
+        self.status.setText(text)
 
     def _error(self, exc: BaseException | str) -> None:
         """The error in full in this panel's status line, and as a notification."""
@@ -798,11 +582,3 @@ def _describe_seeded(result: Seeded) -> str:
         f"seeded {n} object(s) on frame {frame} (ids {first}–{last} kept; one undo step); "
         "Propagate tracks them"
     )
-
-
-def _plane_transform(image: Any) -> dict[str, Any]:
-    """Scale and translate of the image's two spatial axes: a one-frame layer over it."""
-    return {
-        "scale": tuple(float(s) for s in image.scale[-2:]),
-        "translate": tuple(float(t) for t in image.translate[-2:]),
-    }
