@@ -125,7 +125,9 @@ def test_sam2_keeps_outputs_only_within_its_memory_reach_and_tracks_the_same(
     assert np.array_equal(labels, everything)  # dropping them changed no mask
 
 
-def test_a_prompt_on_a_frame_sam2_no_longer_holds_keeps_the_other_objects(tiny_model):
+def _pruned_session(tiny_model) -> Session:
+    """Two disks clicked on frame 0 and tracked past SAM2's memory reach: SAM2 no longer
+    holds its outputs on frame 2."""
     reach = bridge.memory_reach(tiny_model.predictor)
     stack, (first, second) = _disks(reach + 6)
     session = Session(stack, model=tiny_model)
@@ -133,6 +135,11 @@ def test_a_prompt_on_a_frame_sam2_no_longer_holds_keeps_the_other_objects(tiny_m
     session.add_points(0, 2, [second])
     session.propagate_all("forward")
     assert bridge.frame_output(session.state, 1, 2) is None  # pruned
+    return session
+
+
+def test_a_prompt_on_a_frame_sam2_no_longer_holds_keeps_the_other_objects(tiny_model):
+    session = _pruned_session(tiny_model)
     before = session.labels[2].copy()
     assert (before == 1).any()
     session.add_points(2, 2, [[44, 39]])
@@ -143,13 +150,7 @@ def test_a_prompt_on_a_frame_sam2_no_longer_holds_keeps_the_other_objects(tiny_m
 def test_a_click_on_a_frame_sam2_no_longer_holds_refines_the_mask_shown(tiny_model, monkeypatch):
     """SAM2 refines a click from its previous mask on the frame; where that was dropped,
     the mask the user sees stands in for it (for that call only)."""
-    reach = bridge.memory_reach(tiny_model.predictor)
-    stack, (first, second) = _disks(reach + 6)
-    session = Session(stack, model=tiny_model)
-    session.add_points(0, 1, [first])
-    session.add_points(0, 2, [second])
-    session.propagate_all("forward")
-    assert bridge.frame_output(session.state, 1, 2) is None  # pruned
+    session = _pruned_session(tiny_model)
     shown = session.labels[2] == 1
     assert shown.any()
     seen: list = []
