@@ -2,10 +2,10 @@
 
 The one OME-Zarr writer of the project: ``segment``'s label outputs and ``export
 --format ome-zarr`` both come here. The store's root is a one-level ``multiscales`` image
-(dataset ``"0"``, one chunk per frame) written by ``ome_zarr.writer.write_multiscale``,
-reading the labels one frame at a time, so a lazy stack is never held whole. Readers of
-the project (:func:`napari_sam_lora.data.readers.open_stack`), napari and any NGFF tool
-open it.
+(dataset ``"s0"``, as ``ome-zarr`` names it; one chunk per frame) written by
+``ome_zarr.writer.write_multiscale``, reading the labels one frame at a time, so a lazy
+stack is never held whole. Readers of the project
+(:func:`napari_sam_lora.data.readers.open_stack`), napari and any NGFF tool open it.
 """
 
 from __future__ import annotations

@@ -88,9 +88,6 @@ _STATE_KEYS = (
 )
 
 
-#: Where SAM2 keeps an object's outputs, per frame.
-_OUTPUT_KEYS = ("cond_frame_outputs", "non_cond_frame_outputs")
-
 #: What SAM2's store of mask prompts holds once a prompt is used (see
 #: :meth:`StackPredictor.add_new_mask`): an empty tensor, where SAM2 kept the full mask.
 _USED_MASK_PROMPT = torch.zeros(0, dtype=torch.bool)
@@ -236,25 +233,20 @@ class StackPredictor(_svp.SAM2VideoPredictor):
         a mask into logits (``20 · mask − 10`` at its low resolution), for this call only.
         Ignored where SAM2 still holds an output of the object on the frame.
         """
-        obj_idx = object_index(inference_state, obj_id)
+        tracked: dict = {}  # SAM2's tracked outputs of the object, per frame
         stand_in = None
+        obj_idx = object_index(inference_state, obj_id)
         if shown_mask is not None and obj_idx is not None:
-            held = (
-                inference_state["output_dict_per_obj"][obj_idx],
-                inference_state["temp_output_dict_per_obj"][obj_idx],
-            )
-            if not any(frame_idx in outputs[key] for outputs in held for key in _OUTPUT_KEYS):
-                stand_in = {"pred_masks": self._mask_logits(shown_mask)}
-                held[0]["non_cond_frame_outputs"][frame_idx] = stand_in
+            tracked = inference_state["output_dict_per_obj"][obj_idx]["non_cond_frame_outputs"]
+            if frame_output(inference_state, obj_id, frame_idx) is None:
+                stand_in = tracked[frame_idx] = {"pred_masks": self._mask_logits(shown_mask)}
         try:
             return super().add_new_points_or_box(
                 inference_state, frame_idx, obj_id, *args, **kwargs
             )
         finally:
-            if stand_in is not None:
-                tracked = inference_state["output_dict_per_obj"][obj_idx]["non_cond_frame_outputs"]
-                if tracked.get(frame_idx) is stand_in:
-                    del tracked[frame_idx]
+            if stand_in is not None and tracked.get(frame_idx) is stand_in:
+                del tracked[frame_idx]
 
     def _mask_logits(self, mask: np.ndarray) -> torch.Tensor:
         """``(1, 1, s, s)`` low-resolution logits of a bool mask, as SAM2 makes them from a
